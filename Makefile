@@ -1,0 +1,54 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch lies on disk here; pinning it first keeps pip from pulling a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+OUT ?= outputs
+DEMO_DATA ?= data/demo
+
+.PHONY: install install-dev demo demo-data test test-fast budget mlflow-ui clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(DEMO_DATA)/.done: $(VENV)/.installed
+	$(BIN)/lookalike-demo-data --output-dir $(DEMO_DATA)
+	touch $@
+
+demo-data: $(DEMO_DATA)/.done
+
+demo: $(DEMO_DATA)/.done
+	$(BIN)/lookalike-train experiment=demo paths.output_dir=$(OUT)
+	@echo
+	@echo "Results:  $(OUT)/  (runs/ holds checkpoints and logs, privacy_ledger.sqlite the budget)"
+	@echo "Budget:   $(BIN)/lookalike-budget --ledger $(OUT)/privacy_ledger.sqlite"
+	@echo "MLflow:   $(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db  (then open http://127.0.0.1:5000)"
+
+budget: $(VENV)/.installed
+	$(BIN)/lookalike-budget --ledger $(OUT)/privacy_ledger.sqlite
+
+mlflow-ui: $(VENV)/.installed
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(OUT) multirun $(DEMO_DATA)

@@ -1,0 +1,59 @@
+"""Check a composed config before any work: each failure names the key and the allowed values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lookalike.errors import ConfigError
+from lookalike.privacy.dp import validate_privacy_config
+
+# As in AWS Clean Rooms ML's minimumMatchingSeedSize.
+MIN_SEED_RANGE = (25, 500_000)
+
+
+def _number(cfg: Any, key: str) -> float:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        raise ConfigError(key, f"'{node}' is not a number")
+    return float(node)
+
+
+def _require(cfg: Any, key: str, ok, rule: str) -> None:
+    value = _number(cfg, key)
+    if not ok(value):
+        raise ConfigError(key, f"{value:g} {rule}")
+
+
+def validate_config(cfg: Any) -> None:
+    for key in ("data.publisher_path", "data.id_column", "ledger.path", "paths.output_dir", "mlflow.tracking_uri", "mlflow.experiment_name"):
+        section, name = key.split(".")
+        if cfg[section][name] in (None, ""):
+            raise ConfigError(key, "is not set")
+    _require(cfg, "data.negative_ratio", lambda v: v >= 0, "must be >= 0 (negatives sampled per seed user)")
+    _require(cfg, "data.holdout_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    _require(cfg, "data.max_eval_negatives", lambda v: v >= 0 and v == int(v), "must be a whole number >= 0")
+    _require(cfg, "data.vocab.max_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    _require(cfg, "data.vocab.min_count", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    _require(cfg, "data.max_multi_length", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    if cfg.data.non_finite not in ("refuse", "impute"):
+        raise ConfigError("data.non_finite", f"'{cfg.data.non_finite}' is not one of refuse, impute")
+    lo, hi = MIN_SEED_RANGE
+    _require(cfg, "rules.min_matching_seed_size", lambda v: lo <= v <= hi and v == int(v), f"must be a whole number in [{lo}, {hi}]")
+    _require(cfg, "rules.min_aggregation_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    _require(cfg, "trainer.epochs", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    _require(cfg, "trainer.batch_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    _require(cfg, "trainer.physical_batch_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    _require(cfg, "ledger.budget_epsilon", lambda v: v > 0, "must be > 0")
+    if cfg.ledger.budget_delta is not None:
+        _require(cfg, "ledger.budget_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
+    if str(cfg.trainer.device) not in ("auto", "cpu") and not str(cfg.trainer.device).startswith("cuda"):
+        raise ConfigError("trainer.device", f"'{cfg.trainer.device}' is not one of auto, cpu, cuda, cuda:N")
+    if cfg.model.similarity not in ("dot", "cosine"):
+        raise ConfigError("model.similarity", f"'{cfg.model.similarity}' is not one of dot, cosine")
+    for key in ("model.embedding_dim", "model.output_dim"):
+        _require(cfg, key, lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    _require(cfg, "model.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    _require(cfg, "evaluation.top_fraction", lambda v: 0 < v < 1, "must be in (0, 1)")
+    validate_privacy_config(cfg.privacy)

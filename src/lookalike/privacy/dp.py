@@ -1,0 +1,87 @@
+"""DP-SGD set-up with Opacus: delta policy, the privacy engine and accounting checks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.validators import ModuleValidator
+from torch import nn, optim
+from torch.utils.data import DataLoader
+
+from lookalike.errors import ConfigError
+
+log = logging.getLogger(__name__)
+ACCOUNTANTS = ("prv", "rdp")
+
+
+def resolve_delta(target_delta: float | None, n_examples: int) -> float:
+    """delta defaults to 1/(10 N); delta >= 1/N is refused (it would allow releasing a record)."""
+    if target_delta is None:
+        return 1.0 / (10.0 * n_examples)
+    delta = float(target_delta)
+    if not 0 < delta < 1.0 / n_examples:
+        raise ConfigError("privacy.target_delta", f"{delta:g} must be in (0, 1/N) = (0, {1.0 / n_examples:.3g}) for N = {n_examples} training examples; leave it null for 1/(10 N)")
+    if delta > 1.0 / (10.0 * n_examples):
+        log.warning("privacy.target_delta %.3g is above 1/(10 N) = %.3g", delta, 1.0 / (10.0 * n_examples))
+    return delta
+
+
+@dataclass
+class PrivateTraining:
+    """What make_private returned, plus the numbers every run must report."""
+
+    engine: PrivacyEngine
+    model: nn.Module
+    optimizer: Any
+    loader: DataLoader
+    noise_multiplier: float
+    sample_rate: float
+
+
+def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, privacy: Any, *,
+                 epochs: int, delta: float, noise_multiplier: float | None = None,
+                 accountant_state: dict | None = None) -> PrivateTraining:
+    """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
+
+    A fresh run calibrates the noise to ``privacy.target_epsilon`` over ``epochs``. A resumed
+    run passes the checkpoint's ``noise_multiplier`` and ``accountant_state`` so that accounting
+    continues instead of restarting (make_private_with_epsilon assumes a fresh accountant).
+    """
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ConfigError("model", f"not compatible with DP-SGD: {errors[0]}")
+    engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=bool(privacy.secure_mode))
+    common = dict(module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=float(privacy.max_grad_norm),
+                  poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode)
+    if noise_multiplier is None:
+        model, optimizer, loader = engine.make_private_with_epsilon(
+            target_epsilon=float(privacy.target_epsilon), target_delta=delta, epochs=epochs, **common)
+    else:
+        model, optimizer, loader = engine.make_private(noise_multiplier=noise_multiplier, **common)
+    if accountant_state is not None:
+        engine.accountant.load_state_dict(accountant_state)
+    return PrivateTraining(engine, model, optimizer, loader, float(optimizer.noise_multiplier), float(loader.sample_rate))
+
+
+def epsilon_from_history(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    """Recompute epsilon from (noise multiplier, sample rate, steps) alone, with a fresh accountant."""
+    fresh = create_accountant(accountant)
+    fresh.history = list(history)
+    return float(fresh.get_epsilon(delta=delta))
+
+
+def validate_privacy_config(privacy: Any) -> None:
+    if not privacy.enabled:
+        return
+    if privacy.target_epsilon is None or float(privacy.target_epsilon) <= 0:
+        raise ConfigError("privacy.target_epsilon", f"{privacy.target_epsilon} must be a positive number")
+    if float(privacy.max_grad_norm) <= 0:
+        raise ConfigError("privacy.max_grad_norm", f"{privacy.max_grad_norm} must be positive")
+    if privacy.accountant not in ACCOUNTANTS:
+        raise ConfigError("privacy.accountant", f"'{privacy.accountant}' is not one of {', '.join(ACCOUNTANTS)}")
+    if privacy.grad_sample_mode not in ("hooks", "functorch"):
+        raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' is not supported; use hooks or functorch")

@@ -1,0 +1,166 @@
+"""The privacy ledger: a persistent, per-dataset epsilon budget in SQLite.
+
+A run reserves its target epsilon before training inside a ``BEGIN IMMEDIATE`` transaction, so
+two processes can never both read the same remaining budget and overspend it. When it finishes
+it records what the accountant says it spent. A crash leaves the reservation charged: no crash
+ever makes budget reappear. Composition across runs is basic (epsilons and deltas add up), which
+is always valid.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from lookalike.errors import BudgetExceededError, LookalikeError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS budgets (
+    fingerprint TEXT PRIMARY KEY,
+    budget_epsilon REAL NOT NULL,
+    budget_delta REAL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL REFERENCES budgets(fingerprint),
+    kind TEXT NOT NULL,
+    description TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('reserved', 'spent', 'released')),
+    reserved_epsilon REAL NOT NULL,
+    spent_epsilon REAL,
+    delta REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+# A reserved entry counts at its reservation, a finished one at what it spent.
+CHARGED = "COALESCE(SUM(CASE status WHEN 'reserved' THEN reserved_epsilon WHEN 'spent' THEN MAX(spent_epsilon, 0) ELSE 0 END), 0)"
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    fingerprint: str
+    budget_epsilon: float
+    budget_delta: float | None
+    spent_epsilon: float
+    reserved_epsilon: float
+    spent_delta: float
+    runs: int
+
+    @property
+    def remaining_epsilon(self) -> float:
+        return max(self.budget_epsilon - self.spent_epsilon - self.reserved_epsilon, 0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"remaining_epsilon": self.remaining_epsilon}
+
+
+class Ledger:
+    """One SQLite file; every method opens its own connection, so processes may share it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @contextmanager
+    def _connect(self, create: bool = True) -> Iterator[sqlite3.Connection]:
+        if not create and not self.path.exists():
+            raise LookalikeError(f"ledger '{self.path}' does not exist: set ledger.path (or --ledger) to an existing ledger")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves to take the write lock up front.
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.executescript(SCHEMA)
+            yield conn
+        finally:
+            conn.close()
+
+    def reserve(self, fingerprint: str, epsilon: float, delta: float, *, budget_epsilon: float,
+                budget_delta: float | None, kind: str, description: str) -> int:
+        """Atomically reserve ``epsilon`` (and ``delta``) or raise :class:`BudgetExceededError`."""
+        now = time.time()
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT OR IGNORE INTO budgets VALUES (?, ?, ?, ?)", (fingerprint, budget_epsilon, budget_delta, now))
+                total_eps, total_delta = conn.execute("SELECT budget_epsilon, budget_delta FROM budgets WHERE fingerprint = ?", (fingerprint,)).fetchone()
+                charged, charged_delta = conn.execute(
+                    f"SELECT {CHARGED}, COALESCE(SUM(CASE status WHEN 'released' THEN 0 ELSE delta END), 0) FROM entries WHERE fingerprint = ?",
+                    (fingerprint,),
+                ).fetchone()
+                if charged + epsilon > total_eps + TOLERANCE:
+                    raise BudgetExceededError(
+                        f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: this run needs epsilon {epsilon:.3g} "
+                        f"but only {max(total_eps - charged, 0):.3g} of {total_eps:.3g} remains; lower privacy.target_epsilon or "
+                        "ask the data owners for more budget (lookalike-budget set-budget)"
+                    )
+                if total_delta is not None and charged_delta + delta > total_delta * (1 + 1e-9):
+                    raise BudgetExceededError(
+                        f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: delta {delta:.3g} exceeds "
+                        f"the remaining {max(total_delta - charged_delta, 0):.3g} of {total_delta:.3g}; lower privacy.target_delta"
+                    )
+                cur = conn.execute(
+                    "INSERT INTO entries (fingerprint, kind, description, status, reserved_epsilon, spent_epsilon, delta, created_at, updated_at) "
+                    "VALUES (?, ?, ?, 'reserved', ?, NULL, ?, ?, ?)",
+                    (fingerprint, kind, description, epsilon, delta, now, now),
+                )
+                conn.execute("COMMIT")
+                return int(cur.lastrowid)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def record_spent(self, entry_id: int, epsilon: float) -> None:
+        """Close a reservation with the epsilon actually spent (never below zero)."""
+        self._close(entry_id, "spent", max(float(epsilon), 0.0))
+
+    def release(self, entry_id: int) -> None:
+        """Give a reservation back; only for runs that never touched the data with a DP step."""
+        self._close(entry_id, "released", 0.0)
+
+    def _close(self, entry_id: int, status: str, epsilon: float) -> None:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            updated = conn.execute(
+                "UPDATE entries SET status = ?, spent_epsilon = ?, updated_at = ? WHERE id = ? AND status = 'reserved'",
+                (status, epsilon, time.time(), entry_id),
+            ).rowcount
+            conn.execute("COMMIT")
+        if updated != 1:
+            raise LookalikeError(f"ledger '{self.path}': entry {entry_id} is not an open reservation")
+
+    def entry(self, entry_id: int) -> dict:
+        with self._connect() as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise LookalikeError(f"ledger '{self.path}': no entry {entry_id}")
+        return dict(row)
+
+    def set_budget(self, fingerprint: str, budget_epsilon: float, budget_delta: float | None = None) -> None:
+        """Change a fingerprint's total budget: a deliberate act by the data owners."""
+        with self._connect(create=False) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            updated = conn.execute("UPDATE budgets SET budget_epsilon = ?, budget_delta = ? WHERE fingerprint LIKE ?",
+                                   (budget_epsilon, budget_delta, fingerprint + "%")).rowcount
+            conn.execute("COMMIT" if updated == 1 else "ROLLBACK")
+        if updated != 1:
+            raise LookalikeError(f"ledger '{self.path}': fingerprint '{fingerprint}' matches {updated} datasets; give more of it")
+
+    def status(self) -> list[BudgetStatus]:
+        with self._connect(create=False) as conn:
+            rows = conn.execute(
+                "SELECT b.fingerprint, b.budget_epsilon, b.budget_delta, "
+                "COALESCE(SUM(CASE e.status WHEN 'spent' THEN e.spent_epsilon ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE e.status WHEN 'reserved' THEN e.reserved_epsilon ELSE 0 END), 0), "
+                "COALESCE(SUM(CASE e.status WHEN 'released' THEN 0 ELSE e.delta END), 0), "
+                "COUNT(e.id) FROM budgets b LEFT JOIN entries e ON e.fingerprint = b.fingerprint "
+                "GROUP BY b.fingerprint ORDER BY b.created_at"
+            ).fetchall()
+        return [BudgetStatus(*row) for row in rows]

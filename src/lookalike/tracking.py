@@ -1,0 +1,93 @@
+"""MLflow plumbing: where runs go, what a run's params look like, and how the model is logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from lookalike.errors import ConfigError
+
+log = logging.getLogger(__name__)
+MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make a relative ``sqlite:///path`` absolute, so runs land where the config says
+    regardless of the working directory."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = Path(uri[len(prefix):]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(path)
+    return uri
+
+
+def setup_experiment(cfg: DictConfig) -> str:
+    """Point MLflow at ``mlflow.tracking_uri`` and return the experiment id (created if new)."""
+    uri = resolve_tracking_uri(str(cfg.mlflow.tracking_uri))
+    mlflow.set_tracking_uri(uri)
+    name = str(cfg.mlflow.experiment_name)
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        # A local store keeps artifacts under the output folder; a server decides for itself.
+        location = None
+        if uri.startswith("sqlite:") or uri.startswith("file:"):
+            location = Path(str(cfg.mlflow.artifact_location)).resolve().as_uri()
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ConfigError("mlflow.tracking_uri", f"cannot use '{uri}': {str(exc).splitlines()[0]}") from exc
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted keys, e.g. ``privacy.target_epsilon``."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = str(node)[:MAX_PARAM_LENGTH]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def log_params(params: dict[str, str]) -> None:
+    items = list(params.items())
+    for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        mlflow.log_params(dict(items[start : start + 100]))
+
+
+def log_model(bundle_dir: Path, registered_model_name: str | None) -> str:
+    """Log the bundle as a pyfunc model; return its ``models:/`` URI."""
+    requirements = [f"lookalike=={_version()}", "torch", "pyarrow", "pandas"]
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("serving.py")),
+        artifacts={"bundle": str(bundle_dir)},
+        pip_requirements=requirements,
+        registered_model_name=registered_model_name or None,
+    )
+    return info.model_uri
+
+
+def log_dict_artifact(payload: dict, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(payload, indent=1, default=str))
+        mlflow.log_artifact(str(path))
+
+
+def _version() -> str:
+    from lookalike import __version__
+
+    return __version__

@@ -1,0 +1,124 @@
+"""`lookalike-train`: prepare data, reserve budget, train with DP-SGD, evaluate, log to MLflow.
+
+    lookalike-train experiment=demo privacy.target_epsilon=2
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import mlflow
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lookalike.checkpoint import Checkpoint
+from lookalike.config_checks import validate_config
+from lookalike.errors import ConfigError, LookalikeError
+from lookalike.evaluate import holdout_metrics, score
+from lookalike.model.bundle import save_bundle
+from lookalike.model.towers import ModelConfig, TwoTower
+from lookalike.prepare import prepare
+from lookalike.quiet import silence_known_warnings
+from lookalike.privacy.dp import resolve_delta
+from lookalike.privacy.ledger import Ledger
+from lookalike.run_context import RunContext, discard_run_directory, is_multirun, pick_device, run_directory
+from lookalike.tracking import flat_params, log_dict_artifact, log_model, log_params, setup_experiment
+from lookalike.trainer import train
+
+log = logging.getLogger("lookalike.train")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def run(cfg: DictConfig) -> float | None:
+    """One training run. Returns the trusted held-out AUC (None outside trusted mode)."""
+    silence_known_warnings()
+    validate_config(cfg)
+    if not cfg.privacy.enabled and not cfg.trusted_evaluation:
+        raise ConfigError("privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true (synthetic or self-owned data)")
+    torch.manual_seed(int(cfg.seed))
+    device = pick_device(str(cfg.trainer.device))
+    resume = Checkpoint.load(cfg.trainer.resume_from) if cfg.trainer.resume_from else None
+    data = prepare(cfg, np.random.default_rng(int(cfg.seed)))
+    n_train = data.training.n_train
+    delta = resolve_delta(cfg.privacy.target_delta, n_train) if cfg.privacy.enabled else None
+    if resume is not None and resume.meta.get("fingerprint") != data.fingerprint:
+        raise ConfigError("trainer.resume_from", "the checkpoint was trained on other data; resume with the same data.* settings")
+    if cfg.trusted_evaluation:
+        log.warning("TRUSTED EVALUATION: seed-derived metrics are logged exactly; use only on synthetic or self-owned data")
+    experiment_id = setup_experiment(cfg)
+
+    ctx = RunContext(cfg, data, delta, Ledger(cfg.ledger.path))
+    ctx.open_reservation(resume)
+    model = TwoTower(data.spec, len(data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+    run_dir = run_directory(cfg)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=ctx.run_name()) as active:
+        try:
+            log_params(flat_params(cfg))
+            mlflow.set_tags(ctx.tags())
+            mlflow.log_metrics(ctx.data_metrics())
+
+            def save(ckpt: Checkpoint) -> None:
+                ckpt.meta = ctx.checkpoint_meta()
+                ckpt.save(run_dir / "checkpoints" / "last.pt")
+
+            ctx.begin_training()
+            result = train(model, data.train_features.tensors() + [torch.from_numpy(data.training.train_labels)], cfg,
+                           delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
+                           on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+            ctx.trained(result)
+            metric = None
+            if cfg.trusted_evaluation:
+                metric = _log_trusted_metrics(result.model, data, device, float(cfg.evaluation.top_fraction))
+            bundle = save_bundle(run_dir / "model", result.model.cpu(), data.spec, data.training.audiences,
+                                 extra=ctx.model_meta(active.info.run_id))
+            model_uri = log_model(bundle, cfg.mlflow.get("registered_model_name"))
+            ctx.finish()
+            mlflow.log_metrics(ctx.privacy_metrics())
+            mlflow.set_tag("lookalike.model_uri", model_uri)
+            log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
+            log.info("run %s done: %s", active.info.run_id, ctx.describe())
+            return metric
+        except BaseException:
+            ctx.abort()
+            mlflow.set_tag("lookalike.status", "failed")
+            raise
+
+
+def _log_trusted_metrics(model, data, device, top_fraction: float) -> float:
+    negatives = score(model, data.eval_negative_features, device)
+    aucs = []
+    for a, name in enumerate(data.training.audiences):
+        positives = score(model, data.holdout_features[name], device)[:, a] if len(data.holdout_features[name]) else np.zeros(0)
+        metrics = holdout_metrics(positives, negatives[:, a], top_fraction)
+        mlflow.log_metrics({f"trusted.{name}.{k}": v for k, v in metrics.items()})
+        log.info("trusted held-out metrics for '%s': %s", name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        aucs.append(metrics["auc"])
+    mean_auc = float(np.nanmean(aucs))
+    mlflow.log_metric("trusted.auc", mean_auc)
+    return mean_auc
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except LookalikeError as exc:
+        # One line, no traceback; and no half-written run folder left behind.
+        print(f"lookalike-train: error: {exc}", file=sys.stderr)
+        discard_run_directory()
+        if is_multirun():
+            return float("nan")  # one refused trial must not kill the whole sweep
+        sys.exit(2)
+
+
+def cli() -> None:
+    """Console entry point (``lookalike-train``)."""
+    main()
+
+
+if __name__ == "__main__":
+    cli()
