@@ -11,7 +11,7 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from lookalike.errors import ConfigError
+from lookalike.errors import ConfigError, LookalikeError
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
@@ -46,6 +46,19 @@ def setup_experiment(cfg: DictConfig) -> str:
         raise ConfigError("mlflow.tracking_uri", f"cannot use '{uri}': {str(exc).splitlines()[0]}") from exc
 
 
+def resume_run_id(checkpoint) -> str | None:
+    """The MLflow run a checkpoint belongs to, if it is in the current tracking store."""
+    run_id = checkpoint.meta.get("mlflow_run_id") if checkpoint is not None else None
+    if run_id is None:
+        return None
+    try:
+        mlflow.get_run(run_id)
+        return run_id
+    except mlflow.exceptions.MlflowException:
+        log.warning("checkpoint's MLflow run %s is not in this tracking store; logging to a new run", run_id)
+        return None
+
+
 def flat_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as dotted keys, e.g. ``privacy.target_epsilon``."""
     out: dict[str, str] = {}
@@ -78,6 +91,24 @@ def log_model(bundle_dir: Path, registered_model_name: str | None) -> str:
         registered_model_name=registered_model_name or None,
     )
     return info.model_uri
+
+
+def download_bundle(model_uri: str) -> Path:
+    """Fetch a logged model (``runs:/...``, ``models:/...``) and return its bundle folder."""
+    import yaml
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except mlflow.exceptions.MlflowException as exc:
+        raise LookalikeError(f"model '{model_uri}' cannot be fetched: {str(exc).splitlines()[0]}") from exc
+    mlmodel = local / "MLmodel"
+    if not mlmodel.is_file():
+        raise LookalikeError(f"'{model_uri}' is not an MLflow model (no MLmodel file)")
+    flavor = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get("python_function", {})
+    relative = flavor.get("artifacts", {}).get("bundle", {}).get("path")
+    if relative is None:
+        raise LookalikeError(f"'{model_uri}' is not a lookalike model (no bundle artifact)")
+    return local / relative
 
 
 def log_dict_artifact(payload: dict, name: str) -> None:

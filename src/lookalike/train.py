@@ -26,7 +26,7 @@ from lookalike.quiet import silence_known_warnings
 from lookalike.privacy.dp import resolve_delta
 from lookalike.privacy.ledger import Ledger
 from lookalike.run_context import RunContext, discard_run_directory, is_multirun, pick_device, run_directory
-from lookalike.tracking import flat_params, log_dict_artifact, log_model, log_params, setup_experiment
+from lookalike.tracking import flat_params, resume_run_id, log_dict_artifact, log_model, log_params, setup_experiment
 from lookalike.trainer import train
 
 log = logging.getLogger("lookalike.train")
@@ -55,14 +55,18 @@ def run(cfg: DictConfig) -> float | None:
     ctx.open_reservation(resume)
     model = TwoTower(data.spec, len(data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
     run_dir = run_directory(cfg)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=ctx.run_name()) as active:
+    # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
+    resumed_run_id = resume_run_id(resume)
+    with mlflow.start_run(run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id,
+                          run_name=None if resumed_run_id else ctx.run_name()) as active:
         try:
-            log_params(flat_params(cfg))
+            if resumed_run_id is None:
+                log_params(flat_params(cfg))
             mlflow.set_tags(ctx.tags())
             mlflow.log_metrics(ctx.data_metrics())
 
             def save(ckpt: Checkpoint) -> None:
-                ckpt.meta = ctx.checkpoint_meta()
+                ckpt.meta = ctx.checkpoint_meta() | {"mlflow_run_id": active.info.run_id}
                 ckpt.save(run_dir / "checkpoints" / "last.pt")
 
             ctx.begin_training()
@@ -73,7 +77,7 @@ def run(cfg: DictConfig) -> float | None:
             metric = None
             if cfg.trusted_evaluation:
                 metric = _log_trusted_metrics(result.model, data, device, float(cfg.evaluation.top_fraction))
-            bundle = save_bundle(run_dir / "model", result.model.cpu(), data.spec, data.training.audiences,
+            bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences,
                                  extra=ctx.model_meta(active.info.run_id))
             model_uri = log_model(bundle, cfg.mlflow.get("registered_model_name"))
             ctx.finish()

@@ -4,7 +4,7 @@ Two audiences hide in the data: ``sports`` (young, mobile, sports interests, man
 ``luxury`` (high income, a few rich cities and countries, travel interests). The advertiser's seed
 holds part of each audience's converters plus some ids the publisher has never seen.
 
-    lookalike-demo-data --output-dir data/demo --users 100000
+    lookalike-demo-data --output-dir data/demo --users 250000
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def write_demo(output_dir: Path, n_users: int, seed: int, observed: float = 0.6,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lookalike-demo-data", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("data/demo"))
-    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=250_000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     if args.users < 1000:

@@ -1,0 +1,60 @@
+"""`lookalike-budget`: what the privacy ledger holds, per dataset fingerprint.
+
+    lookalike-budget --ledger outputs/privacy_ledger.sqlite
+    lookalike-budget --ledger outputs/privacy_ledger.sqlite --json
+    lookalike-budget --ledger outputs/privacy_ledger.sqlite set-budget 5c62ccb5 8.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lookalike.errors import LookalikeError
+from lookalike.privacy.ledger import Ledger
+
+DEFAULT_LEDGER = "outputs/privacy_ledger.sqlite"
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ("fingerprint", "budget", "spent", "reserved", "remaining", "delta spent", "entries")
+    lines = [header] + [
+        (r["fingerprint"][:12], f"{r['budget_epsilon']:.4g}", f"{r['spent_epsilon']:.4g}", f"{r['reserved_epsilon']:.4g}",
+         f"{r['remaining_epsilon']:.4g}", f"{r['spent_delta']:.3g}", str(r["runs"]))
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lookalike-budget", description="Show or change privacy budgets in a lookalike ledger.")
+    parser.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger file (the run's ledger.path; default {DEFAULT_LEDGER})")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub = parser.add_subparsers(dest="command")
+    setter = sub.add_parser("set-budget", help="change the total epsilon of one dataset (a decision for the data owners)")
+    setter.add_argument("fingerprint", help="the fingerprint, or a unique prefix of it")
+    setter.add_argument("epsilon", type=float)
+    setter.add_argument("--delta", type=float, default=None)
+    args = parser.parse_args(argv)
+    ledger = Ledger(args.ledger)
+    try:
+        if args.command == "set-budget":
+            if args.epsilon <= 0:
+                parser.error("epsilon must be positive")
+            ledger.set_budget(args.fingerprint, args.epsilon, args.delta)
+        rows = [s.to_dict() for s in ledger.status()]
+    except LookalikeError as exc:
+        print(f"lookalike-budget: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif rows:
+        print(format_table(rows))
+    else:
+        print(f"ledger '{args.ledger}' holds no budgets yet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Every bad input from the issue: one clear line naming the file, column or setting, and nothing
+half-written (no ledger charge, no MLflow run, no output files)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from lookalike.errors import LookalikeError
+from lookalike.privacy.ledger import Ledger
+from lookalike.train import run
+from tests.conftest import files_under
+
+
+def _publisher(tmp_path: Path, demo_dir: Path, change) -> Path:
+    table = ds.dataset(demo_dir / "publisher", partitioning="hive").to_table()
+    path = tmp_path / "bad_publisher.parquet"
+    pq.write_table(change(table), path)
+    return path
+
+
+def _with_nan(t: pa.Table) -> pa.Table:
+    age = t.column("age").to_numpy().copy()
+    age[7] = np.nan
+    return t.set_column(t.column_names.index("age"), "age", pa.array(age))
+
+
+CASES = {
+    "missing publisher": (lambda tmp, demo: [f"data.publisher_path={tmp}/nope"], "does not exist: set data.publisher_path"),
+    "missing seed": (lambda tmp, demo: [f"data.seed_path={tmp}/nope.jsonl"], "seed file .*nope.jsonl' does not exist"),
+    "missing id column": (lambda tmp, demo: ["data.id_column=uid"], "has no id column 'uid': set data.id_column"),
+    "absent declared feature": (lambda tmp, demo: ["data.features={numeric: [age, height]}"], "config 'data.features.numeric': column 'height'"),
+    "duplicate user ids": (
+        lambda tmp, demo: [f"data.publisher_path={_publisher(tmp, demo, lambda t: pa.concat_tables([t, t.slice(0, 1)]))}"],
+        "column 'user_id' has duplicate user ids"),
+    "non-string ids": (
+        lambda tmp, demo: [f"data.publisher_path={_publisher(tmp, demo, lambda t: t.set_column(0, 'user_id', pa.array(np.arange(t.num_rows))))}"],
+        "id column 'user_id' has type int64: store ids as strings"),
+    "nan in numerics": (lambda tmp, demo: [f"data.publisher_path={_publisher(tmp, demo, _with_nan)}"], "numeric column 'age' has 1 NaN/inf values"),
+    "empty seed": (lambda tmp, demo: [f"data.seed_path={_write(tmp / 'empty.csv', 'user_id' + chr(10))}"], "empty.csv' has no ids .*the seed is empty"),
+    "seed below minimum": (lambda tmp, demo: ["rules.min_matching_seed_size=500"], "matches fewer than 500 publisher users"),
+    "epsilon zero": (lambda tmp, demo: ["privacy.target_epsilon=0"], "config 'privacy.target_epsilon'"),
+    "delta too large": (lambda tmp, demo: ["privacy.target_delta=0.01"], "config 'privacy.target_delta': 0.01 must be in"),
+    "negative ratio": (lambda tmp, demo: ["data.negative_ratio=-1"], "config 'data.negative_ratio'"),
+}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_cleanly_before_any_work(case, cfg_factory, demo_dir, tmp_path):
+    make_overrides, message = CASES[case]
+    out = tmp_path / "out"
+    cfg = cfg_factory(*make_overrides(tmp_path, demo_dir), out=out)
+    with pytest.raises(LookalikeError, match=message) as err:
+        run(cfg)
+    assert "\n" not in str(err.value)
+    assert files_under(out) == [], "a refused run must leave no ledger, MLflow store or output behind"
+
+
+def test_budget_exceeded_charges_nothing_and_logs_no_run(cfg_factory, tmp_path):
+    cfg = cfg_factory("privacy.target_epsilon=3", "ledger.budget_epsilon=2")
+    with pytest.raises(LookalikeError, match="budget exhausted .* needs epsilon 3 but only 2 of 2 remains"):
+        run(cfg)
+    assert Ledger(cfg.ledger.path).status() == []  # the refused reservation rolled back whole
+    assert not [p for p in files_under(tmp_path / "out") if p.name not in ("privacy_ledger.sqlite", "mlflow.db")]
+
+
+def test_cli_prints_one_line_exits_2_and_leaves_no_run_folder(demo_dir, tmp_path):
+    out = tmp_path / "out"
+    code = "import sys; from lookalike.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "debug=default", f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
+         f"data.seed_path={demo_dir / 'seed.jsonl'}", "data.id_column=uid"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [f"lookalike-train: error: publisher data '{demo_dir / 'publisher'}' has no id column 'uid': set data.id_column "
+                     "(columns: user_id, age, income_k, sessions_30d, signal_00, signal_01, signal_02, signal_03, signal_04, signal_05, "
+                     "signal_06, signal_07, signal_08, signal_09, signal_10, signal_11, signal_12, device, country, city, interests, cohort)"]
+    assert files_under(out) == []

@@ -1,0 +1,98 @@
+"""The small console tools: hashing ids, reading the budget, generating demo data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.dataset as ds
+import pytest
+
+from lookalike.budget_cli import main as budget_main
+from lookalike.data.hashing import hash_file, hash_id, normalise, read_salt
+from lookalike.errors import LookalikeError
+from lookalike.privacy.ledger import Ledger
+
+SALT = b"0123456789abcdef-shared-secret"
+
+
+def test_normalisation_makes_both_sides_agree():
+    assert normalise("  Alice@Example.COM ", "auto") == "alice@example.com"
+    assert normalise("+44 (0)20 7946-0000", "phone") == "+440207946" + "0000"
+    assert normalise(" ID-42 ", "id") == "ID-42"
+    assert hash_id("Alice@Example.com", SALT) == hash_id(" alice@example.com", SALT)
+    assert hash_id("alice@example.com", SALT) != hash_id("alice@example.com", SALT + b"x")
+    assert len(hash_id("u1", SALT)) == 64
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_hash_file_keeps_format_and_other_columns(tmp_path, suffix):
+    src = tmp_path / f"seed{suffix}"
+    if suffix == ".csv":
+        src.write_text("user_id,audience\nA@x.com,a\n007,b\n")
+    elif suffix == ".jsonl":
+        src.write_text('{"user_id": "A@x.com", "audience": "a"}\n{"user_id": "007", "audience": "b"}\n')
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"user_id": ["A@x.com", "007"], "audience": ["a", "b"]}), src)
+    out = tmp_path / f"hashed{suffix}"
+    assert hash_file(src, out, "user_id", SALT, "auto") == 2
+    from lookalike.data.seed import read_seed
+
+    seeds = read_seed(str(out), "user_id", "audience")
+    assert seeds["a"].tolist() == [hash_id("a@x.com", SALT)] and seeds["b"].tolist() == [hash_id("007", SALT)]
+
+
+def test_salt_must_be_long_enough(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOOKALIKE_SALT", "short")
+    with pytest.raises(LookalikeError, match="at least 16 bytes"):
+        read_salt("LOOKALIKE_SALT", None)
+    (tmp_path / "salt").write_bytes(SALT + b"\n")
+    assert read_salt("UNSET_VAR", tmp_path / "salt") == SALT
+
+
+def test_hash_cli_end_to_end(tmp_path):
+    src, out = tmp_path / "ids.csv", tmp_path / "out.csv"
+    src.write_text("user_id\nBob@Mail.com\n")
+    proc = subprocess.run([sys.executable, "-m", "lookalike.data.hashing", str(src), str(out), "--kind", "email"],
+                          env={"LOOKALIKE_SALT": SALT.decode(), "PATH": ""}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().splitlines()[1].strip('"') == hash_id("bob@mail.com", SALT)
+    missing = subprocess.run([sys.executable, "-m", "lookalike.data.hashing", str(src), str(out)], env={"PATH": ""},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "LOOKALIKE_SALT" in missing.stderr
+
+
+def test_budget_cli_table_and_json(tmp_path, capsys):
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    done = ledger.reserve("ab" * 32, 2.0, 1e-6, budget_epsilon=5, budget_delta=None, kind="train", description="t")
+    ledger.record_spent(done, 1.5)
+    ledger.reserve("ab" * 32, 1.0, 1e-6, budget_epsilon=5, budget_delta=None, kind="train", description="t")
+    budget_main(["--ledger", str(path), "--json"])
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["budget_epsilon"], row["spent_epsilon"], row["reserved_epsilon"], row["remaining_epsilon"]) == (5, 1.5, 1.0, 2.5)
+    budget_main(["--ledger", str(path)])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["fingerprint", "budget", "spent", "reserved", "remaining", "delta", "spent", "entries"]
+    assert table[1].split()[:5] == ["abababababab", "5", "1.5", "1", "2.5"]
+    budget_main(["--ledger", str(path), "set-budget", "abab", "7"])
+    assert "7" in capsys.readouterr().out.splitlines()[1].split()
+    with pytest.raises(SystemExit) as exit_info:
+        budget_main(["--ledger", str(tmp_path / "none.sqlite")])
+    assert exit_info.value.code == 2 and not (tmp_path / "none.sqlite").exists()
+
+
+def test_demo_data_has_planted_structure(demo_dir):
+    table = ds.dataset(demo_dir / "publisher", partitioning="hive").to_table()
+    assert table.num_rows == 4000 and {"user_id", "age", "device", "interests", "cohort"} <= set(table.column_names)
+    truth = json.loads((demo_dir / "ground_truth.json").read_text())
+    seed = [json.loads(line) for line in (demo_dir / "seed.jsonl").read_text().splitlines()]
+    luxury_seed = {r["user_id"] for r in seed if r["audience"] == "luxury"}
+    assert luxury_seed - set(truth["luxury"]) and all(u.startswith("x") for u in luxury_seed - set(truth["luxury"]))
+    incomes = dict(zip(table.column("user_id").to_pylist(), table.column("income_k").to_pylist()))
+    luxury_income = sum(incomes[u] for u in truth["luxury"]) / len(truth["luxury"])
+    assert luxury_income > 1.5 * sum(incomes.values()) / len(incomes)  # the planted signal is there

@@ -1,0 +1,90 @@
+"""Publisher scanning (projection, window, pruning, cost) and seed matching on real Parquet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from omegaconf import OmegaConf
+
+from lookalike.data.matching import check_publisher_ids, match_seed
+from lookalike.data.publisher import open_publisher, scan_publisher, window_filter
+from lookalike.errors import ConfigError, DataError
+
+
+def test_window_on_a_partition_column_prunes_files_and_projection_cuts_bytes(demo_dir):
+    path = demo_dir / "publisher"
+    dataset = open_publisher(path)
+    full, full_stats = scan_publisher(dataset, ["user_id", "age", "interests"], None, path)
+    window = OmegaConf.create({"column": "cohort", "start": "2025-02", "end": "2025-04"})
+    part, part_stats = scan_publisher(dataset, ["user_id", "age", "interests"], window_filter(dataset, window, path), path)
+    assert full_stats.files_scanned == 4 and part_stats.files_scanned == 2
+    assert full_stats.rows_scanned == full.num_rows == 4000
+    assert part_stats.rows_scanned == part_stats.rows_in_window == part.num_rows
+    assert 1000 < part.num_rows < 3000 and part_stats.bytes_scanned < full_stats.bytes_scanned
+    _, narrow = scan_publisher(dataset, ["user_id"], None, path)
+    assert 0 < narrow.bytes_scanned < full_stats.bytes_scanned
+
+
+def test_window_errors_name_the_setting(demo_dir):
+    path = demo_dir / "publisher"
+    dataset = open_publisher(path)
+    with pytest.raises(ConfigError, match="data.window.column"):
+        window_filter(dataset, OmegaConf.create({"column": "day", "start": 1, "end": None}), path)
+    with pytest.raises(ConfigError, match="data.window"):
+        window_filter(dataset, OmegaConf.create({"column": "cohort", "start": None, "end": None}), path)
+
+
+def test_timestamp_window(tmp_path):
+    times = pa.array(np.array(["2025-01-01", "2025-02-01", "2025-03-01"], dtype="datetime64[ms]"))
+    path = tmp_path / "t.parquet"
+    ds.write_dataset(pa.table({"user_id": ["a", "b", "c"], "seen": times}), tmp_path / "t", format="parquet")
+    dataset = open_publisher(tmp_path / "t")
+    f = window_filter(dataset, OmegaConf.create({"column": "seen", "start": "2025-01-15", "end": "2025-03-01"}), path)
+    table, _ = scan_publisher(dataset, ["user_id"], f, path)
+    assert table.column("user_id").to_pylist() == ["b"]
+
+
+def _ids(n: int) -> pa.ChunkedArray:
+    return pa.chunked_array([pa.array([f"u{i}" for i in range(n)])])
+
+
+def test_matching_lays_out_disjoint_train_holdout_and_eval_sets():
+    ids = _ids(1000)
+    seeds = {"a": np.array([f"u{i}" for i in range(0, 100)] + ["stranger"], dtype=object), "b": np.array([f"u{i}" for i in range(50, 150)], dtype=object)}
+    ts = match_seed(ids, seeds, min_matching_seed_size=25, holdout_fraction=0.2, negative_ratio=2.0, max_eval_negatives=10_000,
+                    rng=np.random.default_rng(0), trusted=True)
+    assert ts.matched == {"a": 100, "b": 100}
+    held = np.concatenate(list(ts.holdout_rows.values()))
+    assert not set(ts.train_rows) & set(held) and not set(ts.train_rows) & set(ts.eval_negative_rows)
+    assert set(ts.eval_negative_rows).isdisjoint(range(150)) and set(held) <= set(range(150))
+    positives = ts.train_rows[ts.train_labels.max(1) > 0]
+    assert len(positives) + len(set(held)) == 150
+    assert (ts.n_train - len(positives)) == round(2.0 * len(positives))
+    # multi-label: a user in both audiences is one example with two positive labels
+    both = [r for r in ts.train_rows if 50 <= r < 100]
+    assert both and all(ts.train_labels[list(ts.train_rows).index(r)].tolist() == [1.0, 1.0] for r in both)
+
+
+def test_small_seed_is_refused_without_revealing_the_count():
+    seeds = {"a": np.array([f"u{i}" for i in range(30)], dtype=object)}
+    kwargs = dict(min_matching_seed_size=50, holdout_fraction=0.2, negative_ratio=1.0, max_eval_negatives=10, rng=np.random.default_rng(0))
+    with pytest.raises(DataError, match="fewer than 50") as err:
+        match_seed(_ids(100), seeds, trusted=False, **kwargs)
+    assert "30" not in str(err.value)
+    with pytest.raises(DataError, match=r"\(30 matched\)"):
+        match_seed(_ids(100), seeds, trusted=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (pa.chunked_array([pa.array(["a", "b", "a"])]), "duplicate user ids"),
+        (pa.chunked_array([pa.array(["a", None])]), "1 empty ids"),
+        (pa.chunked_array([pa.array([1, 2])]), "type int64: store ids as strings"),
+    ],
+)
+def test_publisher_ids_must_be_unique_non_null_strings(ids, message):
+    with pytest.raises(DataError, match=message):
+        check_publisher_ids(ids, "user_id", "pub")

@@ -1,0 +1,100 @@
+"""End to end on real data, a real SQLite MLflow store and a real ledger: what a run logs,
+what it spends, and what export will load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pyarrow.dataset as ds
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lookalike.errors import BudgetExceededError, ConfigError
+from lookalike.model.bundle import load_bundle
+from lookalike.privacy.dp import epsilon_from_history
+from lookalike.privacy.ledger import Ledger
+from lookalike.train import run
+from lookalike.tracking import download_bundle, resolve_tracking_uri
+
+
+def runs_of(cfg) -> list:
+    client = MlflowClient(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_dp_run_logs_privacy_spend_params_and_a_loadable_model(cfg_factory, demo_dir):
+    cfg = cfg_factory("privacy.target_epsilon=2.0")
+    assert run(cfg) is None  # no seed-derived metric leaves an untrusted run
+    (logged,) = runs_of(cfg)
+    m, p, t = logged.data.metrics, logged.data.params, logged.data.tags
+    assert 0 < m["privacy.epsilon_spent"] <= 2.0 and m["privacy.target_epsilon"] == 2.0
+    assert m["privacy.delta"] == pytest.approx(1 / (10 * m["data.training_examples"]))
+    assert m["privacy.noise_multiplier"] > 0 and 0 < m["privacy.sample_rate"] < 1 and m["privacy.steps"] > 0
+    assert m["scan.rows_scanned"] == 4000 and m["scan.bytes_scanned"] > 0 and m["scan.files_scanned"] == 4
+    assert p["privacy.target_epsilon"] == "2.0" and p["data.id_column"] == "user_id" and p["model.similarity"] == "cosine"
+    assert t["lookalike.privacy"] == "dp" and t["privacy.accountant"] == "prv" and t["lookalike.trusted_evaluation"] == "false"
+    assert not [k for k in m if k.startswith("trusted.") or "loss" in k]
+    # the ledger entry named on the run was closed with exactly the logged epsilon
+    entry = Ledger(cfg.ledger.path).entry(int(t["ledger.entry_id"]))
+    assert entry["status"] == "spent" and entry["spent_epsilon"] == pytest.approx(m["privacy.epsilon_spent"])
+    assert entry["fingerprint"] == t["lookalike.fingerprint"]
+    # the model comes back as a bundle export can rebuild, and as an MLflow pyfunc
+    model_uri = t["lookalike.model_uri"]
+    scorer = mlflow.pyfunc.load_model(model_uri)
+    users = ds.dataset(demo_dir / "publisher", partitioning="hive").head(5).to_pandas()
+    scores = scorer.predict(users)
+    assert list(scores.columns) == ["luxury", "sports"] and scores.shape == (5, 2)
+    assert ((scores.to_numpy() > 0) & (scores.to_numpy() < 1)).all()
+    model, spec, meta = load_bundle(download_bundle(model_uri))
+    assert meta["private"] is True and meta["audiences"] == ["luxury", "sports"] and meta["run_id"] == logged.info.run_id
+    assert spec.id_column == "user_id" and {f.name for f in spec.multi_categorical} == {"interests"}
+
+
+def test_reported_epsilon_equals_a_fresh_accountant_for_the_steps_taken(cfg_factory):
+    cfg = cfg_factory("privacy.target_epsilon=1.0", "privacy.accountant=rdp", "trainer.epochs=3")
+    run(cfg)
+    (logged,) = runs_of(cfg)
+    m = logged.data.metrics
+    summary = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=logged.info.run_id, artifact_path="privacy_summary.json")).read_text())
+    history = [tuple(h) for h in summary["history"]]
+    assert sum(h[2] for h in history) == m["privacy.steps"]
+    assert all(h[0] == pytest.approx(m["privacy.noise_multiplier"]) and h[1] == pytest.approx(m["privacy.sample_rate"]) for h in history)
+    # from the logged (sigma, q, steps, delta) alone
+    recomputed = epsilon_from_history([(m["privacy.noise_multiplier"], m["privacy.sample_rate"], int(m["privacy.steps"]))], m["privacy.delta"], "rdp")
+    assert recomputed == pytest.approx(m["privacy.epsilon_spent"], rel=1e-9)
+    assert m["privacy.epsilon_spent"] <= 1.0
+    epochs = MlflowClient(resolve_tracking_uri(str(cfg.mlflow.tracking_uri))).get_metric_history(logged.info.run_id, "epsilon")
+    assert [e.step for e in epochs] == [1, 2, 3] and epochs[0].value < epochs[1].value < epochs[2].value == pytest.approx(m["privacy.epsilon_spent"])
+
+
+def test_trusted_mode_beats_random_ranking_and_tags_the_run(cfg_factory):
+    cfg = cfg_factory("trusted_evaluation=true", "trainer.epochs=4", "privacy.target_epsilon=4")
+    auc = run(cfg)
+    (logged,) = runs_of(cfg)
+    m = logged.data.metrics
+    assert logged.data.tags["lookalike.trusted_evaluation"] == "true"
+    assert auc == pytest.approx(m["trusted.auc"]) and auc > 0.7  # random ranking: 0.5
+    assert m["trusted.luxury.matched_seed_users"] > 25 and "train_loss" in m
+
+
+def test_second_run_is_refused_once_the_budget_is_spent(cfg_factory):
+    cfg = cfg_factory("privacy.target_epsilon=1.0", "ledger.budget_epsilon=1.5")
+    run(cfg)
+    before = Ledger(cfg.ledger.path).status()
+    with pytest.raises(BudgetExceededError, match="only 0.5.* of 1.5 remains"):
+        run(cfg)
+    assert len(runs_of(cfg)) == 1 and Ledger(cfg.ledger.path).status() == before
+
+
+def test_non_private_baseline_needs_trusted_mode_and_is_tagged(cfg_factory):
+    with pytest.raises(ConfigError, match="privacy.enabled"):
+        run(cfg_factory("privacy.enabled=false"))
+    cfg = cfg_factory("privacy.enabled=false", "trusted_evaluation=true")
+    run(cfg)
+    (logged,) = runs_of(cfg)
+    assert logged.data.tags["lookalike.privacy"] == "non-private" and logged.info.run_name.startswith("NON-PRIVATE")
+    assert "privacy.epsilon_spent" not in logged.data.metrics and logged.data.tags["ledger.entry_id"] == "none"
+    assert not Path(cfg.ledger.path).exists()
