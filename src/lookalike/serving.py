@@ -18,7 +18,7 @@ class LookalikeScorer(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.model, self.spec, self.meta = load_bundle(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         table = pa.Table.from_pandas(model_input, preserve_index=False)
         with torch.no_grad():
             scores = torch.sigmoid(self.model(*encode(table, self.spec).tensors())).numpy()

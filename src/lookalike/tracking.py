@@ -80,7 +80,29 @@ def log_params(params: dict[str, str]) -> None:
         mlflow.log_params(dict(items[start : start + 100]))
 
 
-def log_model(bundle_dir: Path, registered_model_name: str | None) -> str:
+def model_signature(spec, audiences: list[str]):
+    """Inputs: the publisher feature columns; outputs: one probability per audience."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    inputs = [ColSpec("double", f.name) for f in spec.numeric]
+    inputs += [ColSpec("string", f.name) for f in spec.categorical]
+    inputs += [ColSpec(Array("string"), f.name) for f in spec.multi_categorical]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double", a) for a in audiences]))
+
+
+def synthetic_input_example(spec):
+    """One made-up row (feature means, most common categories): never a real user's data,
+    which must not travel inside the model artifact."""
+    import pandas as pd
+
+    row = {f.name: f.mean for f in spec.numeric}
+    row |= {f.name: (f.vocabulary[0] if f.vocabulary else "") for f in spec.categorical}
+    row |= {f.name: [list(f.vocabulary[:2])] for f in spec.multi_categorical}
+    return pd.DataFrame({k: v if isinstance(v, list) else [v] for k, v in row.items()})
+
+
+def log_model(bundle_dir: Path, registered_model_name: str | None, signature=None, input_example=None) -> str:
     """Log the bundle as a pyfunc model; return its ``models:/`` URI."""
     requirements = [f"lookalike=={_version()}", "torch", "pyarrow", "pandas"]
     info = mlflow.pyfunc.log_model(
@@ -88,6 +110,8 @@ def log_model(bundle_dir: Path, registered_model_name: str | None) -> str:
         python_model=str(Path(__file__).with_name("serving.py")),
         artifacts={"bundle": str(bundle_dir)},
         pip_requirements=requirements,
+        signature=signature,
+        input_example=input_example,
         registered_model_name=registered_model_name or None,
     )
     return info.model_uri

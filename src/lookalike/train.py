@@ -26,7 +26,16 @@ from lookalike.quiet import silence_known_warnings
 from lookalike.privacy.dp import resolve_delta
 from lookalike.privacy.ledger import Ledger
 from lookalike.run_context import RunContext, discard_run_directory, is_multirun, pick_device, run_directory
-from lookalike.tracking import flat_params, resume_run_id, log_dict_artifact, log_model, log_params, setup_experiment
+from lookalike.tracking import (
+    flat_params,
+    log_dict_artifact,
+    log_model,
+    log_params,
+    model_signature,
+    resume_run_id,
+    setup_experiment,
+    synthetic_input_example,
+)
 from lookalike.trainer import train
 
 log = logging.getLogger("lookalike.train")
@@ -79,7 +88,8 @@ def run(cfg: DictConfig) -> float | None:
                 metric = _log_trusted_metrics(result.model, data, device, float(cfg.evaluation.top_fraction))
             bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences,
                                  extra=ctx.model_meta(active.info.run_id))
-            model_uri = log_model(bundle, cfg.mlflow.get("registered_model_name"))
+            model_uri = log_model(bundle, cfg.mlflow.get("registered_model_name"), model_signature(data.spec, data.training.audiences),
+                                  synthetic_input_example(data.spec))
             ctx.finish()
             mlflow.log_metrics(ctx.privacy_metrics())
             mlflow.set_tag("lookalike.model_uri", model_uri)
