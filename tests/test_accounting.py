@@ -28,3 +28,31 @@ def test_delta_policy():
     for bad in (1e-3, 0.5, 0.0):
         with pytest.raises(LookalikeError, match="privacy.target_delta"):
             resolve_delta(bad, 1000)
+
+
+def test_dp_training_spends_at_most_its_target(cfg_factory):
+    """The full path: Poisson loader, accountant hook, calibration. The batch size is picked so
+    the loader has L batches with int(1 / (1 / L)) == L - 1, where Opacus' own calibration
+    overshot (3.02 for a target of 3)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from lookalike.model.towers import ModelConfig, TwoTower
+    from lookalike.prepare import prepare
+    from lookalike.trainer import train
+
+    data = prepare(cfg_factory(), np.random.default_rng(0))
+    n, batch = 465, 5  # L = 93 batches, and int(1 / (1 / 93)) == 92
+    assert data.training.n_train >= n and int(1 / (1 / math.ceil(n / batch))) == math.ceil(n / batch) - 1
+    rows = np.arange(n)
+    cfg = cfg_factory("privacy.target_epsilon=3.0", "trainer.epochs=2", f"trainer.batch_size={batch}", f"trainer.physical_batch_size={batch}")
+    model = TwoTower(data.spec, 2, ModelConfig(embedding_dim=4, hidden_dims=[8], output_dim=4))
+    delta = resolve_delta(None, n)
+    result = train(model, data.train_features.take(rows).tensors() + [torch.from_numpy(data.training.train_labels[rows])], cfg,
+                   delta=delta, device=torch.device("cpu"))
+    ((sigma, q, steps),) = result.history
+    assert steps == result.steps == 2 * (math.ceil(n / batch) - 1)
+    assert q == result.sample_rate and sigma == result.noise_multiplier
+    assert 3.0 * 0.99 <= result.epsilon <= 3.0

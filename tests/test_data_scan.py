@@ -54,7 +54,7 @@ def test_matching_lays_out_disjoint_train_holdout_and_eval_sets():
     ids = _ids(1000)
     seeds = {"a": np.array([f"u{i}" for i in range(0, 100)] + ["stranger"], dtype=object), "b": np.array([f"u{i}" for i in range(50, 150)], dtype=object)}
     ts = match_seed(ids, seeds, min_matching_seed_size=25, holdout_fraction=0.2, negative_ratio=2.0, max_eval_negatives=10_000,
-                    rng=np.random.default_rng(0), trusted=True)
+                    rng=np.random.default_rng(0), split_seed=1, trusted=True)
     assert ts.matched == {"a": 100, "b": 100}
     held = np.concatenate(list(ts.holdout_rows.values()))
     assert not set(ts.train_rows) & set(held) and not set(ts.train_rows) & set(ts.eval_negative_rows)
@@ -69,7 +69,7 @@ def test_matching_lays_out_disjoint_train_holdout_and_eval_sets():
 
 def test_small_seed_is_refused_without_revealing_the_count():
     seeds = {"a": np.array([f"u{i}" for i in range(30)], dtype=object)}
-    kwargs = dict(min_matching_seed_size=50, holdout_fraction=0.2, negative_ratio=1.0, max_eval_negatives=10, rng=np.random.default_rng(0))
+    kwargs = dict(min_matching_seed_size=50, holdout_fraction=0.2, negative_ratio=1.0, max_eval_negatives=10, rng=np.random.default_rng(0), split_seed=1)
     with pytest.raises(DataError, match="fewer than 50") as err:
         match_seed(_ids(100), seeds, trusted=False, **kwargs)
     assert "30" not in str(err.value)
@@ -88,3 +88,12 @@ def test_small_seed_is_refused_without_revealing_the_count():
 def test_publisher_ids_must_be_unique_non_null_strings(ids, message):
     with pytest.raises(DataError, match=message):
         check_publisher_ids(ids, "user_id", "pub")
+
+
+def test_holdout_split_is_stable_per_user_whatever_the_order():
+    from lookalike.data.matching import holdout_mask
+
+    ids = pa.array([f"u{i}" for i in range(2000)])
+    u = holdout_mask(ids, 42)
+    assert np.array_equal(holdout_mask(ids.take(pa.array(np.arange(1999, -1, -1))), 42), u[::-1])
+    assert 0.15 < (u < 0.2).mean() < 0.25 and not np.array_equal(holdout_mask(ids, 43), u)

@@ -70,6 +70,7 @@ def prepare(cfg: Any, rng: np.random.Generator) -> PreparedData:
         negative_ratio=float(data.negative_ratio),
         max_eval_negatives=int(data.max_eval_negatives),
         rng=rng,
+        split_seed=int(cfg.seed),
         trusted=bool(cfg.trusted_evaluation),
     )
     return PreparedData(

@@ -72,7 +72,7 @@ def write_demo(output_dir: Path, n_users: int, seed: int, observed: float = 0.6,
         shutil.rmtree(publisher)
     # Hive-partitioned by cohort, so `data.window` on it prunes whole folders.
     ds.write_dataset(table, publisher, format="parquet", partitioning=["cohort"], partitioning_flavor="hive",
-                     existing_data_behavior="overwrite_or_ignore", max_rows_per_group=1 << 16)
+                     existing_data_behavior="overwrite_or_ignore", max_rows_per_group=1 << 16, preserve_order=True)
     ids = table.column("user_id").to_numpy(zero_copy_only=False)
     lines = []
     for name, rows in converters.items():

@@ -7,6 +7,7 @@ negative) for evaluation; negatives are non-seed users sampled at ``data.negativ
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ def match_seed(
     negative_ratio: float,
     max_eval_negatives: int,
     rng: np.random.Generator,
+    split_seed: int,
     trusted: bool,
 ) -> TrainingSet:
     """Split publisher rows into seed positives (train / held out), negatives and eval negatives."""
@@ -62,7 +64,7 @@ def match_seed(
             )
 
     seed_rows = np.flatnonzero(member.any(axis=1))
-    held = rng.random(seed_rows.size) < holdout_fraction
+    held = holdout_mask(publisher_ids.take(pa.array(seed_rows)), split_seed) < holdout_fraction
     train_pos, holdout = seed_rows[~held], seed_rows[held]
     holdout_rows = {name: holdout[member[holdout, a]] for a, name in enumerate(audiences)}
 
@@ -79,6 +81,17 @@ def match_seed(
     if not train_rows.size:
         raise DataError("no training examples after matching: check data.holdout_fraction and data.negative_ratio")
     return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, matched)
+
+
+def holdout_mask(ids: pa.Array | pa.ChunkedArray, split_seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per id from a keyed hash: the same user lands on the same side
+    of the holdout split in every run and in export, whatever the row order of the files."""
+    key = split_seed.to_bytes(8, "little", signed=True)
+    out = np.empty(len(ids), dtype=np.float64)
+    for i, user in enumerate(ids.to_pylist()):
+        digest = hashlib.blake2b(user.encode(), digest_size=8, key=key).digest()
+        out[i] = int.from_bytes(digest, "little") / 2.0**64
+    return out
 
 
 def check_publisher_ids(ids: pa.ChunkedArray, id_column: str, path: str) -> None:

@@ -63,7 +63,10 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
         module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=float(privacy.max_grad_norm),
         noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
         poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode)
-    sample_rate = float(loader.sample_rate)
+    # Opacus' accountant hook records q = 1 / len(Poisson loader). Because the loader takes
+    # int(1 / (1 / L)) steps per epoch, which float rounding can make L - 1, that q can sit a
+    # little above the true sampling rate: conservative, and the rate the reported epsilon uses.
+    sample_rate = 1.0 / len(loader)
     if noise_multiplier is None:
         # The optimizer reads noise_multiplier at every step, and so does the accountant hook.
         optimizer.noise_multiplier = calibrate_noise(float(privacy.target_epsilon), delta, sample_rate, epochs * len(loader), privacy.accountant)
