@@ -33,8 +33,11 @@ demo-data: $(DEMO_DATA)/.done
 
 demo: $(DEMO_DATA)/.done
 	$(BIN)/lookalike-train experiment=demo paths.output_dir=$(OUT)
+	# The report is released with DP (trusted_evaluation=false), its epsilon charged to the ledger.
+	$(BIN)/lookalike-export experiment=demo trusted_evaluation=false export.model=latest export.overwrite=true paths.output_dir=$(OUT)
 	@echo
 	@echo "Results:  $(OUT)/  (runs/ holds checkpoints and logs, privacy_ledger.sqlite the budget)"
+	@echo "Segments: $(OUT)/segments/audience=<name>/size=<bin>/  report: $(OUT)/segments/report.json, report.png"
 	@echo "Budget:   $(BIN)/lookalike-budget --ledger $(OUT)/privacy_ledger.sqlite"
 	@echo "MLflow:   $(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db  (then open http://127.0.0.1:5000)"
 

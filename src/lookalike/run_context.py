@@ -136,8 +136,10 @@ class RunContext:
                 "privacy.sample_rate": r.sample_rate, "privacy.steps": r.steps}
 
     def model_meta(self, run_id: str) -> dict:
+        # The split parameters let export find the same held-out seed users (hash-based split).
         return {"private": self.private, "run_id": run_id, "fingerprint": self.data.fingerprint,
-                "id_column": str(self.cfg.data.id_column)} | {k: v for k, v in self.privacy_metrics().items()}
+                "id_column": str(self.cfg.data.id_column), "split_seed": int(self.cfg.seed),
+                "holdout_fraction": float(self.cfg.data.holdout_fraction)} | {k: v for k, v in self.privacy_metrics().items()}
 
     def summary(self, model_uri: str) -> dict:
         return {"model_uri": model_uri, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path),

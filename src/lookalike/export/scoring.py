@@ -1,0 +1,91 @@
+"""One streaming pass over the publisher data: score every user for every exported audience.
+
+Memory stays flat in the population: per audience only the segment candidates (O(largest
+bin)), the scores needed for population thresholds and the held-out seed users' scores are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import torch
+
+from lookalike.data.encode import encode
+from lookalike.data.features import FeatureSpec
+from lookalike.data.matching import holdout_mask
+from lookalike.export.release import randomized_exclusion
+from lookalike.export.topk import TopK
+
+SEED_FIRST = 2.0  # added to a probability in [0, 1] so included seed users rank before everyone
+
+
+@dataclass
+class AudienceScores:
+    name: str
+    column: int  # the model's output index for this audience
+    segment: TopK  # users eligible for the segment, best first
+    population: TopK  # every user's score (no ids): thresholds for recall and relevance
+    score_sum: float = 0.0
+    eligible: int = 0
+    holdout: list[np.ndarray] = field(default_factory=list)
+
+    def holdout_scores(self) -> np.ndarray:
+        return np.concatenate(self.holdout) if self.holdout else np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class ExportOptions:
+    include_seed: bool
+    exclusion: str  # exact | randomized
+    exclusion_epsilon: float
+    min_score: float | None
+    holdout_fraction: float
+    split_seed: int
+
+
+def score_population(dataset: ds.Dataset, row_filter, spec: FeatureSpec, model: torch.nn.Module, device: torch.device,
+                     audiences: dict[str, int], seeds: dict[str, pa.Array], k: int, options: ExportOptions,
+                     batch_rows: int, path: str) -> tuple[dict[str, AudienceScores], int]:
+    """Score all users; returns per-audience state and the number of users scored."""
+    state = {name: AudienceScores(name, col, TopK(k), TopK(k, with_ids=False)) for name, col in audiences.items()}
+    rng = np.random.default_rng()  # OS entropy: randomised response must not be replayable
+    scored = 0
+    model.eval()
+    for batch in dataset.to_batches(columns=spec.columns, filter=row_filter, batch_size=batch_rows):
+        if batch.num_rows == 0:
+            continue
+        ids = batch.column(spec.id_column).cast(pa.string())
+        with torch.no_grad():
+            inputs = [t.to(device) for t in encode(batch, spec, path).tensors()]
+            probs = torch.sigmoid(model(*inputs)).float().cpu().numpy()
+        scored += batch.num_rows
+        for st in state.values():
+            _update(st, probs[:, st.column], ids, seeds[st.name], options, rng)
+    return state, scored
+
+
+def _update(st: AudienceScores, score: np.ndarray, ids: pa.Array, seed: pa.Array, options: ExportOptions,
+            rng: np.random.Generator) -> None:
+    member = pc.is_in(ids, value_set=seed).to_numpy(zero_copy_only=False)
+    st.population.push(score)
+    st.score_sum += float(score.sum(dtype=np.float64))
+    if member.any():
+        rows = np.flatnonzero(member)
+        held = holdout_mask(ids.take(pa.array(rows)), options.split_seed) < options.holdout_fraction
+        st.holdout.append(score[rows[held]])
+    if options.include_seed:
+        eligible = np.ones_like(member)
+    elif options.exclusion == "randomized":
+        eligible = ~randomized_exclusion(member, options.exclusion_epsilon, rng)
+    else:
+        eligible = ~member
+    if options.min_score is not None:
+        eligible &= score >= options.min_score
+    st.eligible += int(eligible.sum())
+    rows = np.flatnonzero(eligible)
+    keys = score[rows] + (SEED_FIRST * member[rows] if options.include_seed else 0.0)
+    st.segment.push(keys, score[rows], ids, rows)

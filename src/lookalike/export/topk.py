@@ -1,0 +1,69 @@
+"""Streaming top-k: keep the k best users seen so far without sorting the whole population.
+
+Candidates accumulate in a buffer; whenever it holds more than twice k it is cut back to the k
+best with ``argpartition`` (linear time), and everything below the current k-th score is
+dropped on arrival. Memory is O(k), time O(n) plus one O(k log k) sort at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+
+class TopK:
+    """The ``k`` largest keys pushed so far, with the user ids and scores that came with them."""
+
+    def __init__(self, k: int, with_ids: bool = True):
+        self.k = int(k)
+        self.with_ids = with_ids
+        self._keys: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._ids: list[pa.Array] = []
+        self._size = 0
+        self.floor = -np.inf  # keys below this can never make the top k again
+
+    def push(self, keys: np.ndarray, scores: np.ndarray | None = None, ids: pa.Array | None = None,
+             rows: np.ndarray | None = None) -> None:
+        """Offer candidates. ``ids[rows[i]]`` is the id of ``keys[i]`` (``rows`` defaults to all),
+        so ids are only copied for candidates that beat the current floor."""
+        if self.k == 0 or keys.size == 0:
+            return
+        keep = np.flatnonzero(keys >= self.floor)
+        if keep.size == 0:
+            return
+        if keep.size < keys.size:
+            keys = keys[keep]
+            scores = scores[keep] if scores is not None else None
+        if self.with_ids:
+            picked = keep if rows is None else rows[keep]
+            self._ids.append(ids.take(pa.array(picked)) if picked.size < len(ids) else ids)
+        self._keys.append(keys)
+        self._scores.append(keys if scores is None else scores)
+        self._size += keys.size
+        if self._size > 2 * self.k + 4096:
+            self._compact()
+
+    def _compact(self) -> None:
+        keys = np.concatenate(self._keys)
+        scores = np.concatenate(self._scores)
+        ids = pa.concat_arrays(self._ids) if self.with_ids else None
+        if keys.size > self.k:
+            best = np.argpartition(-keys, self.k - 1)[: self.k]
+            keys, scores = keys[best], scores[best]
+            ids = ids.take(pa.array(best)) if ids is not None else None
+            self.floor = float(keys.min())
+        self._keys, self._scores = [keys], [scores]
+        self._ids = [ids] if ids is not None else []
+        self._size = keys.size
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, pa.Array | None]:
+        """Keys, scores and ids of the best ``min(k, n)`` entries, best first."""
+        if not self._keys:
+            empty = pa.array([], type=pa.string()) if self.with_ids else None
+            return np.zeros(0), np.zeros(0, dtype=np.float32), empty
+        self._compact()
+        keys, scores = self._keys[0], self._scores[0]
+        order = np.argsort(-keys, kind="stable")
+        ids = self._ids[0].take(pa.array(order)) if self.with_ids else None
+        return keys[order], scores[order], ids
