@@ -186,3 +186,17 @@ def test_latest_resolves_to_the_newest_training_run(demo_dir, trained, tmp_path)
     assert report["model"]["training_run_id"] == trained[1]
     with pytest.raises(ConfigError, match="'latest': experiment 'nothing-here' has no finished training run"):
         export(export_cfg(demo_dir, trained, tmp_path / "seg2", "export.model=latest", "mlflow.experiment_name=nothing-here"))
+
+
+def test_export_cli_prints_one_line_and_exits_2(demo_dir, trained, tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; from lookalike.export.app import cli; sys.argv = ['lookalike-export', *sys.argv[1:]]; cli()"
+    proc = subprocess.run([sys.executable, "-c", code, f"paths.output_dir={trained[0]}", f"export.model={trained[1]}",
+                           f"export.output_dir={tmp_path / 'seg'}", f"hydra.run.dir={tmp_path / 'hydra'}", "export.audience_size.bins=[0]"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        "lookalike-export: error: config 'export.audience_size.bins': 0 must be a percentage from 1 to 100 (PERCENTAGE)"]
+    assert not (tmp_path / "seg").exists() and not (tmp_path / "hydra").exists()

@@ -55,7 +55,11 @@ def score_population(dataset: ds.Dataset, row_filter, spec: FeatureSpec, model: 
     rng = np.random.default_rng()  # OS entropy: randomised response must not be replayable
     scored = 0
     model.eval()
-    for batch in dataset.to_batches(columns=spec.columns, filter=row_filter, batch_size=batch_rows):
+    # Arrow reads ahead 4 files and 16 batches by default, which holds a whole mid-sized table
+    # in memory; one file and two batches ahead keep memory flat in the population.
+    batches = dataset.to_batches(columns=spec.columns, filter=row_filter, batch_size=batch_rows,
+                                 batch_readahead=2, fragment_readahead=1)
+    for batch in batches:
         if batch.num_rows == 0:
             continue
         ids = batch.column(spec.id_column).cast(pa.string())
