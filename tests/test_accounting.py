@@ -43,7 +43,7 @@ def test_dp_training_spends_at_most_its_target(cfg_factory):
     from lookalike.prepare import prepare
     from lookalike.trainer import train
 
-    data = prepare(cfg_factory(), np.random.default_rng(0))
+    data = prepare(cfg_factory())
     n, batch = 465, 5  # L = 93 batches, and int(1 / (1 / 93)) == 92
     assert data.training.n_train >= n and int(1 / (1 / math.ceil(n / batch))) == math.ceil(n / batch) - 1
     rows = np.arange(n)

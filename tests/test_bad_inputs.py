@@ -48,7 +48,7 @@ CASES = {
     "seed below minimum": (lambda tmp, demo: ["rules.min_matching_seed_size=500"], "matches fewer than 500 publisher users"),
     "epsilon zero": (lambda tmp, demo: ["privacy.target_epsilon=0"], "config 'privacy.target_epsilon'"),
     "delta too large": (lambda tmp, demo: ["privacy.target_delta=0.01"], "config 'privacy.target_delta': 0.01 must be in"),
-    "negative ratio": (lambda tmp, demo: ["data.negative_ratio=-1"], "config 'data.negative_ratio'"),
+    "negative rate": (lambda tmp, demo: ["data.negative_rate=-1"], "config 'data.negative_rate'"),
 }
 
 

@@ -34,7 +34,8 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
     [
         ("privacy.target_epsilon=0", "privacy.target_epsilon"),
         ("privacy.target_epsilon=-1", "privacy.target_epsilon"),
-        ("data.negative_ratio=-0.5", "data.negative_ratio"),
+        ("data.negative_rate=-0.5", "data.negative_rate"),
+        ("data.negative_rate=0.8", "data.negative_rate"),
         ("rules.min_matching_seed_size=10", "rules.min_matching_seed_size"),
         ("rules.min_matching_seed_size=600000", "rules.min_matching_seed_size"),
         ("trainer.epochs=0", "trainer.epochs"),

@@ -51,25 +51,38 @@ def _ids(n: int) -> pa.ChunkedArray:
 
 
 def test_matching_lays_out_disjoint_train_holdout_and_eval_sets():
-    ids = _ids(1000)
-    seeds = {"a": np.array([f"u{i}" for i in range(0, 100)] + ["stranger"], dtype=object), "b": np.array([f"u{i}" for i in range(50, 150)], dtype=object)}
-    ts = match_seed(ids, seeds, min_matching_seed_size=25, holdout_fraction=0.2, negative_ratio=2.0, max_eval_negatives=10_000,
-                    rng=np.random.default_rng(0), split_seed=1, trusted=True)
-    assert ts.matched == {"a": 100, "b": 100}
+    ids = _ids(4000)
+    seeds = {"a": np.array([f"u{i}" for i in range(0, 400)] + ["stranger"], dtype=object), "b": np.array([f"u{i}" for i in range(200, 600)], dtype=object)}
+    ts = match_seed(ids, seeds, min_matching_seed_size=25, holdout_fraction=0.2, negative_rate=0.3, eval_negative_rate=0.1,
+                    split_seed=1, trusted=True)
+    assert ts.matched == {"a": 400, "b": 400}
     held = np.concatenate(list(ts.holdout_rows.values()))
     assert not set(ts.train_rows) & set(held) and not set(ts.train_rows) & set(ts.eval_negative_rows)
-    assert set(ts.eval_negative_rows).isdisjoint(range(150)) and set(held) <= set(range(150))
+    assert set(ts.eval_negative_rows).isdisjoint(range(600)) and set(held) <= set(range(600))
     positives = ts.train_rows[ts.train_labels.max(1) > 0]
-    assert len(positives) + len(set(held)) == 150
-    assert (ts.n_train - len(positives)) == round(2.0 * len(positives))
+    assert len(positives) + len(set(held)) == 600 and 0.15 < len(set(held)) / 600 < 0.25
+    assert 0.25 < (ts.n_train - len(positives)) / 3400 < 0.35 and 0.07 < len(ts.eval_negative_rows) / 3400 < 0.13
     # multi-label: a user in both audiences is one example with two positive labels
-    both = [r for r in ts.train_rows if 50 <= r < 100]
+    both = [r for r in ts.train_rows if 200 <= r < 400]
     assert both and all(ts.train_labels[list(ts.train_rows).index(r)].tolist() == [1.0, 1.0] for r in both)
+
+
+def test_one_users_membership_changes_only_that_users_example():
+    """The DP-SGD neighbouring relation: the training sets differ in exactly one example."""
+    ids = _ids(3000)
+    base = [f"u{i}" for i in range(300)]
+    kwargs = dict(min_matching_seed_size=25, holdout_fraction=0.2, negative_rate=0.3, eval_negative_rate=0.1, split_seed=5, trusted=True)
+    with_user = match_seed(ids, {"a": np.array(base, dtype=object)}, **kwargs)
+    without = match_seed(ids, {"a": np.array(base[1:], dtype=object)}, **kwargs)
+    a = dict(zip(with_user.train_rows.tolist(), with_user.train_labels[:, 0].tolist()))
+    b = dict(zip(without.train_rows.tolist(), without.train_labels[:, 0].tolist()))
+    changed = {r for r in set(a) | set(b) if a.get(r) != b.get(r)}
+    assert changed <= {0} and set(with_user.eval_negative_rows) ^ set(without.eval_negative_rows) <= {0}
 
 
 def test_small_seed_is_refused_without_revealing_the_count():
     seeds = {"a": np.array([f"u{i}" for i in range(30)], dtype=object)}
-    kwargs = dict(min_matching_seed_size=50, holdout_fraction=0.2, negative_ratio=1.0, max_eval_negatives=10, rng=np.random.default_rng(0), split_seed=1)
+    kwargs = dict(min_matching_seed_size=50, holdout_fraction=0.2, negative_rate=0.5, eval_negative_rate=0.1, split_seed=1)
     with pytest.raises(DataError, match="fewer than 50") as err:
         match_seed(_ids(100), seeds, trusted=False, **kwargs)
     assert "30" not in str(err.value)
@@ -90,10 +103,12 @@ def test_publisher_ids_must_be_unique_non_null_strings(ids, message):
         check_publisher_ids(ids, "user_id", "pub")
 
 
-def test_holdout_split_is_stable_per_user_whatever_the_order():
-    from lookalike.data.matching import holdout_mask
+def test_split_draws_are_stable_per_user_whatever_the_order():
+    from lookalike.data.matching import split_draws
 
     ids = pa.array([f"u{i}" for i in range(2000)])
-    u = holdout_mask(ids, 42)
-    assert np.array_equal(holdout_mask(ids.take(pa.array(np.arange(1999, -1, -1))), 42), u[::-1])
-    assert 0.15 < (u < 0.2).mean() < 0.25 and not np.array_equal(holdout_mask(ids, 43), u)
+    u = split_draws(ids, 42)
+    assert u.shape == (2000, 2) and ((u >= 0) & (u < 1)).all()
+    assert np.array_equal(split_draws(ids.take(pa.array(np.arange(1999, -1, -1))), 42), u[::-1])
+    assert 0.15 < (u[:, 0] < 0.2).mean() < 0.25 and abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.1
+    assert not np.array_equal(split_draws(ids, 43), u)

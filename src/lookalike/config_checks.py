@@ -31,9 +31,11 @@ def validate_config(cfg: Any) -> None:
         section, name = key.split(".")
         if cfg[section][name] in (None, ""):
             raise ConfigError(key, "is not set")
-    _require(cfg, "data.negative_ratio", lambda v: v >= 0, "must be >= 0 (negatives sampled per seed user)")
+    _require(cfg, "data.negative_rate", lambda v: 0 <= v <= 1, "must be in [0, 1] (the share of non-seed users used as negatives)")
+    _require(cfg, "data.eval_negative_rate", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    if float(cfg.data.negative_rate) + float(cfg.data.eval_negative_rate) > 1:
+        raise ConfigError("data.negative_rate", "plus data.eval_negative_rate must not exceed 1")
     _require(cfg, "data.holdout_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    _require(cfg, "data.max_eval_negatives", lambda v: v >= 0 and v == int(v), "must be a whole number >= 0")
     _require(cfg, "data.vocab.max_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "data.vocab.min_count", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "data.max_multi_length", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from lookalike.data.encode import EncodedFeatures, encode
 from lookalike.data.features import FeatureSpec, declared_feature_kinds, fit_feature_spec
@@ -41,7 +40,7 @@ class PreparedData:
         return ledger_fingerprint(self.publisher_fingerprint, self.seed_fingerprint)
 
 
-def prepare(cfg: Any, rng: np.random.Generator) -> PreparedData:
+def prepare(cfg: Any) -> PreparedData:
     data = cfg.data
     path = str(data.publisher_path)
     dataset = open_publisher(path)
@@ -67,9 +66,8 @@ def prepare(cfg: Any, rng: np.random.Generator) -> PreparedData:
         ids, seeds,
         min_matching_seed_size=int(cfg.rules.min_matching_seed_size),
         holdout_fraction=float(data.holdout_fraction),
-        negative_ratio=float(data.negative_ratio),
-        max_eval_negatives=int(data.max_eval_negatives),
-        rng=rng,
+        negative_rate=float(data.negative_rate),
+        eval_negative_rate=float(data.eval_negative_rate),
         split_seed=int(cfg.seed),
         trusted=bool(cfg.trusted_evaluation),
     )

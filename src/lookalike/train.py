@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> float | None:
     torch.manual_seed(int(cfg.seed))
     device = pick_device(str(cfg.trainer.device))
     resume = Checkpoint.load(cfg.trainer.resume_from) if cfg.trainer.resume_from else None
-    data = prepare(cfg, np.random.default_rng(int(cfg.seed)))
+    data = prepare(cfg)
     n_train = data.training.n_train
     delta = resolve_delta(cfg.privacy.target_delta, n_train) if cfg.privacy.enabled else None
     if resume is not None and resume.meta.get("fingerprint") != data.fingerprint:

@@ -1,8 +1,12 @@
 """Join seed ids to publisher users and lay out the training and held-out sets.
 
 One publisher user is one example (the privacy unit): a multi-label target over audiences.
-A fraction of each audience's matched users is held out (never trained on, never used as a
-negative) for evaluation; negatives are non-seed users sampled at ``data.negative_ratio``.
+Every split is decided per user by a keyed hash of the id, never by counting: a matched seed
+user is held out for evaluation when its draw is below ``data.holdout_fraction``; a non-seed user
+is an evaluation negative below ``data.eval_negative_rate`` and a training negative in the next
+``data.negative_rate``. So adding or removing one user (with their seed membership) changes only
+that user's own example, as the DP-SGD neighbouring relation requires; a count-based rule
+("3 negatives per positive") would let one seed user move several negatives in or out.
 """
 
 from __future__ import annotations
@@ -41,9 +45,8 @@ def match_seed(
     *,
     min_matching_seed_size: int,
     holdout_fraction: float,
-    negative_ratio: float,
-    max_eval_negatives: int,
-    rng: np.random.Generator,
+    negative_rate: float,
+    eval_negative_rate: float,
     split_seed: int,
     trusted: bool,
 ) -> TrainingSet:
@@ -63,35 +66,29 @@ def match_seed(
                 "(rules.min_matching_seed_size): supply a larger seed or check that both sides use the same ids"
             )
 
-    seed_rows = np.flatnonzero(member.any(axis=1))
-    held = holdout_mask(publisher_ids.take(pa.array(seed_rows)), split_seed) < holdout_fraction
-    train_pos, holdout = seed_rows[~held], seed_rows[held]
-    holdout_rows = {name: holdout[member[holdout, a]] for a, name in enumerate(audiences)}
+    draws = split_draws(publisher_ids, split_seed)
+    is_seed = member.any(axis=1)
+    held = is_seed & (draws[:, 0] < holdout_fraction)
+    train_pos = np.flatnonzero(is_seed & ~held)
+    holdout_rows = {name: np.flatnonzero(held & member[:, a]) for a, name in enumerate(audiences)}
+    other = draws[:, 1]
+    eval_negatives = np.flatnonzero(~is_seed & (other < eval_negative_rate))
+    negatives = np.flatnonzero(~is_seed & (other >= eval_negative_rate) & (other < eval_negative_rate + negative_rate))
 
-    non_seed = np.flatnonzero(~member.any(axis=1))
-    rng.shuffle(non_seed)
-    n_neg = min(int(round(negative_ratio * train_pos.size)), non_seed.size)
-    negatives = non_seed[:n_neg]
-    eval_negatives = np.sort(non_seed[n_neg : n_neg + max_eval_negatives])
-
-    train_rows = np.concatenate([train_pos, negatives])
-    order = np.argsort(train_rows, kind="stable")
-    train_rows = train_rows[order]
+    train_rows = np.union1d(train_pos, negatives)
     labels = member[train_rows].astype(np.float32)
     if not train_rows.size:
-        raise DataError("no training examples after matching: check data.holdout_fraction and data.negative_ratio")
+        raise DataError("no training examples after matching: check data.holdout_fraction and data.negative_rate")
     return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, matched)
 
 
-def holdout_mask(ids: pa.Array | pa.ChunkedArray, split_seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) per id from a keyed hash: the same user lands on the same side
-    of the holdout split in every run and in export, whatever the row order of the files."""
+def split_draws(ids: pa.Array | pa.ChunkedArray, split_seed: int) -> np.ndarray:
+    """Two uniform numbers in [0, 1) per id from a keyed hash (BLAKE2b): column 0 decides the
+    seed holdout, column 1 the negatives. The same user gets the same draws in every run and in
+    export, whatever the row order of the files."""
     key = split_seed.to_bytes(8, "little", signed=True)
-    out = np.empty(len(ids), dtype=np.float64)
-    for i, user in enumerate(ids.to_pylist()):
-        digest = hashlib.blake2b(user.encode(), digest_size=8, key=key).digest()
-        out[i] = int.from_bytes(digest, "little") / 2.0**64
-    return out
+    raw = b"".join(hashlib.blake2b(user.encode(), digest_size=16, key=key).digest() for user in ids.to_pylist())
+    return np.frombuffer(raw, dtype="<u8").reshape(-1, 2) / 2.0**64
 
 
 def check_publisher_ids(ids: pa.ChunkedArray, id_column: str, path: str) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from lookalike.data.encode import encode
 from lookalike.data.features import FeatureSpec
-from lookalike.data.matching import holdout_mask
+from lookalike.data.matching import split_draws
 from lookalike.export.release import randomized_exclusion
 from lookalike.export.topk import TopK
 
@@ -79,7 +79,7 @@ def _update(st: AudienceScores, score: np.ndarray, ids: pa.Array, seed: pa.Array
     st.score_sum += float(score.sum(dtype=np.float64))
     if member.any():
         rows = np.flatnonzero(member)
-        held = holdout_mask(ids.take(pa.array(rows)), options.split_seed) < options.holdout_fraction
+        held = split_draws(ids.take(pa.array(rows)), options.split_seed)[:, 0] < options.holdout_fraction
         st.holdout.append(score[rows[held]])
     if options.include_seed:
         eligible = np.ones_like(member)
