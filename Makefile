@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OUT ?= outputs
 DEMO_DATA ?= data/demo
 
-.PHONY: install install-dev demo demo-data test test-fast budget mlflow-ui clean
+.PHONY: install install-dev demo demo-data adult adult-data test test-fast budget mlflow-ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ $(DEMO_DATA)/.done: $(VENV)/.installed
 	touch $@
 
 demo-data: $(DEMO_DATA)/.done
+
+ADULT_DATA ?= data/adult_lookalike
+$(ADULT_DATA)/.done: $(VENV)/.installed data/adult/adult.parquet
+	$(BIN)/lookalike-demo-data --dataset adult --output-dir $(ADULT_DATA)
+	touch $@
+
+adult-data: $(ADULT_DATA)/.done
+
+# Real data: UCI Adult, seed = income >50K (half held out), DP at epsilon 1.
+adult: $(ADULT_DATA)/.done
+	$(BIN)/lookalike-train experiment=adult paths.output_dir=$(OUT)
 
 demo: $(DEMO_DATA)/.done
 	$(BIN)/lookalike-train experiment=demo paths.output_dir=$(OUT)
@@ -54,4 +65,4 @@ test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(OUT) multirun $(DEMO_DATA)
+	rm -rf $(OUT) multirun $(DEMO_DATA) $(ADULT_DATA)

@@ -90,10 +90,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("data/demo"))
     parser.add_argument("--users", type=int, default=250_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dataset", choices=["synthetic", "adult"], default="synthetic",
+                        help="synthetic (planted structure) or adult (the shipped UCI Adult table, real data)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.dataset == "adult":
+        from lookalike.data.adult import write_adult
+
+        users, seed = write_adult(args.output_dir)
+        log.info("wrote %s/publisher.parquet (%d Adult census records) and %s/seed.jsonl (%d income >50K users)",
+                 args.output_dir, users, args.output_dir, seed)
+        return
     if args.users < 1000:
         parser.error("--users must be at least 1000 so each audience clears the matching threshold")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_demo(args.output_dir, args.users, args.seed)
     log.info("wrote %s/publisher (%d users) and %s/seed.jsonl", args.output_dir, args.users, args.output_dir)
