@@ -70,7 +70,7 @@ def test_bad_input_fails_cleanly_before_any_work(case, cfg_factory, demo_dir, tm
 
 def test_budget_exceeded_charges_nothing_and_logs_no_run(cfg_factory, tmp_path):
     cfg = cfg_factory("privacy.target_epsilon=3", "ledger.budget_epsilon=2")
-    with pytest.raises(LookalikeError, match="budget exhausted .* needs epsilon 3 but only 2 of 2 remains"):
+    with pytest.raises(LookalikeError, match="budget exhausted .* needs epsilon 3.2 but only 2 of 2 remains"):
         run(cfg)
     assert Ledger(cfg.ledger.path).status() == []  # the refused reservation rolled back whole
     assert not [p for p in files_under(tmp_path / "out") if p.name not in ("privacy_ledger.sqlite", "mlflow.db")]

@@ -49,7 +49,7 @@ def test_killed_run_stays_charged_and_resume_continues_the_accountant(cfg_factor
     saved = Checkpoint.load(ckpt)
     assert 1 <= saved.epoch < epochs
     (status,) = Ledger(out / "privacy_ledger.sqlite").status()
-    assert status.reserved_epsilon == 3.0 and status.spent_epsilon == 0  # the crash stays charged
+    assert status.reserved_epsilon == pytest.approx(3.2) and status.spent_epsilon == 0  # the crash stays charged
 
     resumed = cfg_factory(f"trainer.epochs={epochs}", f"trainer.resume_from={ckpt}", out=out)
     run(resumed)
@@ -58,7 +58,7 @@ def test_killed_run_stays_charged_and_resume_continues_the_accountant(cfg_factor
     steps_per_epoch = saved.steps // saved.epoch
     assert m["privacy.steps"] == epochs * steps_per_epoch
     (status,) = Ledger(out / "privacy_ledger.sqlite").status()
-    assert status.reserved_epsilon == 0 and status.spent_epsilon == pytest.approx(m["privacy.epsilon_spent"])
+    assert status.reserved_epsilon == 0 and status.spent_epsilon == pytest.approx(m["privacy.total_epsilon"])
 
     straight = cfg_factory(f"trainer.epochs={epochs}", out=tmp_path / "straight")
     run(straight)

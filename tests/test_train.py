@@ -27,7 +27,7 @@ def runs_of(cfg) -> list:
 
 def test_dp_run_logs_privacy_spend_params_and_a_loadable_model(cfg_factory, demo_dir):
     cfg = cfg_factory("privacy.target_epsilon=2.0")
-    assert run(cfg) is None  # no seed-derived metric leaves an untrusted run
+    auc = run(cfg)
     (logged,) = runs_of(cfg)
     m, p, t = logged.data.metrics, logged.data.params, logged.data.tags
     assert 0 < m["privacy.epsilon_spent"] <= 2.0 and m["privacy.target_epsilon"] == 2.0
@@ -36,10 +36,14 @@ def test_dp_run_logs_privacy_spend_params_and_a_loadable_model(cfg_factory, demo
     assert m["scan.rows_scanned"] == 4000 and m["scan.bytes_scanned"] > 0 and m["scan.files_scanned"] == 4
     assert p["privacy.target_epsilon"] == "2.0" and p["data.id_column"] == "user_id" and p["model.similarity"] == "cosine"
     assert t["lookalike.privacy"] == "dp" and t["privacy.accountant"] == "prv" and t["lookalike.trusted_evaluation"] == "false"
+    # outside trusted mode no exact seed-derived number is logged: held-out metrics are DP
     assert not [k for k in m if k.startswith("trusted.") or "loss" in k]
-    # the ledger entry named on the run was closed with exactly the logged epsilon
+    assert auc == m["dp.auc"] and {"dp.luxury.auc", "dp.sports.recall_at_20pct", "dp.sports.lift_at_20pct"} <= set(m)
+    assert m["dp.noise_std"] > 0 and m["dp.eval_epsilon"] == m["privacy.eval_epsilon"] == 0.2
+    # the ledger entry named on the run was closed with exactly the logged epsilon (training + evaluation)
     entry = Ledger(cfg.ledger.path).entry(int(t["ledger.entry_id"]))
-    assert entry["status"] == "spent" and entry["spent_epsilon"] == pytest.approx(m["privacy.epsilon_spent"])
+    assert entry["status"] == "spent" and entry["spent_epsilon"] == pytest.approx(m["privacy.epsilon_spent"] + 0.2)
+    assert entry["reserved_epsilon"] == pytest.approx(2.2) and m["privacy.total_epsilon"] <= 2.2
     assert entry["fingerprint"] == t["lookalike.fingerprint"]
     # the model comes back as a bundle export can rebuild, and as an MLflow pyfunc
     model_uri = t["lookalike.model_uri"]
@@ -77,14 +81,15 @@ def test_trusted_mode_beats_random_ranking_and_tags_the_run(cfg_factory):
     m = logged.data.metrics
     assert logged.data.tags["lookalike.trusted_evaluation"] == "true"
     assert auc == pytest.approx(m["trusted.auc"]) and auc > 0.7  # random ranking: 0.5
-    assert m["trusted.luxury.matched_seed_users"] > 25 and "train_loss" in m
+    assert m["trusted.luxury.matched_seed_users"] > 25 and "train_loss" in m and "dp.auc" not in m
+    assert Ledger(cfg.ledger.path).status()[0].spent_epsilon <= 4.0  # trusted metrics cost no epsilon
 
 
 def test_second_run_is_refused_once_the_budget_is_spent(cfg_factory):
     cfg = cfg_factory("privacy.target_epsilon=1.0", "ledger.budget_epsilon=1.5")
     run(cfg)
     before = Ledger(cfg.ledger.path).status()
-    with pytest.raises(BudgetExceededError, match="only 0.5.* of 1.5 remains"):
+    with pytest.raises(BudgetExceededError, match=r"needs epsilon 1.2 but only 0.3\d* of 1.5 remains"):
         run(cfg)
     assert len(runs_of(cfg)) == 1 and Ledger(cfg.ledger.path).status() == before
 

@@ -58,4 +58,6 @@ def validate_config(cfg: Any) -> None:
         _require(cfg, key, lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "model.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
     _require(cfg, "evaluation.top_fraction", lambda v: 0 < v < 1, "must be in (0, 1)")
+    _require(cfg, "evaluation.epsilon", lambda v: v > 0, "must be > 0 (the DP release of held-out metrics)")
+    _require(cfg, "evaluation.delta", lambda v: 0 < v < 1, "must be in (0, 1)")
     validate_privacy_config(cfg.privacy)

@@ -15,13 +15,14 @@ from lookalike.data.encode import EncodedFeatures
 
 @torch.no_grad()
 def score(model: nn.Module, features: EncodedFeatures, device: torch.device, batch_size: int = 65536) -> np.ndarray:
-    """Probabilities [n, n_audiences] for every row of ``features``."""
+    """Logits [n, n_audiences] for every row of ``features`` (rankings are the same as for
+    probabilities; the DP histograms bin logits)."""
     model.eval()
     out = []
     tensors = features.tensors()
     for start in range(0, len(features), batch_size):
         batch = [t[start : start + batch_size].to(device) for t in tensors]
-        out.append(torch.sigmoid(model(*batch)).cpu())
+        out.append(model(*batch).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -58,6 +58,10 @@ class RunContext:
     def __init__(self, cfg: Any, data: Any, delta: float | None, ledger: Ledger):
         self.cfg, self.data, self.delta, self.ledger = cfg, data, delta, ledger
         self.private = bool(cfg.privacy.enabled)
+        # Held-out metrics are released with DP unless the run is trusted (then they are exact).
+        dp_eval = self.private and not cfg.trusted_evaluation
+        self.eval_epsilon = float(cfg.evaluation.epsilon) if dp_eval else 0.0
+        self.eval_delta = float(cfg.evaluation.delta) if dp_eval else 0.0
         self.entry_id: int | None = None
         self.resumed = False
         self.training_started = False
@@ -73,20 +77,22 @@ class RunContext:
                 raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
             self.entry_id, self.resumed = entry["id"], True
             return
+        # One reservation covers training and the DP release of its held-out metrics.
         self.entry_id = self.ledger.reserve(
-            self.data.fingerprint, float(self.cfg.privacy.target_epsilon), float(self.delta),
+            self.data.fingerprint, float(self.cfg.privacy.target_epsilon) + self.eval_epsilon, float(self.delta) + self.eval_delta,
             budget_epsilon=float(self.cfg.ledger.budget_epsilon),
             budget_delta=None if self.cfg.ledger.budget_delta is None else float(self.cfg.ledger.budget_delta),
             kind="train", description=f"lookalike-train {self.cfg.mlflow.experiment_name}",
         )
-        log.info("ledger entry %d: reserved epsilon %.4g on data %s", self.entry_id, self.cfg.privacy.target_epsilon, self.data.fingerprint[:12])
+        log.info("ledger entry %d: reserved epsilon %.4g (training %.4g, evaluation %.4g) on data %s", self.entry_id,
+                 float(self.cfg.privacy.target_epsilon) + self.eval_epsilon, self.cfg.privacy.target_epsilon, self.eval_epsilon, self.data.fingerprint[:12])
 
     def trained(self, result: Any) -> None:
         self.result = result
 
     def finish(self) -> None:
         if self.private and self.entry_id is not None:
-            self.ledger.record_spent(self.entry_id, self.result.epsilon)
+            self.ledger.record_spent(self.entry_id, self.result.epsilon + self.eval_epsilon)
 
     def begin_training(self) -> None:
         """From here on the data has been touched by DP steps: a failure keeps the charge."""
@@ -131,7 +137,8 @@ class RunContext:
         r = self.result
         if not self.private:
             return {"privacy.steps": r.steps}
-        return {"privacy.epsilon_spent": r.epsilon, "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
+        return {"privacy.epsilon_spent": r.epsilon, "privacy.eval_epsilon": self.eval_epsilon,
+                "privacy.total_epsilon": r.epsilon + self.eval_epsilon, "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
                 "privacy.delta": self.delta, "privacy.noise_multiplier": r.noise_multiplier,
                 "privacy.sample_rate": r.sample_rate, "privacy.steps": r.steps}
 

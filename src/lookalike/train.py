@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from lookalike.checkpoint import Checkpoint
 from lookalike.config_checks import validate_config
 from lookalike.errors import ConfigError, LookalikeError
-from lookalike.evaluate import holdout_metrics, score
+from lookalike.holdout_eval import evaluate_holdout
 from lookalike.model.bundle import save_bundle
 from lookalike.model.towers import ModelConfig, TwoTower
 from lookalike.prepare import prepare
@@ -43,7 +43,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def run(cfg: DictConfig) -> float | None:
-    """One training run. Returns the trusted held-out AUC (None outside trusted mode)."""
+    """One training run. Returns the held-out AUC (DP, or exact in trusted mode): what sweeps optimise."""
     silence_known_warnings()
     validate_config(cfg)
     if not cfg.privacy.enabled and not cfg.trusted_evaluation:
@@ -83,9 +83,7 @@ def run(cfg: DictConfig) -> float | None:
                            delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
                            on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
             ctx.trained(result)
-            metric = None
-            if cfg.trusted_evaluation:
-                metric = _log_trusted_metrics(result.model, data, device, float(cfg.evaluation.top_fraction))
+            metric = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
             bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences,
                                  extra=ctx.model_meta(active.info.run_id))
             model_uri = log_model(bundle, cfg.mlflow.get("registered_model_name"), model_signature(data.spec, data.training.audiences),
@@ -100,20 +98,6 @@ def run(cfg: DictConfig) -> float | None:
             ctx.abort()
             mlflow.set_tag("lookalike.status", "failed")
             raise
-
-
-def _log_trusted_metrics(model, data, device, top_fraction: float) -> float:
-    negatives = score(model, data.eval_negative_features, device)
-    aucs = []
-    for a, name in enumerate(data.training.audiences):
-        positives = score(model, data.holdout_features[name], device)[:, a] if len(data.holdout_features[name]) else np.zeros(0)
-        metrics = holdout_metrics(positives, negatives[:, a], top_fraction)
-        mlflow.log_metrics({f"trusted.{name}.{k}": v for k, v in metrics.items()})
-        log.info("trusted held-out metrics for '%s': %s", name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        aucs.append(metrics["auc"])
-    mean_auc = float(np.nanmean(aucs))
-    mlflow.log_metric("trusted.auc", mean_auc)
-    return mean_auc
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
