@@ -86,6 +86,16 @@ def test_budget_cli_table_and_json(tmp_path, capsys):
     assert exit_info.value.code == 2 and not (tmp_path / "none.sqlite").exists()
 
 
+def test_budget_preview_counts_runs_that_fit(tmp_path, capsys):
+    path = tmp_path / "ledger.sqlite"
+    entry = Ledger(path).reserve("cd" * 32, 1.5, 1e-6, budget_epsilon=5, budget_delta=None, kind="train", description="t")
+    Ledger(path).record_spent(entry, 1.4)
+    budget_main(["--ledger", str(path), "preview", "--epsilon", "1.2"])
+    assert capsys.readouterr().out.strip() == "cdcdcdcdcdcd: 3 more run(s) at epsilon 1.2 (remaining 3.6 of 5)"
+    budget_main(["--ledger", str(path), "--json", "preview", "--epsilon", "1.8"])
+    assert json.loads(capsys.readouterr().out)[0]["runs_that_fit"] == 2
+
+
 def test_demo_data_has_planted_structure(demo_dir):
     table = ds.dataset(demo_dir / "publisher", partitioning="hive").to_table()
     assert table.num_rows == 4000 and {"user_id", "age", "device", "interests", "cohort"} <= set(table.column_names)

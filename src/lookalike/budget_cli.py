@@ -3,6 +3,7 @@
     lookalike-budget --ledger outputs/privacy_ledger.sqlite
     lookalike-budget --ledger outputs/privacy_ledger.sqlite --json
     lookalike-budget --ledger outputs/privacy_ledger.sqlite set-budget 5c62ccb5 8.0
+    lookalike-budget --ledger outputs/privacy_ledger.sqlite preview --epsilon 1.2
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     setter.add_argument("fingerprint", help="the fingerprint, or a unique prefix of it")
     setter.add_argument("epsilon", type=float)
     setter.add_argument("--delta", type=float, default=None)
+    preview = sub.add_parser("preview", help="how many more runs at a given epsilon the remaining budget covers")
+    preview.add_argument("--epsilon", type=float, required=True,
+                         help="epsilon per run: privacy.target_epsilon + evaluation.epsilon (+ export's report_epsilon)")
     args = parser.parse_args(argv)
     ledger = Ledger(args.ledger)
     try:
@@ -44,10 +48,21 @@ def main(argv: list[str] | None = None) -> None:
             if args.epsilon <= 0:
                 parser.error("epsilon must be positive")
             ledger.set_budget(args.fingerprint, args.epsilon, args.delta)
+        if args.command == "preview" and not args.epsilon > 0:
+            parser.error("--epsilon must be positive")
         rows = [s.to_dict() for s in ledger.status()]
     except LookalikeError as exc:
         print(f"lookalike-budget: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if args.command == "preview":
+        for row in rows:
+            # A small tolerance so that exactly-fitting runs count, as the ledger itself allows.
+            row["runs_that_fit"] = int((row["remaining_epsilon"] + 1e-9) // args.epsilon)
+        if not args.json:
+            for row in rows:
+                print(f"{row['fingerprint'][:12]}: {row['runs_that_fit']} more run(s) at epsilon {args.epsilon:g} "
+                      f"(remaining {row['remaining_epsilon']:.4g} of {row['budget_epsilon']:.4g})")
+            return
     if args.json:
         print(json.dumps(rows, indent=1))
     elif rows:

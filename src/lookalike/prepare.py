@@ -40,6 +40,14 @@ class PreparedData:
         return ledger_fingerprint(self.publisher_fingerprint, self.seed_fingerprint)
 
 
+def data_fingerprint(cfg: Any) -> str:
+    """The ledger key of the configured data, without preparing it (used to check a sweep's
+    budget before its first trial)."""
+    path = str(cfg.data.publisher_path)
+    seeds = read_seed(cfg.data.seed_path, cfg.data.id_column, cfg.data.audience_column)
+    return ledger_fingerprint(publisher_fingerprint(open_publisher(path).files, Path(path)), seed_fingerprint(seeds))
+
+
 def prepare(cfg: Any) -> PreparedData:
     data = cfg.data
     path = str(data.publisher_path)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from lookalike.prepare import prepare
 from lookalike.quiet import silence_known_warnings
 from lookalike.privacy.dp import resolve_delta
 from lookalike.privacy.ledger import Ledger
+from lookalike.sweep import PARENT_ENV
 from lookalike.run_context import RunContext, discard_run_directory, is_multirun, pick_device, run_directory
 from lookalike.tracking import (
     flat_params,
@@ -71,6 +73,8 @@ def run(cfg: DictConfig) -> float | None:
         try:
             if resumed_run_id is None:
                 log_params(flat_params(cfg))
+                if os.environ.get(PARENT_ENV):
+                    mlflow.set_tag("mlflow.parentRunId", os.environ[PARENT_ENV])  # a sweep trial
             mlflow.set_tags(ctx.tags())
             mlflow.log_metrics(ctx.data_metrics())
 
@@ -109,7 +113,9 @@ def main(cfg: DictConfig) -> float | None:
         print(f"lookalike-train: error: {exc}", file=sys.stderr)
         discard_run_directory()
         if is_multirun():
-            return float("nan")  # one refused trial must not kill the whole sweep
+            # One refused trial must not kill the sweep. None (not NaN, which Optuna's sweeper
+            # chokes on) makes the sweeper record the trial as failed and go on.
+            return None
         sys.exit(2)
 
 

@@ -143,6 +143,15 @@ class Ledger:
             raise LookalikeError(f"ledger '{self.path}': no entry {entry_id}")
         return dict(row)
 
+    def remaining(self, fingerprint: str, default_budget: float) -> float:
+        """Epsilon still available on ``fingerprint`` (the default budget if the ledger is new)."""
+        if not self.path.exists():
+            return default_budget
+        with self._connect() as conn:
+            row = conn.execute("SELECT budget_epsilon FROM budgets WHERE fingerprint = ?", (fingerprint,)).fetchone()
+            charged = conn.execute(f"SELECT {CHARGED} FROM entries WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+        return max((row[0] if row else default_budget) - charged, 0.0)
+
     def set_budget(self, fingerprint: str, budget_epsilon: float, budget_delta: float | None = None) -> None:
         """Change a fingerprint's total budget: a deliberate act by the data owners."""
         with self._connect(create=False) as conn:
