@@ -43,6 +43,7 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
         ("privacy.accountant=gdp2", "privacy.accountant"),
         ("data.holdout_fraction=1.0", "data.holdout_fraction"),
         ("model.similarity=euclid", "model.similarity"),
+        ("model.kind=forest", "model.kind"),
         ("data.non_finite=ignore", "data.non_finite"),
     ],
 )

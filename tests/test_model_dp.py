@@ -12,6 +12,7 @@ from opacus import GradSampleModule
 
 from lookalike.data.encode import encode
 from lookalike.data.features import fit_feature_spec, infer_feature_kinds
+from lookalike.model.factory import build_model
 from lookalike.model.towers import ModelConfig, TwoTower
 from lookalike.trainer import per_example_loss
 
@@ -31,11 +32,14 @@ def batch(n: int = 12, audiences: int = 3, seed: int = 0):
     return spec, encode(t, spec).tensors(), labels
 
 
-@pytest.mark.parametrize("similarity", ["cosine", "dot"])
-def test_every_trainable_parameter_gets_the_exact_per_sample_gradient(similarity):
+@pytest.mark.parametrize(("kind", "similarity"), [("two_tower", "cosine"), ("two_tower", "dot"), ("logistic", "cosine")])
+def test_every_trainable_parameter_gets_the_exact_per_sample_gradient(kind, similarity):
     torch.manual_seed(0)
     spec, inputs, labels = batch()
-    model = TwoTower(spec, labels.shape[1], ModelConfig(embedding_dim=4, hidden_dims=[8], output_dim=6, similarity=similarity))
+    model = build_model(spec, labels.shape[1], ModelConfig(embedding_dim=4, hidden_dims=[8], output_dim=6, similarity=similarity, kind=kind))
+    if kind == "logistic":  # start away from zero so every gradient path is exercised
+        for p in model.parameters():
+            torch.nn.init.normal_(p)
     reference = {name: [] for name, _ in model.named_parameters()}
     for i in range(labels.shape[0]):  # autograd, one example at a time
         model.zero_grad()

@@ -103,3 +103,12 @@ def test_non_private_baseline_needs_trusted_mode_and_is_tagged(cfg_factory):
     assert logged.data.tags["lookalike.privacy"] == "non-private" and logged.info.run_name.startswith("NON-PRIVATE")
     assert "privacy.epsilon_spent" not in logged.data.metrics and logged.data.tags["ledger.entry_id"] == "none"
     assert not Path(cfg.ledger.path).exists()
+
+
+def test_logistic_baseline_trains_with_dp_and_round_trips(cfg_factory):
+    cfg = cfg_factory("model=logistic", "trusted_evaluation=true", "trainer.epochs=3", "privacy.target_epsilon=4")
+    auc = run(cfg)
+    (logged,) = runs_of(cfg)
+    assert auc > 0.6 and logged.data.params["model.kind"] == "logistic" and "-logistic-" in logged.info.run_name
+    model, _, meta = load_bundle(download_bundle(logged.data.tags["lookalike.model_uri"]))
+    assert type(model).__name__ == "LogisticRegression" and meta["model"]["kind"] == "logistic"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lookalike.errors import ConfigError
+from lookalike.model.factory import KINDS as MODEL_KINDS
 from lookalike.privacy.dp import validate_privacy_config
 
 # As in AWS Clean Rooms ML's minimumMatchingSeedSize.
@@ -52,11 +53,15 @@ def validate_config(cfg: Any) -> None:
         _require(cfg, "ledger.budget_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
     if str(cfg.trainer.device) not in ("auto", "cpu") and not str(cfg.trainer.device).startswith("cuda"):
         raise ConfigError("trainer.device", f"'{cfg.trainer.device}' is not one of auto, cpu, cuda, cuda:N")
-    if cfg.model.similarity not in ("dot", "cosine"):
-        raise ConfigError("model.similarity", f"'{cfg.model.similarity}' is not one of dot, cosine")
-    for key in ("model.embedding_dim", "model.output_dim"):
-        _require(cfg, key, lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
-    _require(cfg, "model.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    kind = cfg.model.get("kind", "two_tower")
+    if kind not in MODEL_KINDS:
+        raise ConfigError("model.kind", f"'{kind}' is not one of {', '.join(MODEL_KINDS)} (pick with model=two_tower or model=logistic)")
+    if kind == "two_tower":
+        if cfg.model.similarity not in ("dot", "cosine"):
+            raise ConfigError("model.similarity", f"'{cfg.model.similarity}' is not one of dot, cosine")
+        for key in ("model.embedding_dim", "model.output_dim"):
+            _require(cfg, key, lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+        _require(cfg, "model.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
     _require(cfg, "evaluation.top_fraction", lambda v: 0 < v < 1, "must be in (0, 1)")
     _require(cfg, "evaluation.epsilon", lambda v: v > 0, "must be > 0 (the DP release of held-out metrics)")
     _require(cfg, "evaluation.delta", lambda v: 0 < v < 1, "must be in (0, 1)")

@@ -108,7 +108,7 @@ class RunContext:
         return {"fingerprint": self.data.fingerprint, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path)}
 
     def run_name(self) -> str:
-        return ("dp" if self.private else "NON-PRIVATE") + f"-{self.cfg.model.similarity}-" + time.strftime("%H%M%S")
+        return ("dp" if self.private else "NON-PRIVATE") + f"-{self.cfg.model.get('kind', 'two_tower')}-" + time.strftime("%H%M%S")
 
     def tags(self) -> dict[str, str]:
         return {

@@ -21,7 +21,8 @@ from lookalike.config_checks import validate_config
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.holdout_eval import evaluate_holdout
 from lookalike.model.bundle import save_bundle
-from lookalike.model.towers import ModelConfig, TwoTower
+from lookalike.model.factory import build_model
+from lookalike.model.towers import ModelConfig
 from lookalike.prepare import prepare
 from lookalike.quiet import silence_known_warnings
 from lookalike.privacy.dp import resolve_delta
@@ -64,7 +65,7 @@ def run(cfg: DictConfig) -> float | None:
 
     ctx = RunContext(cfg, data, delta, Ledger(cfg.ledger.path))
     ctx.open_reservation(resume)
-    model = TwoTower(data.spec, len(data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+    model = build_model(data.spec, len(data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
     run_dir = run_directory(cfg)
     # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
     resumed_run_id = resume_run_id(resume)

@@ -13,12 +13,13 @@ import torch
 
 from lookalike.data.features import FeatureSpec
 from lookalike.errors import LookalikeError
-from lookalike.model.towers import ModelConfig, TwoTower
+from lookalike.model.factory import build_model
+from lookalike.model.towers import ModelConfig
 
 WEIGHTS, SPEC, META = "state_dict.pt", "feature_spec.json", "model.json"
 
 
-def save_bundle(folder: str | Path, model: TwoTower, spec: FeatureSpec, audiences: list[str], extra: dict | None = None) -> Path:
+def save_bundle(folder: str | Path, model: torch.nn.Module, spec: FeatureSpec, audiences: list[str], extra: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS)
@@ -28,7 +29,7 @@ def save_bundle(folder: str | Path, model: TwoTower, spec: FeatureSpec, audience
     return folder
 
 
-def load_bundle(folder: str | Path) -> tuple[TwoTower, FeatureSpec, dict]:
+def load_bundle(folder: str | Path) -> tuple[torch.nn.Module, FeatureSpec, dict]:
     """Rebuild the model (on CPU, in eval mode), its feature spec and its metadata."""
     folder = Path(folder)
     missing = [name for name in (WEIGHTS, SPEC, META) if not (folder / name).is_file()]
@@ -36,7 +37,7 @@ def load_bundle(folder: str | Path) -> tuple[TwoTower, FeatureSpec, dict]:
         raise LookalikeError(f"model folder '{folder}' is not a lookalike model: {missing[0]} is missing")
     meta = json.loads((folder / META).read_text())
     spec = FeatureSpec.from_json((folder / SPEC).read_text())
-    model = TwoTower(spec, len(meta["audiences"]), ModelConfig(**meta["model"]))
+    model = build_model(spec, len(meta["audiences"]), ModelConfig(**meta["model"]))
     model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
     model.eval()
     return model, spec, meta

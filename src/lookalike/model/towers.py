@@ -25,6 +25,7 @@ class ModelConfig:
     output_dim: int = 32
     similarity: str = "cosine"
     dropout: float = 0.0
+    kind: str = "two_tower"  # or "logistic" (the baseline in model/logistic.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
