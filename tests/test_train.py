@@ -112,3 +112,15 @@ def test_logistic_baseline_trains_with_dp_and_round_trips(cfg_factory):
     assert auc > 0.6 and logged.data.params["model.kind"] == "logistic" and "-logistic-" in logged.info.run_name
     model, _, meta = load_bundle(download_bundle(logged.data.tags["lookalike.model_uri"]))
     assert type(model).__name__ == "LogisticRegression" and meta["model"]["kind"] == "logistic"
+
+
+def test_centroid_baseline_is_one_gaussian_release(cfg_factory):
+    cfg = cfg_factory("model=centroid", "trusted_evaluation=true", "privacy.target_epsilon=2")
+    auc = run(cfg)
+    (logged,) = runs_of(cfg)
+    m = logged.data.metrics
+    assert auc > 0.55 and m["privacy.steps"] == 1 and m["privacy.sample_rate"] == 1.0
+    assert 0.99 * 2 <= m["privacy.epsilon_spent"] <= 2.0
+    assert m["privacy.epsilon_spent"] == pytest.approx(epsilon_from_history([(m["privacy.noise_multiplier"], 1.0, 1)], m["privacy.delta"], "prv"))
+    model, _, meta = load_bundle(download_bundle(logged.data.tags["lookalike.model_uri"]))
+    assert type(model).__name__ == "CentroidSimilarity" and meta["model"]["kind"] == "centroid"

@@ -55,7 +55,7 @@ def validate_config(cfg: Any) -> None:
         raise ConfigError("trainer.device", f"'{cfg.trainer.device}' is not one of auto, cpu, cuda, cuda:N")
     kind = cfg.model.get("kind", "two_tower")
     if kind not in MODEL_KINDS:
-        raise ConfigError("model.kind", f"'{kind}' is not one of {', '.join(MODEL_KINDS)} (pick with model=two_tower or model=logistic)")
+        raise ConfigError("model.kind", f"'{kind}' is not one of {', '.join(MODEL_KINDS)} (pick with model=two_tower, model=logistic or model=centroid)")
     if kind == "two_tower":
         if cfg.model.similarity not in ("dot", "cosine"):
             raise ConfigError("model.similarity", f"'{cfg.model.similarity}' is not one of dot, cosine")

@@ -21,6 +21,8 @@ from lookalike.config_checks import validate_config
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.holdout_eval import evaluate_holdout
 from lookalike.model.bundle import save_bundle
+from lookalike.centroid_fit import fit_centroid
+from lookalike.model.centroid import CentroidSimilarity
 from lookalike.model.factory import build_model
 from lookalike.model.towers import ModelConfig
 from lookalike.prepare import prepare
@@ -84,9 +86,12 @@ def run(cfg: DictConfig) -> float | None:
                 ckpt.save(run_dir / "checkpoints" / "last.pt")
 
             ctx.begin_training()
-            result = train(model, data.train_features.tensors() + [torch.from_numpy(data.training.train_labels)], cfg,
-                           delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
-                           on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+            tensors = data.train_features.tensors() + [torch.from_numpy(data.training.train_labels)]
+            if isinstance(model, CentroidSimilarity):  # the non-learned baseline: one release, no loop
+                result = fit_centroid(model, tensors, cfg, delta or 0.0)
+            else:
+                result = train(model, tensors, cfg, delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
+                               on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
             ctx.trained(result)
             metric = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
             bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences,

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
 from opacus.validators import ModuleValidator
@@ -103,7 +104,9 @@ def epsilon_from_history(history: list[tuple[float, float, int]], delta: float, 
     """Recompute epsilon from (noise multiplier, sample rate, steps) alone, with a fresh accountant."""
     fresh = create_accountant(accountant)
     fresh.history = list(history)
-    return float(fresh.get_epsilon(delta=delta))
+    # q = 1 (a plain Gaussian mechanism) makes Opacus' PRV code take log(0) on a branch it discards.
+    with np.errstate(divide="ignore"):
+        return float(fresh.get_epsilon(delta=delta))
 
 
 def validate_privacy_config(privacy: Any) -> None:
