@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -113,7 +114,13 @@ def run(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        return run(cfg)
+        metric = run(cfg)
+        if is_multirun() and (metric is None or math.isnan(metric)):
+            # Too few held-out users for a DP estimate: Optuna's sweeper cannot take NaN, None
+            # records the trial as failed.
+            log.warning("held-out metric undefined (too few held-out users for the DP release); trial recorded as failed")
+            return None
+        return metric
     except LookalikeError as exc:
         # One line, no traceback; and no half-written run folder left behind.
         print(f"lookalike-train: error: {exc}", file=sys.stderr)
