@@ -26,7 +26,9 @@ def runs_of(cfg) -> list:
 
 
 def test_dp_run_logs_privacy_spend_params_and_a_loadable_model(cfg_factory, demo_dir):
-    cfg = cfg_factory("privacy.target_epsilon=2.0")
+    # The tiny test data holds ~25 held-out users per audience: a large evaluation epsilon keeps
+    # the DP estimate defined (at 0.2 the noisy positive count can fall below zero).
+    cfg = cfg_factory("privacy.target_epsilon=2.0", "evaluation.epsilon=50", "ledger.budget_epsilon=100")
     auc = run(cfg)
     (logged,) = runs_of(cfg)
     m, p, t = logged.data.metrics, logged.data.params, logged.data.tags
@@ -38,12 +40,12 @@ def test_dp_run_logs_privacy_spend_params_and_a_loadable_model(cfg_factory, demo
     assert t["lookalike.privacy"] == "dp" and t["privacy.accountant"] == "prv" and t["lookalike.trusted_evaluation"] == "false"
     # outside trusted mode no exact seed-derived number is logged: held-out metrics are DP
     assert not [k for k in m if k.startswith("trusted.") or "loss" in k]
-    assert auc == m["dp.auc"] and {"dp.luxury.auc", "dp.sports.recall_at_20pct", "dp.sports.lift_at_20pct"} <= set(m)
-    assert m["dp.noise_std"] > 0 and m["dp.eval_epsilon"] == m["privacy.eval_epsilon"] == 0.2
+    assert auc == m["dp.auc"] and 0.5 < auc <= 1 and {"dp.luxury.auc", "dp.sports.recall_at_20pct", "dp.sports.lift_at_20pct"} <= set(m)
+    assert m["dp.noise_std"] > 0 and m["dp.eval_epsilon"] == m["privacy.eval_epsilon"] == 50
     # the ledger entry named on the run was closed with exactly the logged epsilon (training + evaluation)
     entry = Ledger(cfg.ledger.path).entry(int(t["ledger.entry_id"]))
-    assert entry["status"] == "spent" and entry["spent_epsilon"] == pytest.approx(m["privacy.epsilon_spent"] + 0.2)
-    assert entry["reserved_epsilon"] == pytest.approx(2.2) and m["privacy.total_epsilon"] <= 2.2
+    assert entry["status"] == "spent" and entry["spent_epsilon"] == pytest.approx(m["privacy.epsilon_spent"] + 50)
+    assert entry["reserved_epsilon"] == pytest.approx(52) and m["privacy.total_epsilon"] <= 52
     assert entry["fingerprint"] == t["lookalike.fingerprint"]
     # the model comes back as a bundle export can rebuild, and as an MLflow pyfunc
     model_uri = t["lookalike.model_uri"]
