@@ -77,7 +77,7 @@ def test_budget_cli_table_and_json(tmp_path, capsys):
     assert (row["budget_epsilon"], row["spent_epsilon"], row["reserved_epsilon"], row["remaining_epsilon"]) == (5, 1.5, 1.0, 2.5)
     budget_main(["--ledger", str(path)])
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["fingerprint", "budget", "spent", "reserved", "remaining", "delta", "spent", "entries"]
+    assert table[0].split() == ["fingerprint", "budget", "spent", "reserved", "remaining", "delta", "spent", "entries", "composed"]
     assert table[1].split()[:5] == ["abababababab", "5", "1.5", "1", "2.5"]
     budget_main(["--ledger", str(path), "set-budget", "abab", "7"])
     assert "7" in capsys.readouterr().out.splitlines()[1].split()

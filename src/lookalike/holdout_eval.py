@@ -21,8 +21,9 @@ from lookalike.evaluate import holdout_metrics, score
 log = logging.getLogger(__name__)
 
 
-def evaluate_holdout(model, data, device, cfg: Any, epsilon: float, delta: float) -> float:
-    """Log held-out metrics; return the mean AUC over audiences (what sweeps optimise)."""
+def evaluate_holdout(model, data, device, cfg: Any, epsilon: float, delta: float) -> tuple[float, float]:
+    """Log held-out metrics; return the mean AUC over audiences (what sweeps optimise) and the
+    noise multiplier (std / L2 sensitivity) of the DP release, 0 in trusted mode."""
     trusted = bool(cfg.trusted_evaluation)
     top = float(cfg.evaluation.top_fraction)
     negatives = score(model, data.eval_negative_features, device)
@@ -30,7 +31,7 @@ def evaluate_holdout(model, data, device, cfg: Any, epsilon: float, delta: float
     pos = [score(model, data.holdout_features[a], device)[:, i] if len(data.holdout_features[a]) else np.zeros(0)
            for i, a in enumerate(audiences)]
     neg = [negatives[:, i] for i in range(len(audiences))]
-    prefix, curves, aucs = ("trusted" if trusted else "dp"), {}, []
+    prefix, curves, aucs, multiplier = ("trusted" if trusted else "dp"), {}, [], 0.0
     if trusted:
         hist_pos, hist_neg = [histogram(x) for x in pos], [histogram(x) for x in neg]
         metrics = [holdout_metrics(p, n, top) for p, n in zip(pos, neg)]
@@ -38,6 +39,7 @@ def evaluate_holdout(model, data, device, cfg: Any, epsilon: float, delta: float
         hist_pos, hist_neg, sigma = noisy_histograms(pos, neg, epsilon, delta)
         metrics = [histogram_metrics(p, n, top) for p, n in zip(hist_pos, hist_neg)]
         mlflow.log_metrics({"dp.noise_std": sigma, "dp.eval_epsilon": epsilon, "dp.eval_delta": delta})
+        multiplier = sigma / (2.0 * len(audiences)) ** 0.5
     for name, m, hp, hn in zip(audiences, metrics, hist_pos, hist_neg):
         mlflow.log_metrics({f"{prefix}.{name}.{k}": v for k, v in m.items()})
         log.info("%s held-out metrics for '%s': %s", prefix, name, ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
@@ -47,7 +49,7 @@ def evaluate_holdout(model, data, device, cfg: Any, epsilon: float, delta: float
     mean_auc = float(np.mean(valid)) if valid else float("nan")
     mlflow.log_metric(f"{prefix}.auc", mean_auc)
     _log_curve(curves, prefix)
-    return mean_auc
+    return mean_auc, multiplier
 
 
 def _log_curve(curves: dict[str, np.ndarray], prefix: str) -> None:

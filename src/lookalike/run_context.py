@@ -62,6 +62,7 @@ class RunContext:
         dp_eval = self.private and not cfg.trusted_evaluation
         self.eval_epsilon = float(cfg.evaluation.epsilon) if dp_eval else 0.0
         self.eval_delta = float(cfg.evaluation.delta) if dp_eval else 0.0
+        self.eval_noise_multiplier = 0.0  # noise std / L2 sensitivity of the evaluation release
         self.entry_id: int | None = None
         self.resumed = False
         self.training_started = False
@@ -92,7 +93,8 @@ class RunContext:
 
     def finish(self) -> None:
         if self.private and self.entry_id is not None:
-            self.ledger.record_spent(self.entry_id, self.result.epsilon + self.eval_epsilon)
+            events = list(self.result.history) + ([(self.eval_noise_multiplier, 1.0, 1)] if self.eval_epsilon else [])
+            self.ledger.record_spent(self.entry_id, self.result.epsilon + self.eval_epsilon, events)
 
     def begin_training(self) -> None:
         """From here on the data has been touched by DP steps: a failure keeps the charge."""

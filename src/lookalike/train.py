@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> float | None:
                 result = train(model, tensors, cfg, delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
                                on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
             ctx.trained(result)
-            metric = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
+            metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
             bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences,
                                  extra=ctx.model_meta(active.info.run_id))
             model_uri = log_model(bundle, cfg.mlflow.get("registered_model_name"), model_signature(data.spec, data.training.audiences),

@@ -137,7 +137,9 @@ def run(cfg: DictConfig) -> dict:
             staged.publish()
             published = True
             if entry is not None:
-                ledger.record_spent(entry, epsilon)
+                # The report is one Gaussian release; randomised response is not Gaussian.
+                events = None if randomized else [(plan.sigma / sensitivity, 1.0, 1)]
+                ledger.record_spent(entry, epsilon, events)
             mlflow.log_artifact(str(out / "report.json"))
             mlflow.log_artifact(str(out / "report.png"))
             mlflow.log_metrics({"export.users_scored": scored, "export.seconds": elapsed, "export.users_per_second": scored / max(elapsed, 1e-9),

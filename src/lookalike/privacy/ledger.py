@@ -9,6 +9,7 @@ is always valid.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS entries (
     spent_epsilon REAL,
     delta REAL NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    events TEXT
 );
 """
 # A reserved entry counts at its reservation, a finished one at what it spent.
@@ -77,6 +79,9 @@ class Ledger:
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
             conn.executescript(SCHEMA)
+            # Ledgers written before entries carried their mechanism get the column added.
+            if "events" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:
+                conn.execute("ALTER TABLE entries ADD COLUMN events TEXT")
             yield conn
         finally:
             conn.close()
@@ -116,20 +121,22 @@ class Ledger:
                 conn.execute("ROLLBACK")
                 raise
 
-    def record_spent(self, entry_id: int, epsilon: float) -> None:
-        """Close a reservation with the epsilon actually spent (never below zero)."""
-        self._close(entry_id, "spent", max(float(epsilon), 0.0))
+    def record_spent(self, entry_id: int, epsilon: float, events: list | None = None) -> None:
+        """Close a reservation with the epsilon actually spent (never below zero). ``events``:
+        the mechanism as (noise multiplier, sample rate, steps) Gaussian steps, or None when it
+        is not only Gaussian; it lets runs be composed more tightly than by summing."""
+        self._close(entry_id, "spent", max(float(epsilon), 0.0), None if events is None else json.dumps([list(e) for e in events]))
 
     def release(self, entry_id: int) -> None:
         """Give a reservation back; only for runs that never touched the data with a DP step."""
         self._close(entry_id, "released", 0.0)
 
-    def _close(self, entry_id: int, status: str, epsilon: float) -> None:
+    def _close(self, entry_id: int, status: str, epsilon: float, events: str | None = None) -> None:
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             updated = conn.execute(
-                "UPDATE entries SET status = ?, spent_epsilon = ?, updated_at = ? WHERE id = ? AND status = 'reserved'",
-                (status, epsilon, time.time(), entry_id),
+                "UPDATE entries SET status = ?, spent_epsilon = ?, events = ?, updated_at = ? WHERE id = ? AND status = 'reserved'",
+                (status, epsilon, events, time.time(), entry_id),
             ).rowcount
             conn.execute("COMMIT")
         if updated != 1:
@@ -151,6 +158,12 @@ class Ledger:
             row = conn.execute("SELECT budget_epsilon FROM budgets WHERE fingerprint = ?", (fingerprint,)).fetchone()
             charged = conn.execute(f"SELECT {CHARGED} FROM entries WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
         return max((row[0] if row else default_budget) - charged, 0.0)
+
+    def entries(self, fingerprint: str) -> list[dict]:
+        with self._connect(create=False) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("SELECT * FROM entries WHERE fingerprint = ? ORDER BY id", (fingerprint,)).fetchall()
+        return [dict(r) for r in rows]
 
     def set_budget(self, fingerprint: str, budget_epsilon: float, budget_delta: float | None = None) -> None:
         """Change a fingerprint's total budget: a deliberate act by the data owners."""
