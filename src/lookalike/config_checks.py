@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lookalike.errors import ConfigError
@@ -25,6 +26,20 @@ def _require(cfg: Any, key: str, ok, rule: str) -> None:
     value = _number(cfg, key)
     if not ok(value):
         raise ConfigError(key, f"{value:g} {rule}")
+
+
+def check_outputs_outside_inputs(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Refuse outputs inside an input folder: a later run would read them back as data."""
+    for out_key, out in outputs.items():
+        if out in (None, ""):
+            continue
+        target = Path(str(out)).resolve()
+        for in_key, source in inputs.items():
+            if source in (None, "") or not isinstance(source, (str, Path)):
+                continue
+            folder = Path(str(source)).resolve()
+            if folder.is_dir() and (target == folder or folder in target.parents):
+                raise ConfigError(out_key, f"'{out}' is inside {in_key} '{source}': write outputs outside the input data")
 
 
 def validate_config(cfg: Any) -> None:
@@ -66,3 +81,5 @@ def validate_config(cfg: Any) -> None:
     _require(cfg, "evaluation.epsilon", lambda v: v > 0, "must be > 0 (the DP release of held-out metrics)")
     _require(cfg, "evaluation.delta", lambda v: 0 < v < 1, "must be in (0, 1)")
     validate_privacy_config(cfg.privacy)
+    check_outputs_outside_inputs({"paths.output_dir": cfg.paths.output_dir, "ledger.path": cfg.ledger.path},
+                                 {"data.publisher_path": cfg.data.publisher_path, "data.seed_path": cfg.data.seed_path})

@@ -95,7 +95,8 @@ def check_publisher_ids(ids: pa.ChunkedArray, id_column: str, path: str) -> None
     """Ids must be non-null, unique strings: one row per user is the privacy unit."""
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
         raise DataError(f"publisher data '{path}': id column '{id_column}' has type {ids.type}: store ids as strings (or hash them with lookalike-hash)")
-    if ids.null_count:
-        raise DataError(f"publisher data '{path}': id column '{id_column}' has {ids.null_count} empty ids: drop those rows")
+    empty = ids.null_count + pc.sum(pc.equal(ids, "")).as_py() if len(ids) else 0
+    if empty:
+        raise DataError(f"publisher data '{path}': id column '{id_column}' has {empty} empty ids: drop those rows")
     if pc.count_distinct(ids).as_py() != len(ids):
         raise DataError(f"publisher data '{path}': id column '{id_column}' has duplicate user ids: keep one row per user (aggregate upstream)")

@@ -78,10 +78,16 @@ def scan_publisher(
     if missing:
         raise DataError(f"publisher data '{path}': column '{missing[0]}' not found (columns: {', '.join(dataset.schema.names)})")
     fragments = list(dataset.get_fragments(filter=row_filter))
+    # Checked up front: Arrow would silently parse "42" strings in one file as the other
+    # files' numbers, or fail half-way with a message that names no file.
+    mismatch = schema_mismatch(dataset, columns, fragments)
+    if mismatch:
+        raise DataError(f"publisher data '{path}': {mismatch}")
     try:
         table = dataset.to_table(columns=list(columns), filter=row_filter)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"publisher data '{path}' could not be read: {_first_line(exc)}") from exc
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        mismatch = schema_mismatch(dataset, columns)
+        raise DataError(f"publisher data '{path}' could not be read: {mismatch or _first_line(exc)}") from exc
     rows, size = _fragment_cost(fragments, set(columns))
     stats = ScanStats(files_scanned=len(fragments), rows_scanned=rows, bytes_scanned=size, rows_in_window=table.num_rows)
     log.info("scanned %d files, %d rows, %d bytes; %d rows in window", stats.files_scanned, rows, size, table.num_rows)
@@ -101,6 +107,30 @@ def _fragment_cost(fragments: Iterable[ds.Fragment], columns: set[str]) -> tuple
                 if chunk.path_in_schema.split(".")[0] in columns:
                     size += chunk.total_compressed_size
     return rows, size
+
+
+def _kind(t: pa.DataType) -> str:
+    """Types that are the same data stored differently (int32/int64, dictionary strings)."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    for name, test in (("integer", pa.types.is_integer), ("floating", pa.types.is_floating),
+                       ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x))):
+        if test(t):
+            return name
+    return str(t)
+
+
+def schema_mismatch(dataset: ds.Dataset, columns: Sequence[str], fragments=None) -> str | None:
+    """Name the file and column whose stored type differs from the dataset's (first file's)."""
+    for fragment in fragments if fragments is not None else dataset.get_fragments():
+        try:
+            schema = fragment.physical_schema
+        except (pa.ArrowInvalid, OSError):
+            return f"file '{fragment.path}' is corrupt or truncated; replace it"
+        for name in columns:
+            if name in schema.names and _kind(schema.field(name).type) != _kind(dataset.schema.field(name).type):
+                return (f"file '{fragment.path}' stores column '{name}' as {schema.field(name).type} but the dataset as "
+                        f"{dataset.schema.field(name).type}; rewrite the files with one schema")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

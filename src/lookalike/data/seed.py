@@ -64,6 +64,8 @@ def _read_table(path: Path, id_column: str, audience_column: str) -> pa.Table:
             schema = pa.schema([(id_column, pa.string()), (audience_column, pa.string())])
             options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
             table = pajson.read_json(path, parse_options=options)
+            if table.column(audience_column).null_count == table.num_rows:
+                table = table.drop_columns([audience_column])  # plain {"user_id": ...} lines
         elif suffixes.endswith((".csv", ".csv.gz", ".tsv")):
             convert = pacsv.ConvertOptions(column_types={id_column: pa.string(), audience_column: pa.string()}, strings_can_be_null=True)
             parse = pacsv.ParseOptions(delimiter="\t" if suffixes.endswith(".tsv") else ",")

@@ -17,9 +17,9 @@ import mlflow
 import pyarrow as pa
 from omegaconf import DictConfig
 
-from lookalike.data.publisher import open_publisher, window_filter
+from lookalike.data.publisher import open_publisher, schema_mismatch, window_filter
 from lookalike.data.seed import read_seed
-from lookalike.errors import ConfigError, LookalikeError
+from lookalike.errors import ConfigError, DataError, LookalikeError
 from lookalike.export.checks import check_model_fits_publisher, validate_export_config
 from lookalike.export.output import StagedOutput, check_output_dir
 from lookalike.export.release import gaussian_sigma
@@ -75,6 +75,9 @@ def run(cfg: DictConfig) -> dict:
     dataset = open_publisher(path)
     check_model_fits_publisher(spec, dataset.schema, path, uri)
     row_filter = window_filter(dataset, cfg.data.get("window"), path)
+    mismatch = schema_mismatch(dataset, spec.columns, list(dataset.get_fragments(filter=row_filter)))
+    if mismatch:
+        raise DataError(f"publisher data '{path}': {mismatch}")
     seeds = read_seed(cfg.data.seed_path, spec.id_column, cfg.data.audience_column)
     missing = [a for a in audiences if a not in seeds]
     if missing:

@@ -7,6 +7,7 @@ from typing import Any
 import pyarrow as pa
 
 from lookalike.data.features import FeatureSpec
+from lookalike.config_checks import check_outputs_outside_inputs
 from lookalike.errors import ConfigError, DataError
 
 MAX_BINS, MAX_ABSOLUTE = 25, 20_000_000  # as in AWS Clean Rooms ML
@@ -43,6 +44,8 @@ def validate_export_config(cfg: Any) -> None:
         raise ConfigError("export.min_score", f"{e.min_score} must be a probability in [0, 1] or null")
     if int(e.batch_rows) < 1:
         raise ConfigError("export.batch_rows", f"{e.batch_rows} must be >= 1")
+    check_outputs_outside_inputs({"export.output_dir": e.output_dir, "ledger.path": cfg.ledger.path},
+                                 {"data.publisher_path": cfg.data.publisher_path, "data.seed_path": cfg.data.seed_path})
     if int(cfg.rules.min_aggregation_size) < 1:
         raise ConfigError("rules.min_aggregation_size", f"{cfg.rules.min_aggregation_size} must be >= 1")
 

@@ -1,0 +1,99 @@
+"""Hostile and broken inputs: each gets a clear error or a documented handling, nothing is
+half-written and the ledger is untouched."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from lookalike.data.seed import read_seed
+from lookalike.errors import LookalikeError
+from lookalike.train import run
+from tests.conftest import files_under
+
+
+def publisher_table(demo_dir) -> pa.Table:
+    return ds.dataset(demo_dir / "publisher", partitioning="hive").to_table().drop_columns(["cohort"])
+
+
+def refused(cfg, message: str, out) -> None:
+    with pytest.raises(LookalikeError, match=message) as err:
+        run(cfg)
+    assert "\n" not in str(err.value)
+    assert files_under(out) == []  # no ledger, no MLflow store, no run folder
+
+
+def test_truncated_parquet_file(cfg_factory, demo_dir, tmp_path):
+    folder = tmp_path / "pub"
+    folder.mkdir()
+    pq.write_table(publisher_table(demo_dir), folder / "a.parquet")
+    good = (folder / "a.parquet").read_bytes()
+    (folder / "b.parquet").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out"
+    refused(cfg_factory(f"data.publisher_path={folder}", out=out), "b.parquet' is corrupt or truncated|not readable Parquet", out)
+
+
+def test_schema_that_differs_across_partitions(cfg_factory, demo_dir, tmp_path):
+    table = publisher_table(demo_dir)
+    folder = tmp_path / "pub"
+    (folder / "part=1").mkdir(parents=True)
+    (folder / "part=2").mkdir(parents=True)
+    pq.write_table(table.slice(0, 2000), folder / "part=1" / "a.parquet")
+    second = table.slice(2000)
+    second = second.set_column(second.column_names.index("age"), "age", second.column("age").cast(pa.string()))
+    pq.write_table(second, folder / "part=2" / "b.parquet")
+    out = tmp_path / "out"
+    refused(cfg_factory(f"data.publisher_path={folder}", "data.exclude_columns=[part]", out=out),
+            "part=2/b.parquet' stores column 'age' as string but the dataset as double", out)
+
+
+@pytest.mark.parametrize(("ids", "message"), [
+    (lambda n: [""] + [f"u{i}" for i in range(1, n)], "has 1 empty ids"),
+    (lambda n: [None] + [f"u{i}" for i in range(1, n)], "has 1 empty ids"),
+])
+def test_empty_or_null_publisher_ids(cfg_factory, demo_dir, tmp_path, ids, message):
+    table = publisher_table(demo_dir)
+    table = table.set_column(0, "user_id", pa.array(ids(table.num_rows), type=pa.string()))
+    pq.write_table(table, tmp_path / "pub.parquet")
+    out = tmp_path / "out"
+    refused(cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", out=out), message, out)
+
+
+def test_unicode_and_very_long_ids_train_end_to_end(cfg_factory, demo_dir, tmp_path):
+    table = publisher_table(demo_dir)
+    mapping = {old: f"usér-{i}-日本-{'x' * (5000 if i % 7 == 0 else 1)}" for i, old in enumerate(table.column("user_id").to_pylist())}
+    table = table.set_column(0, "user_id", pa.array([mapping[u] for u in table.column("user_id").to_pylist()]))
+    pq.write_table(table, tmp_path / "pub.parquet")
+    lines = (demo_dir / "seed.jsonl").read_text().splitlines()
+    import json
+
+    rows = [json.loads(line) for line in lines]
+    seed = tmp_path / "seed.jsonl"
+    seed.write_text("".join(json.dumps({"user_id": mapping.get(r["user_id"], r["user_id"]), "audience": r["audience"]}, ensure_ascii=False) + "\n" for r in rows))
+    run(cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", f"data.seed_path={seed}", out=tmp_path / "out"))
+    assert (tmp_path / "out" / "privacy_ledger.sqlite").exists()
+
+
+def test_seed_with_bom_crlf_blank_lines_duplicates_and_strangers(tmp_path):
+    jsonl = tmp_path / "seed.jsonl"
+    jsonl.write_bytes(b'\xef\xbb\xbf{"user_id": "a"}\r\n\r\n{"user_id": "b"}\r\n{"user_id": "a"}\r\n{"user_id": "nobody-knows"}\r\n')
+    csv = tmp_path / "seed.csv"
+    csv.write_bytes(b"\xef\xbb\xbfuser_id\r\na\r\n\r\nb\r\na\r\n")
+    assert read_seed(str(jsonl), "user_id", "audience")["seed"].tolist() == ["a", "b", "nobody-knows"]
+    assert read_seed(str(csv), "user_id", "audience")["seed"].tolist() == ["a", "b"]
+
+
+@pytest.mark.parametrize("key", ["paths.output_dir", "ledger.path"])
+def test_outputs_inside_inputs_are_refused(cfg_factory, demo_dir, tmp_path, key):
+    folder = tmp_path / "pub"
+    folder.mkdir()
+    pq.write_table(publisher_table(demo_dir), folder / "a.parquet")
+    inside = folder / ("out" if key == "paths.output_dir" else "ledger.sqlite")
+    cfg = cfg_factory(f"data.publisher_path={folder}", f"{key}={inside}", out=tmp_path / "out")
+    with pytest.raises(LookalikeError, match=f"config '{key}': .* is inside data.publisher_path"):
+        run(cfg)
+    assert sorted(os.listdir(folder)) == ["a.parquet"]
