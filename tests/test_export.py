@@ -200,3 +200,32 @@ def test_export_cli_prints_one_line_and_exits_2(demo_dir, trained, tmp_path):
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [
         "lookalike-export: error: config 'export.audience_size.bins': 0 must be a percentage from 1 to 100 (PERCENTAGE)"]
     assert not (tmp_path / "seg").exists() and not (tmp_path / "hydra").exists()
+
+
+def test_reports_for_seeds_one_user_apart_differ_only_within_the_noise(demo_dir, trained, tmp_path):
+    """Neighbouring seeds (one held-out user removed): no count in the report is exact, and
+    every difference between the two reports is of the size of the DP noise."""
+    rows = [json.loads(line) for line in (demo_dir / "seed.jsonl").read_text().splitlines()]
+    report = export(export_cfg(demo_dir, trained, tmp_path / "a", "export.audience_size.bins=[5,10,50]"))
+    from lookalike.data.matching import split_draws
+    import pyarrow as pa
+
+    publisher = set(ds.dataset(demo_dir / "publisher", partitioning="hive").to_table(columns=["user_id"]).column("user_id").to_pylist())
+    luxury = [r["user_id"] for r in rows if r["audience"] == "luxury" and r["user_id"] in publisher]
+    draws = split_draws(pa.array(luxury), 42)[:, 0]
+    held = next(u for u, d in zip(luxury, draws) if d < 0.2)  # a held-out user: it moves the recall counts
+    neighbour = tmp_path / "neighbour.jsonl"
+    neighbour.write_text("".join(json.dumps(r) + "\n" for r in rows if r["user_id"] != held))
+    other = export(export_cfg(demo_dir, trained, tmp_path / "b", "export.audience_size.bins=[5,10,50]", f"data.seed_path={neighbour}"))
+    sigma = report["privacy"]["noise_std"]
+    assert sigma > 10 and other["privacy"]["noise_std"] == sigma
+    exact_counts_differ = 0
+    for name in ("luxury", "sports"):
+        a, b = report["audiences"][name], other["audiences"][name]
+        pairs = [(a["held_out_seed_users"], b["held_out_seed_users"])] + [(x["segment_size"], y["segment_size"]) for x, y in zip(a["bins"], b["bins"])]
+        for x, y in pairs:
+            if x is not None and y is not None:
+                assert abs(x - y) < 8 * sigma  # one user moves a true count by at most 1
+                exact_counts_differ += x != y
+    # fresh noise each time: released counts differ even where the true count did not move
+    assert exact_counts_differ >= 4
