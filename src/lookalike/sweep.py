@@ -15,7 +15,6 @@ import sys
 import time
 from typing import Any
 
-import mlflow
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import hydra
 import mlflow
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 

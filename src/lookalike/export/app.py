@@ -111,7 +111,7 @@ def run(cfg: DictConfig) -> dict:
         pass
     staged, published = StagedOutput(out), False
     try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}") as active:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}"):
             mlflow.set_tags({"lookalike.kind": "export", "lookalike.training_run_id": meta["run_id"], "lookalike.model_uri": uri,
                              "lookalike.privacy": "dp" if meta.get("private") else "non-private",
                              "lookalike.trusted_evaluation": str(trusted).lower(), "lookalike.fingerprint": fingerprint,
