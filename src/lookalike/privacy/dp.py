@@ -118,5 +118,13 @@ def validate_privacy_config(privacy: Any) -> None:
         raise ConfigError("privacy.max_grad_norm", f"{privacy.max_grad_norm} must be positive")
     if privacy.accountant not in ACCOUNTANTS:
         raise ConfigError("privacy.accountant", f"'{privacy.accountant}' is not one of {', '.join(ACCOUNTANTS)}")
+    if privacy.secure_mode:
+        import importlib.util
+
+        # Opacus' secure_mode draws noise from torchcsprng, whose last release (0.2.1, 2021)
+        # has no build for current torch: refuse up front rather than fail mid-run.
+        if importlib.util.find_spec("torchcsprng") is None:
+            raise ConfigError("privacy.secure_mode", "true needs the torchcsprng package (Opacus' secure RNG), which is not installed "
+                              "and has no build for this torch; set privacy.secure_mode=false")
     if privacy.grad_sample_mode not in ("hooks", "functorch"):
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' is not supported; use hooks or functorch")
