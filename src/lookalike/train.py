@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 import mlflow
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +27,7 @@ from lookalike.model.centroid import CentroidSimilarity
 from lookalike.model.factory import build_model
 from lookalike.model.towers import ModelConfig
 from lookalike.prepare import prepare
+from lookalike.privacy.audit import concat, plant_canaries
 from lookalike.quiet import silence_known_warnings
 from lookalike.privacy.dp import resolve_delta
 from lookalike.privacy.ledger import Ledger
@@ -57,6 +59,9 @@ def run(cfg: DictConfig) -> float | None:
     device = pick_device(str(cfg.trainer.device))
     resume = Checkpoint.load(cfg.trainer.resume_from) if cfg.trainer.resume_from else None
     data = prepare(cfg)
+    canaries = None
+    if cfg.get("audit", {}).get("enabled"):
+        canaries = plant_canaries(data, int(cfg.audit.canaries), float(cfg.audit.guess_fraction), np.random.default_rng(int(cfg.seed) + 1))
     n_train = data.training.n_train
     delta = resolve_delta(cfg.privacy.target_delta, n_train) if cfg.privacy.enabled else None
     if resume is not None and resume.meta.get("fingerprint") != data.fingerprint:
@@ -86,13 +91,23 @@ def run(cfg: DictConfig) -> float | None:
                 ckpt.save(run_dir / "checkpoints" / "last.pt")
 
             ctx.begin_training()
-            tensors = data.train_features.tensors() + [torch.from_numpy(data.training.train_labels)]
+            features, labels = data.train_features, data.training.train_labels
+            if canaries is not None:
+                extra, extra_labels = canaries.training_rows(len(data.training.audiences))
+                features, labels = concat(features, extra), np.concatenate([labels, extra_labels])
+            tensors = features.tensors() + [torch.from_numpy(labels)]
             if isinstance(model, CentroidSimilarity):  # the non-learned baseline: one release, no loop
                 result = fit_centroid(model, tensors, cfg, delta or 0.0)
             else:
                 result = train(model, tensors, cfg, delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
                                on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
             ctx.trained(result)
+            if canaries is not None:
+                found = canaries.audit(result.model, device)
+                mlflow.log_metrics(found)
+                mlflow.set_tag("lookalike.audit", "one_run")
+                log.info("one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)", found["audit.correct"],
+                         found["audit.guesses"], found["audit.epsilon_lower_bound"], f"{result.epsilon:.3f}" if result.epsilon else "non-private")
             metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
             bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences,
                                  extra=ctx.model_meta(active.info.run_id))
