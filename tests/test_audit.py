@@ -33,15 +33,14 @@ def audited(cfg) -> dict:
 
 
 @pytest.mark.slow
-def test_dp_lower_bound_stays_below_epsilon_and_the_non_private_control_leaks(cfg_factory, tmp_path):
-    # The logistic model memorises a canary's token directly (one zero-initialised weight per
-    # token), so the audit is sharp on it: the pair below is the same model with and without DP.
-    control = audited(cfg_factory("audit=one_run", "audit.canaries=500", "model=logistic", "privacy.enabled=false",
+@pytest.mark.parametrize("model", ["logistic", "two_tower"])
+def test_dp_lower_bound_stays_below_epsilon_and_the_non_private_control_leaks(cfg_factory, tmp_path, model):
+    control = audited(cfg_factory("audit=one_run", "audit.canaries=500", f"model={model}", "privacy.enabled=false",
                                   "trusted_evaluation=true", "trainer.epochs=5", out=tmp_path / "control"))
     # no clipping, no noise: the model remembers exactly which canary tokens it saw
     assert control["audit.correct"] >= 95 and control["audit.epsilon_lower_bound"] > 2.5
-    for model, eps in (("logistic", 1.0), ("two_tower", 1.0), ("logistic", 4.0)):
+    for eps in (1.0, 4.0):
         dp = audited(cfg_factory("audit=one_run", "audit.canaries=500", f"model={model}", f"privacy.target_epsilon={eps}",
-                                 "trainer.epochs=5", "ledger.budget_epsilon=20", out=tmp_path / f"{model}-{eps}"))
+                                 "trainer.epochs=5", "ledger.budget_epsilon=20", out=tmp_path / f"dp-{eps}"))
         assert dp["audit.guesses"] == 100 and dp["audit.canaries"] == 500
         assert dp["audit.epsilon_lower_bound"] <= dp["privacy.epsilon_spent"] <= eps

@@ -73,6 +73,8 @@ def run(cfg: DictConfig) -> float | None:
     ctx = RunContext(cfg, data, delta, Ledger(cfg.ledger.path))
     ctx.open_reservation(resume)
     model = build_model(data.spec, len(data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+    if canaries is not None:
+        canaries.zero_tokens(model)
     run_dir = run_directory(cfg)
     # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
     resumed_run_id = resume_run_id(resume)

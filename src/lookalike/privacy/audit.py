@@ -29,6 +29,17 @@ class Canaries:
     features: EncodedFeatures  # all m canaries
     included: np.ndarray  # bool [m]: trained on as positives of audience 0
     guess_fraction: float
+    first_token: int = 0  # vocabulary index of canary 0 in the first categorical feature
+
+    def zero_tokens(self, model: torch.nn.Module) -> None:
+        """Start every canary token's embedding at zero, so an untouched (excluded) token stays
+        exactly there and a trained one stands out. Which tokens exist is public (all m do,
+        included or not), so this choice is data-independent and the DP guarantee covers it."""
+        tower = getattr(model, "user_tower", model)
+        table = tower.categorical[0].weight if hasattr(tower, "categorical") and len(tower.categorical) else None
+        if table is not None:
+            with torch.no_grad():
+                table[self.first_token : self.first_token + len(self.included)] = 0.0
 
     def training_rows(self, n_audiences: int) -> tuple[EncodedFeatures, np.ndarray]:
         rows = np.flatnonzero(self.included)
@@ -57,7 +68,7 @@ def plant_canaries(data, count: int, guess_fraction: float, rng: np.random.Gener
                             np.zeros((count, real.categorical.shape[1]), dtype=np.int64),
                             [np.zeros((count, m.shape[1]), dtype=np.int64) for m in real.multi])
     blank.categorical[:, 0] = first + np.arange(count)
-    return Canaries(blank, rng.random(count) < 0.5, guess_fraction)
+    return Canaries(blank, rng.random(count) < 0.5, guess_fraction, first)
 
 
 def concat(a: EncodedFeatures, b: EncodedFeatures) -> EncodedFeatures:
