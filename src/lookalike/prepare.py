@@ -18,6 +18,7 @@ from lookalike.data.matching import TrainingSet, check_publisher_ids, match_seed
 from lookalike.data.publisher import ScanStats, open_publisher, scan_publisher, window_filter
 from lookalike.data.seed import read_seed
 from lookalike.errors import DataError
+from lookalike.privacy.fingerprint import data_fingerprint as fingerprint_of
 from lookalike.privacy.fingerprint import ledger_fingerprint, publisher_fingerprint, seed_fingerprint
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def data_fingerprint(cfg: Any) -> str:
     budget before its first trial)."""
     path = str(cfg.data.publisher_path)
     seeds = read_seed(cfg.data.seed_path, cfg.data.id_column, cfg.data.audience_column)
-    return ledger_fingerprint(publisher_fingerprint(open_publisher(path).files, Path(path)), seed_fingerprint(seeds))
+    return fingerprint_of(open_publisher(path).files, Path(path), seeds)
 
 
 def prepare(cfg: Any) -> PreparedData:

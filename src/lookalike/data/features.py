@@ -79,6 +79,19 @@ class FeatureSpec:
         )
 
 
+def is_number(t: pa.DataType) -> bool:
+    """Types read as numeric features (booleans count: they cast to 0/1)."""
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t)
+
+
+def is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
 def infer_feature_kinds(schema: pa.Schema, exclude: set[str]) -> dict[str, list[str]]:
     """Feature kinds from the Arrow schema: numbers are numeric, strings and booleans
     categorical, lists of strings multi-categorical. Other types (dates, structs) are skipped."""
@@ -87,11 +100,11 @@ def infer_feature_kinds(schema: pa.Schema, exclude: set[str]) -> dict[str, list[
         if f.name in exclude:
             continue
         t = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        if is_number(t) and not pa.types.is_boolean(t):
             kinds["numeric"].append(f.name)
-        elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t):
+        elif is_text(t) or pa.types.is_boolean(t):
             kinds["categorical"].append(f.name)
-        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        elif is_list(t):
             kinds["multi_categorical"].append(f.name)
     return kinds
 
@@ -143,7 +156,7 @@ def fit_feature_spec(table: pa.Table, kinds: dict[str, list[str]], data_cfg: Any
 def numeric_values(column: pa.ChunkedArray, name: str, policy: str, path: str) -> tuple[np.ndarray, np.ndarray]:
     """float64 values and a missing mask; NaN/inf are refused or imputed per ``data.non_finite``."""
     t = column.type
-    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t)):
+    if not is_number(t):
         raise DataError(f"publisher data '{path}': numeric column '{name}' has type {t}: store numbers, or declare it categorical in data.features")
     values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
     nulls = np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
@@ -161,10 +174,10 @@ def _as_strings(column: pa.ChunkedArray, name: str, path: str, multi: bool) -> p
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     if multi:
-        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        if not is_list(column.type):
             raise DataError(f"publisher data '{path}': multi-categorical column '{name}' has type {column.type}: it must be a list column")
         return column.cast(pa.list_(pa.string()))
-    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_struct(column.type):
+    if is_list(column.type) or pa.types.is_struct(column.type):
         raise DataError(f"publisher data '{path}': categorical column '{name}' has type {column.type}: declare it multi_categorical or drop it")
     return column.cast(pa.string())
 

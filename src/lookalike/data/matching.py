@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lookalike.data.features import is_text
 from lookalike.errors import DataError
 
 
@@ -93,7 +94,7 @@ def split_draws(ids: pa.Array | pa.ChunkedArray, split_seed: int) -> np.ndarray:
 
 def check_publisher_ids(ids: pa.ChunkedArray, id_column: str, path: str) -> None:
     """Ids must be non-null, unique strings: one row per user is the privacy unit."""
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+    if not is_text(ids.type):
         raise DataError(f"publisher data '{path}': id column '{id_column}' has type {ids.type}: store ids as strings (or hash them with lookalike-hash)")
     empty = ids.null_count + pc.sum(pc.equal(ids, "")).as_py() if len(ids) else 0
     if empty:

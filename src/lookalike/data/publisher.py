@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from lookalike.data.features import is_text
 from lookalike.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def _kind(t: pa.DataType) -> str:
     """Types that are the same data stored differently (int32/int64, dictionary strings)."""
     t = t.value_type if pa.types.is_dictionary(t) else t
     for name, test in (("integer", pa.types.is_integer), ("floating", pa.types.is_floating),
-                       ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x))):
+                       ("string", is_text)):
         if test(t):
             return name
     return str(t)

@@ -17,6 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from lookalike.data.features import is_text
 from lookalike.errors import ConfigError, DataError
 
 DEFAULT_AUDIENCE = "seed"
@@ -79,7 +80,7 @@ def _read_table(path: Path, id_column: str, audience_column: str) -> pa.Table:
         raise DataError(f"seed file '{path}' could not be read ({first}): ids must be strings under '{id_column}'") from exc
     if id_column not in table.column_names:
         raise DataError(f"seed file '{path}' has no '{id_column}' column: rename it or set data.id_column")
-    if not pa.types.is_string(table.schema.field(id_column).type) and not pa.types.is_large_string(table.schema.field(id_column).type):
+    if not is_text(table.schema.field(id_column).type):
         raise DataError(f"seed file '{path}': column '{id_column}' has type {table.schema.field(id_column).type}: store ids as strings")
     return table
 

@@ -6,6 +6,7 @@ segments per audience and bin, and release a report safe to share with the adver
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -26,7 +27,7 @@ from lookalike.export.release import gaussian_sigma
 from lookalike.export.report import ReleasePlan, audience_report, bin_sizes, plot_report
 from lookalike.export.scoring import ExportOptions, score_population
 from lookalike.model.bundle import load_bundle
-from lookalike.privacy.fingerprint import ledger_fingerprint, publisher_fingerprint, seed_fingerprint
+from lookalike.privacy.fingerprint import data_fingerprint
 from lookalike.privacy.ledger import Ledger
 from lookalike.quiet import silence_known_warnings
 from lookalike.run_context import discard_run_directory, is_multirun, pick_device
@@ -96,7 +97,7 @@ def run(cfg: DictConfig) -> dict:
         plan.sigma = gaussian_sigma(float(e.report_epsilon), float(e.report_delta), sensitivity)
     epsilon = (0.0 if trusted else float(e.report_epsilon)) + (float(e.seed_exclusion_epsilon) * len(audiences) if randomized else 0.0)
     delta = 0.0 if trusted else float(e.report_delta)
-    fingerprint = ledger_fingerprint(publisher_fingerprint(dataset.files, Path(path)), seed_fingerprint(seeds))
+    fingerprint = data_fingerprint(dataset.files, Path(path), seeds)
 
     ledger = Ledger(cfg.ledger.path)
     entry = None
@@ -175,8 +176,6 @@ def _write(cfg, staged: StagedOutput, state, population: int, bins: list, sizes:
 
 
 def _save_report(report: dict, folder: Path) -> None:
-    import json
-
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     plot_report(report, folder / "report.png")
 

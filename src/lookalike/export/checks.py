@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lookalike.data.features import FeatureSpec
+from lookalike.data.features import FeatureSpec, is_list, is_number
 from lookalike.config_checks import check_outputs_outside_inputs
 from lookalike.errors import ConfigError, DataError
 
@@ -58,13 +58,13 @@ def check_model_fits_publisher(spec: FeatureSpec, schema: pa.Schema, path: str, 
                             "export with the publisher table the model was trained on")
     for feature in spec.numeric:
         t = schema.field(feature.name).type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t)):
+        if not is_number(t):
             raise DataError(f"publisher data '{path}': column '{feature.name}' has type {t} but model '{model_uri}' reads it as numeric")
     for feature in spec.multi_categorical:
         t = schema.field(feature.name).type
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        if not is_list(t):
             raise DataError(f"publisher data '{path}': column '{feature.name}' has type {t} but model '{model_uri}' reads it as a list")
     for feature in spec.categorical:
         t = schema.field(feature.name).type
-        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_struct(t):
+        if is_list(t) or pa.types.is_struct(t):
             raise DataError(f"publisher data '{path}': column '{feature.name}' has type {t} but model '{model_uri}' reads it as categorical")

@@ -40,6 +40,11 @@ def ledger_fingerprint(publisher: str, seed: str) -> str:
     return hashlib.sha256(f"{publisher}:{seed}".encode()).hexdigest()
 
 
+def data_fingerprint(files: list[str], root: str | Path, seeds: dict[str, np.ndarray]) -> str:
+    """The ledger key of (publisher files, seed ids): what training and export charge."""
+    return ledger_fingerprint(publisher_fingerprint(files, root), seed_fingerprint(seeds))
+
+
 def _relative(name: str, root: Path) -> str:
     path = Path(name)
     return path.name if root.is_file() or path == root else str(path.relative_to(root))
