@@ -75,10 +75,11 @@ def test_budget_cli_table_and_json(tmp_path, capsys):
     budget_main(["--ledger", str(path), "--json"])
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["budget_epsilon"], row["spent_epsilon"], row["reserved_epsilon"], row["remaining_epsilon"]) == (5, 1.5, 1.0, 2.5)
+    assert row["charged_epsilon"] == 2.5 and row["composition"].startswith("summed")  # no Gaussian record to compose
     budget_main(["--ledger", str(path)])
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["fingerprint", "budget", "spent", "reserved", "remaining", "delta", "spent", "entries", "composed"]
-    assert table[1].split()[:5] == ["abababababab", "5", "1.5", "1", "2.5"]
+    assert table[0].split() == ["fingerprint", "budget", "spent", "reserved", "charged", "remaining", "delta", "spent", "entries"]
+    assert table[1].split()[:6] == ["abababababab", "5", "1.5", "1", "2.5", "2.5"]
     budget_main(["--ledger", str(path), "set-budget", "abab", "7"])
     assert "7" in capsys.readouterr().out.splitlines()[1].split()
     with pytest.raises(SystemExit) as exit_info:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dp_accounting as dpa
 import pytest
 
+from lookalike.errors import BudgetExceededError
 from lookalike.privacy.composition import compose
 from lookalike.privacy.ledger import Ledger
 
@@ -34,20 +35,46 @@ def test_composed_is_below_the_sum_and_matches_dp_accounting(tmp_path):
     for run in RUNS:
         spend(ledger, run, epsilon_from_history(run, 1e-6, "prv"))
     c = compose(ledger, FP)
-    assert c.delta == pytest.approx(3e-6) and c.composed_epsilon is not None
-    assert c.composed_epsilon < 0.8 * c.summed_epsilon  # composition is markedly tighter here
+    assert c.delta == pytest.approx(3e-6) and c.composed_entries == 3 and c.summed_entries == 0
+    assert c.charged_epsilon < 0.8 * c.summed_epsilon  # composition is markedly tighter here
     reference = pld_of(RUNS, 3e-6)
-    assert reference <= c.composed_epsilon <= reference * 1.05 + 0.02
+    assert reference <= c.charged_epsilon <= reference * 1.05 + 0.02
+    # what the ledger enforces and shows is that composed charge
+    (status,) = ledger.status()
+    assert status.charged_epsilon == pytest.approx(c.charged_epsilon) and status.remaining_epsilon == pytest.approx(100 - c.charged_epsilon)
 
 
-def test_any_non_gaussian_or_open_entry_falls_back_to_the_sum(tmp_path):
+def test_non_gaussian_and_open_entries_are_added_at_face_value(tmp_path):
     ledger = Ledger(tmp_path / "l.sqlite")
-    spend(ledger, RUNS[0], 2.0)
     spend(ledger, None, 1.0)  # e.g. randomised-response seed exclusion
     c = compose(ledger, FP)
-    assert c.composed_epsilon is None and c.summed_epsilon == 3.0 and "no Gaussian record" in c.reason
+    assert c.composed_epsilon is None and c.charged_epsilon == c.summed_epsilon == 1.0 and "no finished entry" in c.reason
+    for run in RUNS:
+        spend(ledger, run, 2.0)
     ledger.reserve(FP, 0.5, 1e-6, budget_epsilon=100, budget_delta=None, kind="train", description="crashed")
-    assert compose(ledger, FP).summed_epsilon == 3.5
+    c = compose(ledger, FP)
+    gaussian_only = pld_of(RUNS, 3e-6)
+    assert c.summed_epsilon == 7.5 and (c.composed_entries, c.summed_entries) == (3, 2)
+    assert gaussian_only + 1.5 <= c.charged_epsilon <= gaussian_only * 1.05 + 1.52  # composed block + 1.0 + 0.5
+
+
+def test_the_ledger_enforces_the_composed_charge(tmp_path):
+    """Two runs that summing would refuse fit once the first one is charged by its curve; the
+    refusal names the composed figure; a run reserved meanwhile still counts at face value."""
+    from lookalike.privacy.dp import epsilon_from_history
+
+    ledger = Ledger(tmp_path / "l.sqlite")
+    run = [(0.8, 0.01, 2000), (3.0, 1.0, 1)]  # a training run and its evaluation release
+    face = epsilon_from_history(run[:1], 1e-6, "prv") + epsilon_from_history(run[1:], 1e-6, "prv")
+    budget = 1.9 * face
+    entry = ledger.reserve(FP, face, 2e-6, budget_epsilon=budget, budget_delta=None, kind="train", description="first")
+    ledger.record_spent(entry, face, run)
+    charged = ledger.status()[0].charged_epsilon
+    assert charged < face  # training and evaluation compose inside one run too
+    ledger.reserve(FP, budget - charged - 1e-3, 1e-6, budget_epsilon=budget, budget_delta=None, kind="train", description="second")
+    with pytest.raises(BudgetExceededError, match=r"composition of 1 finished Gaussian entries.*1 other entries summed"):
+        ledger.reserve(FP, 0.01, 1e-6, budget_epsilon=budget, budget_delta=None, kind="train", description="third")
+    assert face + (budget - charged - 1e-3) > budget  # summing would have refused the second run
 
 
 def test_a_real_training_run_records_its_mechanisms(cfg_factory):
@@ -64,6 +91,6 @@ def test_a_real_training_run_records_its_mechanisms(cfg_factory):
 
     events = [tuple(e) for e in json.loads(entry["events"])]
     assert len(events) == 2 and events[1][1:] == (1.0, 1)  # DP-SGD steps, then the evaluation release
-    assert c.composed_epsilon is not None and c.composed_epsilon <= c.summed_epsilon
+    assert c.composed_entries == 1 and c.charged_epsilon < c.summed_epsilon
     # composing can never be more private than the training run alone at the same delta
-    assert c.composed_epsilon >= epsilon_from_history(events[:1], c.delta, "prv")
+    assert c.charged_epsilon >= epsilon_from_history(events[:1], c.delta, "prv")

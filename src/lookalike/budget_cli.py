@@ -13,18 +13,18 @@ import json
 import sys
 
 from lookalike.errors import LookalikeError
-from lookalike.privacy.composition import compose
 from lookalike.privacy.ledger import Ledger
 
 DEFAULT_LEDGER = "outputs/privacy_ledger.sqlite"
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("fingerprint", "budget", "spent", "reserved", "remaining", "delta spent", "entries", "composed")
+    # spent + reserved is what summing would charge; "charged" composes the finished Gaussian
+    # runs (PRV) and is what the ledger enforces, so remaining = budget - charged.
+    header = ("fingerprint", "budget", "spent", "reserved", "charged", "remaining", "delta spent", "entries")
     lines = [header] + [
         (r["fingerprint"][:12], f"{r['budget_epsilon']:.4g}", f"{r['spent_epsilon']:.4g}", f"{r['reserved_epsilon']:.4g}",
-         f"{r['remaining_epsilon']:.4g}", f"{r['spent_delta']:.3g}", str(r["runs"]),
-         "-" if r["composed_epsilon"] is None else f"{r['composed_epsilon']:.4g}")
+         f"{r['charged_epsilon']:.4g}", f"{r['remaining_epsilon']:.4g}", f"{r['spent_delta']:.3g}", str(r["runs"]))
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -53,18 +53,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "preview" and not args.epsilon > 0:
             parser.error("--epsilon must be positive")
         rows = [s.to_dict() for s in ledger.status()]
-        for row in rows:
-            # Summing is what the ledger enforces; the composed figure shows how much tighter
-            # the same runs are when their Gaussian mechanisms compose (PRV).
-            composition = compose(ledger, row["fingerprint"])
-            row["composed_epsilon"] = composition.composed_epsilon
-            row["composition"] = composition.reason
     except LookalikeError as exc:
         print(f"lookalike-budget: error: {exc}", file=sys.stderr)
         sys.exit(2)
     if args.command == "preview":
         for row in rows:
-            # A small tolerance so that exactly-fitting runs count, as the ledger itself allows.
+            # A new run is reserved at face value on top of the charge (it joins the composition
+            # once it finishes); a small tolerance so that exactly-fitting runs count.
             row["runs_that_fit"] = int((row["remaining_epsilon"] + 1e-9) // args.epsilon)
         if not args.json:
             for row in rows:

@@ -3,8 +3,8 @@
 A run reserves its target epsilon before training inside a ``BEGIN IMMEDIATE`` transaction, so
 two processes can never both read the same remaining budget and overspend it. When it finishes
 it records what the accountant says it spent. A crash leaves the reservation charged: no crash
-ever makes budget reappear. Composition across runs is basic (epsilons and deltas add up), which
-is always valid.
+ever makes budget reappear. Finished runs whose mechanisms are Gaussian are charged by their
+composed privacy curve (see composition.py); everything else adds up at face value. Deltas add up.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lookalike.errors import BudgetExceededError, LookalikeError
+from lookalike.privacy.composition import GaussianBlock, charge, gaussian_block
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS budgets (
@@ -40,8 +41,6 @@ CREATE TABLE IF NOT EXISTS entries (
     events TEXT
 );
 """
-# A reserved entry counts at its reservation, a finished one at what it spent.
-CHARGED = "COALESCE(SUM(CASE status WHEN 'reserved' THEN reserved_epsilon WHEN 'spent' THEN MAX(spent_epsilon, 0) ELSE 0 END), 0)"
 TOLERANCE = 1e-9
 
 
@@ -50,14 +49,16 @@ class BudgetStatus:
     fingerprint: str
     budget_epsilon: float
     budget_delta: float | None
-    spent_epsilon: float
-    reserved_epsilon: float
+    spent_epsilon: float  # finished entries, summed
+    reserved_epsilon: float  # open reservations
     spent_delta: float
     runs: int
+    charged_epsilon: float  # what the ledger enforces: finished Gaussian runs composed, the rest summed
+    composition: str
 
     @property
     def remaining_epsilon(self) -> float:
-        return max(self.budget_epsilon - self.spent_epsilon - self.reserved_epsilon, 0.0)
+        return max(self.budget_epsilon - self.charged_epsilon, 0.0)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"remaining_epsilon": self.remaining_epsilon}
@@ -90,19 +91,20 @@ class Ledger:
                 budget_delta: float | None, kind: str, description: str) -> int:
         """Atomically reserve ``epsilon`` (and ``delta``) or raise :class:`BudgetExceededError`."""
         now = time.time()
+        # The slow part (a PRV composition) runs before the write lock, on finished entries,
+        # which never change again; whatever finishes meanwhile counts at face value below.
+        block = gaussian_block(self.entries(fingerprint)) if self.path.exists() else GaussianBlock(frozenset(), 0.0, 0.0, 0.0)
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("INSERT OR IGNORE INTO budgets VALUES (?, ?, ?, ?)", (fingerprint, budget_epsilon, budget_delta, now))
                 total_eps, total_delta = conn.execute("SELECT budget_epsilon, budget_delta FROM budgets WHERE fingerprint = ?", (fingerprint,)).fetchone()
-                charged, charged_delta = conn.execute(
-                    f"SELECT {CHARGED}, COALESCE(SUM(CASE status WHEN 'released' THEN 0 ELSE delta END), 0) FROM entries WHERE fingerprint = ?",
-                    (fingerprint,),
-                ).fetchone()
+                current = charge(self._rows(conn, fingerprint), block)
+                charged, charged_delta = current.charged_epsilon, current.delta
                 if charged + epsilon > total_eps + TOLERANCE:
                     raise BudgetExceededError(
                         f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: this run needs epsilon {epsilon:.3g} "
-                        f"but only {max(total_eps - charged, 0):.3g} of {total_eps:.3g} remains; lower privacy.target_epsilon or "
+                        f"but only {max(total_eps - charged, 0):.3g} of {total_eps:.3g} remains ({current.reason}); lower privacy.target_epsilon or "
                         "ask the data owners for more budget (lookalike-budget set-budget)"
                     )
                 if total_delta is not None and charged_delta + delta > total_delta * (1 + 1e-9):
@@ -156,14 +158,18 @@ class Ledger:
             return default_budget
         with self._connect() as conn:
             row = conn.execute("SELECT budget_epsilon FROM budgets WHERE fingerprint = ?", (fingerprint,)).fetchone()
-            charged = conn.execute(f"SELECT {CHARGED} FROM entries WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
-        return max((row[0] if row else default_budget) - charged, 0.0)
+            entries = self._rows(conn, fingerprint)
+        return max((row[0] if row else default_budget) - charge(entries, gaussian_block(entries)).charged_epsilon, 0.0)
 
     def entries(self, fingerprint: str) -> list[dict]:
         with self._connect(create=False) as conn:
-            conn.row_factory = sqlite3.Row
-            rows = conn.execute("SELECT * FROM entries WHERE fingerprint = ? ORDER BY id", (fingerprint,)).fetchall()
-        return [dict(r) for r in rows]
+            return self._rows(conn, fingerprint)
+
+    @staticmethod
+    def _rows(conn: sqlite3.Connection, fingerprint: str) -> list[dict]:
+        cursor = conn.execute("SELECT * FROM entries WHERE fingerprint = ? ORDER BY id", (fingerprint,))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def set_budget(self, fingerprint: str, budget_epsilon: float, budget_delta: float | None = None) -> None:
         """Change a fingerprint's total budget: a deliberate act by the data owners."""
@@ -177,12 +183,15 @@ class Ledger:
 
     def status(self) -> list[BudgetStatus]:
         with self._connect(create=False) as conn:
-            rows = conn.execute(
-                "SELECT b.fingerprint, b.budget_epsilon, b.budget_delta, "
-                "COALESCE(SUM(CASE e.status WHEN 'spent' THEN e.spent_epsilon ELSE 0 END), 0), "
-                "COALESCE(SUM(CASE e.status WHEN 'reserved' THEN e.reserved_epsilon ELSE 0 END), 0), "
-                "COALESCE(SUM(CASE e.status WHEN 'released' THEN 0 ELSE e.delta END), 0), "
-                "COUNT(e.id) FROM budgets b LEFT JOIN entries e ON e.fingerprint = b.fingerprint "
-                "GROUP BY b.fingerprint ORDER BY b.created_at"
-            ).fetchall()
-        return [BudgetStatus(*row) for row in rows]
+            budgets = conn.execute("SELECT fingerprint, budget_epsilon, budget_delta FROM budgets ORDER BY created_at").fetchall()
+            entries = {fp: self._rows(conn, fp) for fp, _, _ in budgets}
+        result = []
+        for fp, budget_epsilon, budget_delta in budgets:
+            rows = entries[fp]
+            cost = charge(rows, gaussian_block(rows))
+            result.append(BudgetStatus(
+                fp, budget_epsilon, budget_delta,
+                sum(r["spent_epsilon"] for r in rows if r["status"] == "spent"),
+                sum(r["reserved_epsilon"] for r in rows if r["status"] == "reserved"),
+                cost.delta, len(rows), cost.charged_epsilon, cost.reason))
+        return result
