@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OUT ?= outputs
 DEMO_DATA ?= data/demo
 
-.PHONY: install install-dev demo demo-data adult adult-data test test-fast budget mlflow-ui clean
+.PHONY: install install-dev demo demo-data adult adult-data test test-fast budget mlflow-ui bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,16 @@ test: $(VENV)/.installed-dev
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Performance benchmarks (README, "Performance"): DP vs non-private training throughput, then
+# export time and memory at 1M-10M users. About 15 minutes on 2 cores.
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/export_scaling.py
+
+# Train and export on CUDA when a GPU is visible (says so and exits 0 otherwise).
+gpu-check: $(VENV)/.installed
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(OUT) multirun $(DEMO_DATA) $(ADULT_DATA)

@@ -112,3 +112,24 @@ def test_split_draws_are_stable_per_user_whatever_the_order():
     assert np.array_equal(split_draws(ids.take(pa.array(np.arange(1999, -1, -1))), 42), u[::-1])
     assert 0.15 < (u[:, 0] < 0.2).mean() < 0.25 and abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.1
     assert not np.array_equal(split_draws(ids, 43), u)
+
+
+@pytest.mark.parametrize("window", [None, {"column": "cohort", "start": "2025-02", "end": "2025-04"}, {"column": "age", "start": 30, "end": 50}])
+def test_export_reads_row_group_by_row_group_the_same_rows_as_the_scanner(demo_dir, tmp_path, window):
+    from lookalike.export.scoring import row_group_batches
+
+    path = demo_dir / "publisher"
+    dataset = open_publisher(path)
+    row_filter = window_filter(dataset, OmegaConf.create(window), path) if window else None
+    expected = dataset.to_table(columns=["user_id", "age"], filter=row_filter)
+    batches = list(row_group_batches(dataset, ["user_id", "age"], row_filter, 300))
+    got = pa.Table.from_batches(batches)
+    assert sorted(got.column("user_id").to_pylist()) == sorted(expected.column("user_id").to_pylist()) and got.num_rows > 0
+    assert max(b.num_rows for b in batches) <= 300
+    # many row groups in one file: each read on its own
+    pq_path = tmp_path / "groups.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(expected, pq_path, row_group_size=100)
+    groups = list(row_group_batches(ds.dataset(pq_path), ["user_id"], None, 1000))
+    assert len(groups) == -(-expected.num_rows // 100) and sum(b.num_rows for b in groups) == expected.num_rows

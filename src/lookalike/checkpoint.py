@@ -31,7 +31,7 @@ class Checkpoint:
 
     @classmethod
     def capture(cls, epoch: int, steps: int, losses: list[float], model, optimizer, private) -> "Checkpoint":
-        plain = model._module if private is not None else model
+        plain = private.plain_model if private is not None else model
         inner = optimizer.original_optimizer if private is not None else optimizer
         return cls(
             epoch=epoch,

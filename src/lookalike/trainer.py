@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 from lookalike.batches import TensorBatches, keep_batch
 from lookalike.checkpoint import Checkpoint
+from lookalike.distributed import World, broadcast_parameters
+from lookalike.errors import ConfigError
 from lookalike.privacy.dp import make_private
 
 log = logging.getLogger(__name__)
@@ -43,22 +45,29 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: float, device: torch.device,
           on_epoch_end: Callable[[int, dict], None] | None = None, resume: Checkpoint | None = None,
-          save_checkpoint: Callable[[Checkpoint], None] | None = None) -> TrainResult:
+          save_checkpoint: Callable[[Checkpoint], None] | None = None, world: World | None = None) -> TrainResult:
     """Train ``model`` on ``tensors`` (inputs..., labels last). DP when ``cfg.privacy.enabled``."""
     trainer, privacy = cfg.trainer, cfg.privacy
     model.to(device)
     if resume is not None:
         model.load_state_dict(resume.model_state)
+    if world is not None:
+        if not privacy.enabled:
+            raise ConfigError("privacy.enabled", "false runs in one process only; torchrun training is for DP runs")
+        broadcast_parameters(model)
     optimizer = instantiate(trainer.optimizer)(params=model.parameters())
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer_state)
+    # The training set is small next to any accelerator's memory: put it there once, not per batch.
+    tensors = [t.to(device) for t in tensors]
     loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=True, collate_fn=keep_batch)
 
     private = None
     if privacy.enabled:
         private = make_private(model, optimizer, loader, privacy, epochs=int(trainer.epochs), delta=delta,
                                noise_multiplier=resume.noise_multiplier if resume else None,
-                               accountant_state=resume.accountant_state if resume else None)
+                               accountant_state=resume.accountant_state if resume else None,
+                               max_physical_batch=int(trainer.physical_batch_size), world=world)
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
 
@@ -78,8 +87,11 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
                 optimizer.zero_grad(set_to_none=True)
                 logits = model(*inputs)
                 example_loss = per_example_loss(logits, labels)
-                # Sum / max(n, 1) is the mean, and stays finite on an empty Poisson batch.
-                (example_loss.sum() / max(labels.shape[0], 1)).backward()
+                if private is not None and private.clipping is not None:
+                    private.clipping.backward(example_loss)  # clipped sum into p.grad; the optimizer noises it
+                else:
+                    # Sum / max(n, 1) is the mean, and stays finite on an empty Poisson batch.
+                    (example_loss.sum() / max(labels.shape[0], 1)).backward()
                 optimizer.step()
                 stepped = private is None or not optimizer._is_last_step_skipped
                 steps += int(stepped)
@@ -101,7 +113,9 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
         if save_checkpoint:
             save_checkpoint(Checkpoint.capture(epoch + 1, steps, losses, model, optimizer, private))
 
-    plain = model._module if private is not None else model
+    plain = private.plain_model if private is not None else model
+    if private is not None and private.clipping is not None:
+        private.clipping.detach()
     result = TrainResult(plain, steps, int(trainer.epochs), losses=losses)
     if private is not None:
         result.epsilon = float(private.engine.get_epsilon(delta))
@@ -112,7 +126,7 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
 
 def _physical_batches(loader, optimizer, private, trainer):
     """DP: split each Poisson-sampled logical batch into physical ones (BatchMemoryManager)."""
-    if private is None:
+    if private is None or private.clipping is not None:  # fused mode: PoissonBatches splits itself
         return _Passthrough(loader)
     return BatchMemoryManager(data_loader=loader, max_physical_batch_size=int(trainer.physical_batch_size), optimizer=optimizer)
 

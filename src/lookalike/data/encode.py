@@ -59,7 +59,9 @@ def _strings(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.Arra
         column = column.combine_chunks()
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
-    return column.cast(target)
+    # Casting a list column to its own type still copies it (and, on a slice of a batch, its
+    # whole child array): skip the no-op cast.
+    return column if column.type == target else column.cast(target)
 
 
 def _indices(values: pa.Array, feature: CategoricalFeature) -> np.ndarray:

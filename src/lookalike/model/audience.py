@@ -64,3 +64,45 @@ def audience_grad_sample(layer: AudienceTower, activations: list[torch.Tensor], 
         cosine = unit_u @ unit_w.t()
         grads[layer.log_scale] = scale * (backprops * cosine).sum(-1)
     return grads
+
+
+def _cosine_parts(layer: AudienceTower, user: torch.Tensor):
+    unit_u = user / user.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    norm_w = layer.weight.norm(dim=-1).clamp_min(EPS)
+    unit_w = layer.weight / norm_w.unsqueeze(-1)
+    return unit_u, unit_w, norm_w, unit_u @ unit_w.t(), layer.log_scale.exp()
+
+
+def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+    """Per-example squared gradient norm in O(batch x audiences), without the [B, A, dim]
+    per-example gradients: for cosine, d logit_ba / d w_a = (s / |w_a|) (u_b - cos_ba w_a) in
+    unit vectors, whose squared length is (s / |w_a|)^2 (|u_b|^2 - cos_ba^2)."""
+    total = backprops.pow(2).sum(1) if layer.bias.requires_grad else torch.zeros_like(backprops[:, 0])
+    if layer.similarity == "dot":
+        if layer.weight.requires_grad:
+            total = total + backprops.pow(2).sum(1) * user.pow(2).sum(1)
+        return total
+    unit_u, _, norm_w, cosine, scale = _cosine_parts(layer, user)
+    if layer.weight.requires_grad:
+        radial = unit_u.pow(2).sum(1, keepdim=True) - cosine.pow(2)
+        total = total + ((scale * backprops / norm_w).pow(2) * radial).sum(1)
+    if layer.log_scale.requires_grad:
+        total = total + (scale * (backprops * cosine).sum(1)).pow(2)
+    return total
+
+
+def audience_clipped_sum(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor, coef: torch.Tensor) -> dict:
+    """Sum over examples of coef_b times each example's gradient, as matrix products."""
+    weighted = backprops * coef.unsqueeze(1)
+    sums = {layer.bias: weighted.sum(0)} if layer.bias.requires_grad else {}
+    if layer.similarity == "dot":
+        if layer.weight.requires_grad:
+            sums[layer.weight] = weighted.t() @ user
+        return sums
+    unit_u, unit_w, norm_w, cosine, scale = _cosine_parts(layer, user)
+    if layer.weight.requires_grad:
+        along = (weighted * cosine).sum(0)  # [A]
+        sums[layer.weight] = (scale / norm_w).unsqueeze(1) * (weighted.t() @ unit_u - along.unsqueeze(1) * unit_w)
+    if layer.log_scale.requires_grad:
+        sums[layer.log_scale] = scale * (weighted * cosine).sum()
+    return sums

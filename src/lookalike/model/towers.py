@@ -2,6 +2,8 @@
 
 Multi-categorical features are pooled with ``nn.Embedding`` and a masked mean rather than
 ``nn.EmbeddingBag``: Opacus computes EmbeddingBag per-sample gradients in a Python loop.
+All single categoricals share one table (each column's ids shifted by an offset): one lookup
+and, under DP, one clipping record per step instead of one per column.
 No BatchNorm anywhere: it mixes examples and breaks per-example sensitivity.
 """
 
@@ -36,9 +38,13 @@ class UserTower(nn.Module):
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig):
         super().__init__()
-        self.categorical = nn.ModuleList(nn.Embedding(f.cardinality, cfg.embedding_dim) for f in spec.categorical)
+        sizes = [f.cardinality for f in spec.categorical]
+        self.n_categorical = len(sizes)
+        # Row offset of each column's vocabulary in the shared table (a buffer: saved with the model).
+        self.register_buffer("offsets", torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0), persistent=False)
+        self.categorical = nn.Embedding(sum(sizes), cfg.embedding_dim) if sizes else None
         self.multi = nn.ModuleList(nn.Embedding(f.cardinality, cfg.embedding_dim) for f in spec.multi_categorical)
-        width = spec.numeric_width + cfg.embedding_dim * (len(self.categorical) + len(self.multi))
+        width = spec.numeric_width + cfg.embedding_dim * (self.n_categorical + len(self.multi))
         layers: list[nn.Module] = []
         for hidden in cfg.hidden_dims:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
@@ -50,12 +56,21 @@ class UserTower(nn.Module):
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, *multi: torch.Tensor) -> torch.Tensor:
         parts = [numeric]
-        parts += [emb(categorical[:, j]) for j, emb in enumerate(self.categorical)]
+        if self.categorical is not None:
+            parts.append(self.categorical(categorical + self.offsets).flatten(1))
         for emb, ids in zip(self.multi, multi):
+            ids = trim_padding(ids)
             mask = (ids != MISSING_INDEX).unsqueeze(-1).to(numeric.dtype)
             # Masked mean: padding contributes neither to the sum nor to the count.
             parts.append((emb(ids) * mask).sum(1) / mask.sum(1).clamp_min(1.0))
         return self.mlp(torch.cat(parts, dim=-1))
+
+
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Drop trailing bag positions that are padding for every user in the batch (most lists are
+    far shorter than ``max_length``); the masked mean is unchanged."""
+    used = (ids != MISSING_INDEX).any(0).nonzero()
+    return ids[:, : int(used.max()) + 1] if used.numel() else ids[:, :1]
 
 
 class TwoTower(nn.Module):

@@ -36,7 +36,10 @@ class Canaries:
         exactly there and a trained one stands out. Which tokens exist is public (all m do,
         included or not), so this choice is data-independent and the DP guarantee covers it."""
         tower = getattr(model, "user_tower", model)
-        table = tower.categorical[0].weight if hasattr(tower, "categorical") and len(tower.categorical) else None
+        tables = getattr(tower, "categorical", None)
+        # The two-tower shares one table across categoricals (the first column at offset 0);
+        # the logistic baseline keeps one table per column.
+        table = tables.weight if isinstance(tables, torch.nn.Embedding) else tables[0].weight if tables else None
         if table is not None:
             with torch.no_grad():
                 table[self.first_token : self.first_token + len(self.included)] = 0.0

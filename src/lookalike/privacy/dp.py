@@ -15,9 +15,14 @@ from torch import nn, optim
 from torch.utils.data import DataLoader
 
 from lookalike.errors import ConfigError
+from lookalike.privacy.fused_clipping import FusedClipping
+from lookalike.distributed import World, sampling_generator, shard
+from lookalike.poisson_batches import PoissonBatches
+from lookalike.privacy.noisy_optimizer import DistributedNoisySumOptimizer, NoisySumOptimizer
 
 log = logging.getLogger(__name__)
 ACCOUNTANTS = ("prv", "rdp")
+GRAD_SAMPLE_MODES = ("fused", "hooks", "functorch")
 
 
 def resolve_delta(target_delta: float | None, n_examples: int) -> float:
@@ -42,11 +47,16 @@ class PrivateTraining:
     loader: DataLoader
     noise_multiplier: float
     sample_rate: float
+    clipping: FusedClipping | None = None  # fused mode: call clipping.backward(example_loss)
+
+    @property
+    def plain_model(self) -> nn.Module:
+        return getattr(self.model, "_module", self.model)
 
 
 def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, privacy: Any, *,
                  epochs: int, delta: float, noise_multiplier: float | None = None,
-                 accountant_state: dict | None = None) -> PrivateTraining:
+                 accountant_state: dict | None = None, max_physical_batch: int = 512, world: World | None = None) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
     A fresh run calibrates the noise so that the accountant's epsilon for the steps the Poisson
@@ -60,10 +70,16 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
     if errors:
         raise ConfigError("model", f"not compatible with DP-SGD: {errors[0]}")
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=bool(privacy.secure_mode))
-    model, optimizer, loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=float(privacy.max_grad_norm),
-        noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
-        poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode)
+    clipping = None
+    if privacy.grad_sample_mode == "fused":
+        model, optimizer, loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch, world)
+    elif world is not None:
+        raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' runs in one process only; torchrun training needs fused")
+    else:
+        model, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=float(privacy.max_grad_norm),
+            noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
+            poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode)
     # Opacus' accountant hook records q = 1 / len(Poisson loader). Because the loader takes
     # int(1 / (1 / L)) steps per epoch, which float rounding can make L - 1, that q can sit a
     # little above the true sampling rate: conservative, and the rate the reported epsilon uses.
@@ -73,7 +89,29 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
         optimizer.noise_multiplier = calibrate_noise(float(privacy.target_epsilon), delta, sample_rate, epochs * len(loader), privacy.accountant)
     if accountant_state is not None:
         engine.accountant.load_state_dict(accountant_state)
-    return PrivateTraining(engine, model, optimizer, loader, float(optimizer.noise_multiplier), sample_rate)
+    return PrivateTraining(engine, model, optimizer, loader, float(optimizer.noise_multiplier), sample_rate, clipping)
+
+
+def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, privacy: Any,
+           noise_multiplier: float | None, max_physical_batch: int, world: World | None):
+    """What ``engine.make_private`` sets up, with our fused clipping in place of Opacus' model
+    wrapper: Poisson sampling at Opacus' rate and step count, Opacus' noise-adding optimizer for
+    pre-clipped sums (the one its ghost mode uses, minus its per-step copies) and its accountant
+    hook, with the same sample rate and expected batch size."""
+    kind, extra = (NoisySumOptimizer, {}) if world is None else (DistributedNoisySumOptimizer, {"world": world})
+    optimizer = kind(
+        optimizer, noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier, max_grad_norm=float(privacy.max_grad_norm),
+        expected_batch_size=1, loss_reduction="mean", secure_mode=bool(privacy.secure_mode), **extra)  # batch size set below
+    # Sampled at 1 / len(loader), as DPDataLoader.from_data_loader does; accounted (and averaged)
+    # at 1 / steps taken, as make_private does with that loader's length.
+    # Under torchrun each rank samples its own shard at the global rate (distributed.py).
+    tensors = loader.dataset.tensors
+    batches = PoissonBatches(shard(tensors, world), 1 / len(loader), max_physical_batch, optimizer,
+                             sampling_generator(world, tensors[0].device))
+    sample_rate = 1 / len(batches)
+    optimizer.expected_batch_size = int(len(loader.dataset) * sample_rate) / (world.size if world else 1)
+    optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return model, optimizer, batches, FusedClipping(model, float(privacy.max_grad_norm))
 
 
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
@@ -126,5 +164,5 @@ def validate_privacy_config(privacy: Any) -> None:
         if importlib.util.find_spec("torchcsprng") is None:
             raise ConfigError("privacy.secure_mode", "true needs the torchcsprng package (Opacus' secure RNG), which is not installed "
                               "and has no build for this torch; set privacy.secure_mode=false")
-    if privacy.grad_sample_mode not in ("hooks", "functorch"):
-        raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' is not supported; use hooks or functorch")
+    if privacy.grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}")

@@ -1,0 +1,113 @@
+"""Multi-process DP training under torchrun: one logical batch spread over ranks, noise added once.
+
+    torchrun --nproc_per_node=2 -m lookalike.train experiment=demo
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address. Every rank prepares the
+same data (the vocabulary, standardisation and seed match are global statistics of the whole
+table, so each rank scans it), then keeps every WORLD_SIZE-th training example. Each rank
+Poisson-samples its shard at the global rate q with a generator of its own (inclusions must be
+independent across ranks, so the ranks may not share a seed), clips its examples' gradients and
+sums them; the sums are all-reduced and rank 0 alone adds the Gaussian noise. The released
+gradient is then exactly the single-process one for the union of the ranks' samples, which is a
+Poisson sample of the whole training set at rate q: the accounting (q, sigma, steps) is that of
+a single process with the same global batch. Only rank 0 touches the ledger and MLflow; the
+others wait for its go after the ledger reservation and stop if it is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """One GPU per process: LOCAL_RANK picks it."""
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
+
+
+def world_from_env() -> World | None:
+    """The torchrun world, with its process group started; None for a single process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def shard(tensors: Sequence[torch.Tensor], world: World | None) -> list[torch.Tensor]:
+    """This rank's examples: every ``world.size``-th row, starting at its rank."""
+    return list(tensors) if world is None else [t[world.rank :: world.size] for t in tensors]
+
+
+def sampling_generator(world: World | None, device: torch.device) -> torch.Generator | None:
+    """A generator of its own per rank, seeded from OS entropy; None (the global, seeded RNG)
+    for a single process, as Opacus does."""
+    if world is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(secrets.randbits(63))
+    return generator
+
+
+def _flag_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def broadcast_go(ok: bool) -> bool:
+    """Rank 0 says whether training goes ahead (its ledger reservation held); all ranks learn it."""
+    flag = torch.tensor([1 if ok else 0], device=_flag_device())
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def broadcast_parameters(model: nn.Module) -> None:
+    """Start every rank from rank 0's initial weights (they then stay equal: same updates)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+class StartSignal:
+    """Rank 0 sends go (its reservation held, training starts) or stop (it failed before that);
+    the other ranks wait for it. A no-op for a single process."""
+
+    def __init__(self, world: World | None):
+        self.world = world
+        self.sent = False
+
+    def send(self, ok: bool) -> None:
+        if self.world is not None and self.world.primary and not self.sent:
+            self.sent = True
+            broadcast_go(ok)
+
+    def wait(self) -> bool:
+        return broadcast_go(False)  # the value is rank 0's
+
+
+def all_reduce_mean_(tensor: torch.Tensor, world: World) -> None:
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    tensor /= world.size
+
+
+def finish() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
