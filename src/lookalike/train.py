@@ -13,26 +13,25 @@ from pathlib import Path
 
 import hydra
 import mlflow
-import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from lookalike.centroid_fit import fit_centroid
 from lookalike.checkpoint import Checkpoint
 from lookalike.config_checks import validate_config
+from lookalike.distributed import StartSignal, World, finish, world_from_env
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.holdout_eval import evaluate_holdout
 from lookalike.model.bundle import save_bundle
-from lookalike.centroid_fit import fit_centroid
 from lookalike.model.centroid import CentroidSimilarity
-from lookalike.model.factory import build_model
-from lookalike.model.towers import ModelConfig
-from lookalike.prepare import prepare
-from lookalike.privacy.audit import concat, plant_canaries
-from lookalike.quiet import silence_known_warnings
-from lookalike.privacy.dp import resolve_delta
 from lookalike.privacy.ledger import Ledger
+from lookalike.quiet import silence_known_warnings
+from lookalike.run_context import (
+    RunContext,
+    discard_run_directory,
+    is_multirun,
+    run_directory,
+)
 from lookalike.sweep import PARENT_ENV
-from lookalike.run_context import RunContext, discard_run_directory, is_multirun, pick_device, run_directory
 from lookalike.tracking import (
     flat_params,
     log_dict_artifact,
@@ -44,37 +43,56 @@ from lookalike.tracking import (
     synthetic_input_example,
 )
 from lookalike.trainer import train
+from lookalike.training_inputs import gather_inputs
 
 log = logging.getLogger("lookalike.train")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def run(cfg: DictConfig) -> float | None:
-    """One training run. Returns the held-out AUC (DP, or exact in trusted mode): what sweeps optimise."""
+    """One training run. Returns the held-out AUC (DP, or exact in trusted mode): what sweeps optimise.
+
+    Under torchrun (WORLD_SIZE > 1) rank 0 runs everything below and the other ranks only
+    train their shard (distributed.py)."""
     silence_known_warnings()
     validate_config(cfg)
     if not cfg.privacy.enabled and not cfg.trusted_evaluation:
         raise ConfigError("privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true (synthetic or self-owned data)")
-    torch.manual_seed(int(cfg.seed))
-    device = pick_device(str(cfg.trainer.device))
-    resume = Checkpoint.load(cfg.trainer.resume_from) if cfg.trainer.resume_from else None
-    data = prepare(cfg)
-    canaries = None
-    if cfg.get("audit", {}).get("enabled"):
-        canaries = plant_canaries(data, int(cfg.audit.canaries), float(cfg.audit.guess_fraction), np.random.default_rng(int(cfg.seed) + 1))
-    n_train = data.training.n_train
-    delta = resolve_delta(cfg.privacy.target_delta, n_train) if cfg.privacy.enabled else None
-    if resume is not None and resume.meta.get("fingerprint") != data.fingerprint:
-        raise ConfigError("trainer.resume_from", "the checkpoint was trained on other data; resume with the same data.* settings")
+    world = world_from_env()
+    signal = StartSignal(world)
+    try:
+        if world is not None and not world.primary:
+            return _train_shard(cfg, world, signal)
+        return _run(cfg, world, signal)
+    except BaseException:
+        signal.send(False)  # the other ranks stop instead of waiting for a training that will not come
+        raise
+    finally:
+        if world is not None:
+            finish()
+
+
+def _train_shard(cfg: DictConfig, world: World, signal: StartSignal) -> None:
+    """A rank other than 0: no ledger, no MLflow, no evaluation; its shard's clipped gradients."""
+    inputs = gather_inputs(cfg, world)
+    model = inputs.build_model(cfg)
+    if not signal.wait():
+        raise LookalikeError(f"rank {world.rank}: rank 0 stopped before training (its error says why)")
+    train(model, inputs.training_tensors(), cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume, world=world)
+    return None
+
+
+def _run(cfg: DictConfig, world: World | None, signal: StartSignal) -> float | None:
+    inputs = gather_inputs(cfg, world)
+    data, resume, device, delta = inputs.data, inputs.resume, inputs.device, inputs.delta
+    canaries = inputs.canaries
     if cfg.trusted_evaluation:
         log.warning("TRUSTED EVALUATION: seed-derived metrics are logged exactly; use only on synthetic or self-owned data")
     experiment_id = setup_experiment(cfg)
 
     ctx = RunContext(cfg, data, delta, Ledger(cfg.ledger.path))
     ctx.open_reservation(resume)
-    model = build_model(data.spec, len(data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
-    if canaries is not None:
-        canaries.zero_tokens(model)
+    model = inputs.build_model(cfg)
     run_dir = run_directory(cfg)
     # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
     resumed_run_id = resume_run_id(resume)
@@ -93,16 +111,13 @@ def run(cfg: DictConfig) -> float | None:
                 ckpt.save(run_dir / "checkpoints" / "last.pt")
 
             ctx.begin_training()
-            features, labels = data.train_features, data.training.train_labels
-            if canaries is not None:
-                extra, extra_labels = canaries.training_rows(len(data.training.audiences))
-                features, labels = concat(features, extra), np.concatenate([labels, extra_labels])
-            tensors = features.tensors() + [torch.from_numpy(labels)]
+            tensors = inputs.training_tensors()
+            signal.send(True)  # the reservation holds: the other ranks start training with this one
             if isinstance(model, CentroidSimilarity):  # the non-learned baseline: one release, no loop
                 result = fit_centroid(model, tensors, cfg, delta or 0.0)
             else:
                 result = train(model, tensors, cfg, delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
-                               on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+                               on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), world=world)
             ctx.trained(result)
             if canaries is not None:
                 found = canaries.audit(result.model, device)

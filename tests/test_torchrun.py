@@ -1,0 +1,61 @@
+"""`torchrun --nproc_per_node=2 -m lookalike.train` on CPU (gloo): the same accounting as one
+process with the same global batch, comparable utility, one ledger entry and one MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lookalike.privacy.ledger import Ledger
+
+
+def train_cli(demo_dir, out, launcher: list[str], *extra: str) -> subprocess.CompletedProcess:
+    args = [*extra, "debug=default", f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
+            f"data.seed_path={demo_dir / 'seed.jsonl'}", "privacy.target_epsilon=4.0", "trainer.epochs=4", "trainer.batch_size=64",
+            "trusted_evaluation=true", "trainer.device=cpu"]
+    # one thread per rank: two ranks on a 2-core machine
+    return subprocess.run([*launcher, "-m", "lookalike.train", *args], capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
+def logged(out):
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lookalike").experiment_id])
+    return runs
+
+
+@pytest.mark.slow
+def test_two_processes_account_like_one_and_learn_alike(demo_dir, tmp_path):
+    single = train_cli(demo_dir, tmp_path / "single", [sys.executable])
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = train_cli(demo_dir, tmp_path / "multi", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    (one,), (two,) = logged(tmp_path / "single"), logged(tmp_path / "multi")  # rank 1 logged nothing
+    m1, m2 = one.data.metrics, two.data.metrics
+    for key in ("privacy.epsilon_spent", "privacy.noise_multiplier", "privacy.sample_rate", "privacy.steps"):
+        assert m1[key] == pytest.approx(m2[key], rel=1e-9), key
+    assert m2["privacy.epsilon_spent"] <= 4.0
+    # Different noise and samples, same mechanism: utility within the spread of DP training.
+    assert m2["trusted.auc"] > 0.7 and abs(m1["trusted.auc"] - m2["trusted.auc"]) < 0.1
+    entries = Ledger(tmp_path / "multi" / "privacy_ledger.sqlite").entries(two.data.tags["lookalike.fingerprint"])
+    assert len(entries) == 1 and entries[0]["status"] == "spent"
+    assert json.loads(entries[0]["events"])[0] == json.loads(
+        Ledger(tmp_path / "single" / "privacy_ledger.sqlite").entries(one.data.tags["lookalike.fingerprint"])[0]["events"])[0]
+
+
+@pytest.mark.slow
+def test_a_refused_run_stops_every_rank(demo_dir, tmp_path):
+    out = tmp_path / "out"
+    first = train_cli(demo_dir, out, [sys.executable], "ledger.budget_epsilon=6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = Ledger(out / "privacy_ledger.sqlite").status()
+    refused = train_cli(demo_dir, out, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+                        "ledger.budget_epsilon=6")
+    assert refused.returncode != 0 and "privacy budget exhausted" in refused.stderr
+    assert "rank 0 stopped before training" in refused.stderr  # rank 1 neither hung nor trained
+    assert len(logged(out)) == 1 and Ledger(out / "privacy_ledger.sqlite").status() == before
