@@ -108,6 +108,10 @@ def all_reduce_mean_(tensor: torch.Tensor, world: World) -> None:
     tensor /= world.size
 
 
+def barrier() -> None:
+    dist.barrier()
+
+
 def finish() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -11,15 +11,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from lookalike.data.encode import EncodedFeatures, encode
-from lookalike.data.features import FeatureSpec, declared_feature_kinds, fit_feature_spec
+from lookalike.data.features import (
+    FeatureSpec,
+    declared_feature_kinds,
+    fit_feature_spec,
+)
 from lookalike.data.matching import TrainingSet, check_publisher_ids, match_seed
-from lookalike.data.publisher import ScanStats, open_publisher, scan_publisher, window_filter
+from lookalike.data.publisher import (
+    ScanStats,
+    open_publisher,
+    scan_publisher,
+    window_filter,
+)
 from lookalike.data.seed import read_seed
 from lookalike.errors import DataError
 from lookalike.privacy.fingerprint import data_fingerprint as fingerprint_of
-from lookalike.privacy.fingerprint import ledger_fingerprint, publisher_fingerprint, seed_fingerprint
+from lookalike.privacy.fingerprint import (
+    ledger_fingerprint,
+    publisher_fingerprint,
+    seed_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from lookalike.data.features import MISSING_INDEX, OOV_INDEX, CategoricalFeature, FeatureSpec, numeric_values
+from lookalike.data.features import (
+    MISSING_INDEX,
+    OOV_INDEX,
+    CategoricalFeature,
+    FeatureSpec,
+    numeric_values,
+)
 
 
 @dataclass

@@ -2,153 +2,128 @@
 segments per audience and bin, and release a report safe to share with the advertiser.
 
     lookalike-export export.model=<training run id> export.audience_size.bins=[1,5,10]
+    lookalike-export export.shard.index=0 export.shard.count=2 ...   # then export.shard.merge=true
+    torchrun --nproc_per_node=2 -m lookalike.export.app ...            # ranks = shards, rank 0 merges
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import mlflow
-import pyarrow as pa
 from omegaconf import DictConfig
 
-from lookalike.data.publisher import open_publisher, schema_mismatch, window_filter
-from lookalike.data.seed import read_seed
-from lookalike.errors import ConfigError, DataError, LookalikeError
-from lookalike.export.checks import check_model_fits_publisher, validate_export_config
+from lookalike.distributed import barrier, finish, world_from_env
+from lookalike.errors import BudgetExceededError, LookalikeError
+from lookalike.export.checks import validate_export_config
+from lookalike.export.job import ExportJob, Scored, plan_export, score
 from lookalike.export.output import StagedOutput, check_output_dir
-from lookalike.export.release import gaussian_sigma
-from lookalike.export.report import ReleasePlan, audience_report, bin_sizes, plot_report
-from lookalike.export.scoring import ExportOptions, score_population
-from lookalike.model.bundle import load_bundle
-from lookalike.privacy.fingerprint import data_fingerprint
+from lookalike.export.report import ReleasePlan, audience_report, plot_report
+from lookalike.export.shards import load_parts, remove_parts, save_part
 from lookalike.privacy.ledger import Ledger
 from lookalike.quiet import silence_known_warnings
-from lookalike.run_context import discard_run_directory, is_multirun, pick_device
-from lookalike.tracking import download_bundle, resolve_tracking_uri, setup_experiment
+from lookalike.run_context import discard_run_directory, is_multirun
+from lookalike.tracking import setup_experiment
 
 log = logging.getLogger("lookalike.export")
 CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "configs")
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def model_uri(value: str, experiment_name: str) -> str:
-    """A bare MLflow run id means that run's logged model; ``latest`` the newest finished
-    training run of ``mlflow.experiment_name``."""
-    value = str(value).strip()
-    if value == "latest":
-        experiment = mlflow.get_experiment_by_name(experiment_name)
-        runs = [] if experiment is None else mlflow.search_runs(
-            [experiment.experiment_id], "tags.`lookalike.kind` = 'train' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-        if not runs:
-            raise ConfigError("export.model", f"'latest': experiment '{experiment_name}' has no finished training run; train first or give a run id")
-        return f"runs:/{runs[0].info.run_id}/model"
-    return f"runs:/{value}/model" if RUN_ID.match(value) else value
 
 
 def run(cfg: DictConfig) -> dict:
-    """One export. Returns the report (also written as report.json)."""
+    """One export, or one shard of it, or the merge of its shards. Returns the report (also
+    written as report.json), or for a shard a summary of its part."""
     silence_known_warnings()
     validate_export_config(cfg)
-    e, out = cfg.export, Path(str(cfg.export.output_dir))
-    check_output_dir(out, bool(e.overwrite))
-    mlflow.set_tracking_uri(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
-    uri = model_uri(e.model, str(cfg.mlflow.experiment_name))
-    try:
-        model, spec, meta = load_bundle(download_bundle(uri))
-    except LookalikeError as exc:
-        raise ConfigError("export.model", str(exc)) from exc
-    audiences = {a: i for i, a in enumerate(meta["audiences"])}
-    if e.audiences:
-        unknown = [a for a in e.audiences if a not in audiences]
-        if unknown:
-            raise ConfigError("export.audiences", f"'{unknown[0]}' is not an audience of model '{uri}' ({', '.join(audiences)})")
-        audiences = {a: audiences[a] for a in e.audiences}
+    shard, out = cfg.export.shard, Path(str(cfg.export.output_dir))
+    world = world_from_env()
+    if shard.merge or (shard.index is None and world is None):
+        check_output_dir(out, bool(cfg.export.overwrite))
+    job = plan_export(cfg)
+    parts = Path(str(shard.parts_dir))
+    if world is not None:  # torchrun: the ranks are the shards, rank 0 merges and releases
+        check_budget(job)
+        save_part(job, score(job, (world.rank, world.size)), world.rank, world.size, parts)
+        barrier()
+        try:
+            return release(job, lambda: load_parts(job, parts), merged_from=parts) if world.primary else {"rank": world.rank}
+        finally:
+            barrier()
+            finish()
+    if shard.merge:
+        return release(job, lambda: load_parts(job, parts), merged_from=parts)
+    if shard.index is not None:
+        check_budget(job)  # refuse before scoring, not only at the merge
+        part = save_part(job, score(job, (int(shard.index), int(shard.count))), int(shard.index), int(shard.count), parts)
+        log.info("shard %s of %s scored; part in %s (merge with export.shard.merge=true)", shard.index, shard.count, part)
+        return {"shard": int(shard.index), "part": str(part)}
+    return release(job, lambda: score(job))
 
-    path = str(cfg.data.publisher_path)
-    dataset = open_publisher(path)
-    check_model_fits_publisher(spec, dataset.schema, path, uri)
-    row_filter = window_filter(dataset, cfg.data.get("window"), path)
-    mismatch = schema_mismatch(dataset, spec.columns, list(dataset.get_fragments(filter=row_filter)))
-    if mismatch:
-        raise DataError(f"publisher data '{path}': {mismatch}")
-    seeds = read_seed(cfg.data.seed_path, spec.id_column, cfg.data.audience_column)
-    missing = [a for a in audiences if a not in seeds]
-    if missing:
-        raise ConfigError("data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); export needs each audience's seed to exclude it")
-    population = dataset.count_rows(filter=row_filter)
-    kind = str(e.audience_size.type).upper()
-    bins = list(e.audience_size.bins)
-    sizes = bin_sizes(kind, bins, population)
 
-    trusted = bool(cfg.trusted_evaluation)
-    randomized = e.seed_exclusion == "randomized" and not e.include_seed_in_output
-    plan = ReleasePlan(trusted=trusted, sigma=0.0, min_aggregation_size=int(cfg.rules.min_aggregation_size),
-                       noisy_segment_sizes=e.seed_exclusion == "exact" and not e.include_seed_in_output)
-    sensitivity = (len(audiences) * plan.dims_per_audience(len(bins))) ** 0.5
-    if not trusted:
-        plan.sigma = gaussian_sigma(float(e.report_epsilon), float(e.report_delta), sensitivity)
-    epsilon = (0.0 if trusted else float(e.report_epsilon)) + (float(e.seed_exclusion_epsilon) * len(audiences) if randomized else 0.0)
-    delta = 0.0 if trusted else float(e.report_delta)
-    fingerprint = data_fingerprint(dataset.files, Path(path), seeds)
+def check_budget(job: ExportJob) -> None:
+    """Read-only: would the ledger cover this export's release now?"""
+    if job.epsilon > 0:
+        remaining = Ledger(job.cfg.ledger.path).remaining(job.fingerprint, float(job.cfg.ledger.budget_epsilon))
+        if job.epsilon > remaining + 1e-9:
+            raise BudgetExceededError(f"privacy budget in ledger '{job.cfg.ledger.path}' for data {job.fingerprint[:12]}: this export needs "
+                                      f"epsilon {job.epsilon:.3g} but only {remaining:.3g} remains; lower export.report_epsilon")
 
+
+def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | None = None) -> dict:
+    """Reserve the release's epsilon, score (or merge), write segments and report, charge."""
+    cfg, e, out = job.cfg, job.cfg.export, Path(str(job.cfg.export.output_dir))
+    trusted, plan = bool(cfg.trusted_evaluation), job.plan
     ledger = Ledger(cfg.ledger.path)
     entry = None
-    if epsilon > 0:
-        entry = ledger.reserve(fingerprint, epsilon, delta, budget_epsilon=float(cfg.ledger.budget_epsilon),
+    if job.epsilon > 0:
+        entry = ledger.reserve(job.fingerprint, job.epsilon, job.delta, budget_epsilon=float(cfg.ledger.budget_epsilon),
                                budget_delta=None if cfg.ledger.budget_delta is None else float(cfg.ledger.budget_delta),
-                               kind="export", description=f"lookalike-export {uri}")
+                               kind="export", description=f"lookalike-export {job.uri}")
     experiment_id = setup_experiment(cfg)
     try:
-        experiment_id = mlflow.get_run(meta["run_id"]).info.experiment_id  # beside the training run
+        experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run
     except Exception:  # the model came from another tracking store
         pass
     staged, published = StagedOutput(out), False
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}"):
-            mlflow.set_tags({"lookalike.kind": "export", "lookalike.training_run_id": meta["run_id"], "lookalike.model_uri": uri,
-                             "lookalike.privacy": "dp" if meta.get("private") else "non-private",
-                             "lookalike.trusted_evaluation": str(trusted).lower(), "lookalike.fingerprint": fingerprint,
-                             "ledger.entry_id": str(entry) if entry is not None else "none"})
-            mlflow.log_params({"audience_size.type": kind, "audience_size.bins": str(bins), "seed_exclusion": e.seed_exclusion,
+            mlflow.set_tags({"lookalike.kind": "export", "lookalike.training_run_id": job.meta["run_id"], "lookalike.model_uri": job.uri,
+                             "lookalike.privacy": "dp" if job.meta.get("private") else "non-private",
+                             "lookalike.trusted_evaluation": str(trusted).lower(), "lookalike.fingerprint": job.fingerprint,
+                             "ledger.entry_id": str(entry) if entry is not None else "none",
+                             "lookalike.sharded": "true" if merged_from is not None else "false"})
+            mlflow.log_params({"audience_size.type": job.kind, "audience_size.bins": str(job.bins), "seed_exclusion": e.seed_exclusion,
                                "include_seed_in_output": e.include_seed_in_output, "min_score": e.min_score,
                                "report_epsilon": e.report_epsilon, "report_delta": e.report_delta, "allow_list_output": cfg.rules.allow_list_output})
-            options = ExportOptions(bool(e.include_seed_in_output), str(e.seed_exclusion), float(e.seed_exclusion_epsilon),
-                                    None if e.min_score is None else float(e.min_score),
-                                    float(meta.get("holdout_fraction", 0.0)), int(meta.get("split_seed", 0)))
-            device = pick_device(str(cfg.get("trainer", {}).get("device", "auto")))
-            start = time.perf_counter()
-            state, scored = score_population(dataset, row_filter, spec, model.to(device), device, audiences,
-                                             {a: pa.array(seeds[a], type=pa.string()) for a in audiences}, max(sizes), options,
-                                             int(e.batch_rows), path)
-            elapsed = time.perf_counter() - start
-            report = _write(cfg, staged, state, population, bins, sizes, plan)
-            report |= {"model": {"uri": uri, "training_run_id": meta["run_id"], "private": bool(meta.get("private"))},
-                       "population": population, "audience_size": {"type": kind, "bins": bins},
+            scored = produce()
+            report = _write(cfg, staged, scored.state, job.population, job.bins, job.sizes, plan)
+            report |= {"model": {"uri": job.uri, "training_run_id": job.meta["run_id"], "private": bool(job.meta.get("private"))},
+                       "population": job.population, "audience_size": {"type": job.kind, "bins": job.bins},
                        "privacy": {"trusted": trusted, "report_epsilon": None if trusted else float(e.report_epsilon),
                                    "report_delta": None if trusted else float(e.report_delta), "noise_std": plan.sigma,
-                                   "l2_sensitivity": sensitivity, "seed_exclusion": "none" if e.include_seed_in_output else e.seed_exclusion,
-                                   "seed_exclusion_epsilon": float(e.seed_exclusion_epsilon) if randomized else None,
+                                   "l2_sensitivity": job.sensitivity, "seed_exclusion": "none" if e.include_seed_in_output else e.seed_exclusion,
+                                   "seed_exclusion_epsilon": float(e.seed_exclusion_epsilon) if job.randomized else None,
                                    "min_aggregation_size": plan.min_aggregation_size, "ledger_entry_id": entry}}
             _save_report(report, staged.stage)
             staged.publish()
             published = True
             if entry is not None:
                 # The report is one Gaussian release; randomised response is not Gaussian.
-                events = None if randomized else [(plan.sigma / sensitivity, 1.0, 1)]
-                ledger.record_spent(entry, epsilon, events)
+                events = None if job.randomized else [(plan.sigma / job.sensitivity, 1.0, 1)]
+                ledger.record_spent(entry, job.epsilon, events)
+            if merged_from is not None:
+                remove_parts(merged_from)  # seed-derived intermediates: gone once released
             mlflow.log_artifact(str(out / "report.json"))
             mlflow.log_artifact(str(out / "report.png"))
-            mlflow.log_metrics({"export.users_scored": scored, "export.seconds": elapsed, "export.users_per_second": scored / max(elapsed, 1e-9),
-                                "privacy.export_epsilon": epsilon})
-            log.info("scored %d users in %.1f s (%.0f users/s); segments and report in %s", scored, elapsed, scored / max(elapsed, 1e-9), out)
+            rate = scored.users / max(scored.seconds, 1e-9)
+            mlflow.log_metrics({"export.users_scored": scored.users, "export.seconds": scored.seconds, "export.users_per_second": rate,
+                                "privacy.export_epsilon": job.epsilon})
+            log.info("scored %d users in %.1f s (%.0f users/s); segments and report in %s", scored.users, scored.seconds, rate, out)
             for name, a in report["audiences"].items():
                 if a["seed_quality"]["verdict"] == "not distinctive":
                     log.warning("audience '%s': %s", name, a["seed_quality"]["detail"])

@@ -6,8 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from lookalike.data.features import FeatureSpec, is_list, is_number
 from lookalike.config_checks import check_outputs_outside_inputs
+from lookalike.data.features import FeatureSpec, is_list, is_number
 from lookalike.errors import ConfigError, DataError
 
 MAX_BINS, MAX_ABSOLUTE = 25, 20_000_000  # as in AWS Clean Rooms ML
@@ -44,6 +44,15 @@ def validate_export_config(cfg: Any) -> None:
         raise ConfigError("export.min_score", f"{e.min_score} must be a probability in [0, 1] or null")
     if int(e.batch_rows) < 1:
         raise ConfigError("export.batch_rows", f"{e.batch_rows} must be >= 1")
+    shard = e.get("shard") or {}
+    if shard.get("index") is not None or shard.get("count") is not None:
+        if shard.get("merge"):
+            raise ConfigError("export.shard.merge", "true merges the parts of all shards: leave export.shard.index and count unset for it")
+        count, index = shard.get("count"), shard.get("index")
+        if not isinstance(count, int) or count < 1:
+            raise ConfigError("export.shard.count", f"{count} must be a whole number >= 1 when export.shard.index is set")
+        if not isinstance(index, int) or not 0 <= index < count:
+            raise ConfigError("export.shard.index", f"{index} must be a whole number from 0 to count - 1 = {count - 1}")
     check_outputs_outside_inputs({"export.output_dir": e.output_dir, "ledger.path": cfg.ledger.path},
                                  {"data.publisher_path": cfg.data.publisher_path, "data.seed_path": cfg.data.seed_path})
     if int(cfg.rules.min_aggregation_size) < 1:

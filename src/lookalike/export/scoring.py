@@ -49,13 +49,14 @@ class ExportOptions:
 
 def score_population(dataset: ds.Dataset, row_filter, spec: FeatureSpec, model: torch.nn.Module, device: torch.device,
                      audiences: dict[str, int], seeds: dict[str, pa.Array], k: int, options: ExportOptions,
-                     batch_rows: int, path: str) -> tuple[dict[str, AudienceScores], int]:
-    """Score all users; returns per-audience state and the number of users scored."""
+                     batch_rows: int, path: str, shard: tuple[int, int] | None = None) -> tuple[dict[str, AudienceScores], int]:
+    """Score all users (or shard ``(index, count)`` of the row groups); returns per-audience
+    state and the number of users scored."""
     state = {name: AudienceScores(name, col, TopK(k), TopK(k, with_ids=False)) for name, col in audiences.items()}
     rng = np.random.default_rng()  # OS entropy: randomised response must not be replayable
     scored = 0
     model.eval()
-    for batch in row_group_batches(dataset, spec.columns, row_filter, batch_rows):
+    for batch in row_group_batches(dataset, spec.columns, row_filter, batch_rows, shard):
         if batch.num_rows == 0:
             continue
         ids = batch.column(spec.id_column).cast(pa.string())
@@ -68,18 +69,24 @@ def score_population(dataset: ds.Dataset, row_filter, spec: FeatureSpec, model: 
     return state, scored
 
 
-def row_group_batches(dataset: ds.Dataset, columns: list[str], row_filter, batch_rows: int):
+def row_group_batches(dataset: ds.Dataset, columns: list[str], row_filter, batch_rows: int, shard: tuple[int, int] | None = None):
     """Record batches read one Parquet row group at a time, on this thread.
 
     Arrow's scanner reads ahead asynchronously; while the consumer (the model) is slower than
     the reader, its buffers grew to 0.6-0.9 GB on 1M-row files, whatever the readahead settings.
     Reading row group by row group holds one decoded row group at a time (about 0.02 GB for
     64k-row groups), for 10M users as for 1M; a file written as one giant row group is still
-    read whole.
+    read whole. ``shard=(index, count)`` keeps every count-th row group (in file order), so
+    shards split the work evenly even over a few large files.
     """
-    for fragment in dataset.get_fragments(filter=row_filter):
+    position = -1
+    # Sorted by path: every shard process must see the same order.
+    for fragment in sorted(dataset.get_fragments(filter=row_filter), key=lambda f: getattr(f, "path", "")):
         pieces = fragment.split_by_row_group(filter=row_filter, schema=dataset.schema) if isinstance(fragment, ds.ParquetFileFragment) else [fragment]
         for piece in pieces:
+            position += 1
+            if shard is not None and position % shard[1] != shard[0]:
+                continue
             yield from piece.to_batches(schema=dataset.schema, columns=columns, filter=row_filter, batch_size=batch_rows, use_threads=False)
 
 

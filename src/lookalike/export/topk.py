@@ -3,12 +3,16 @@
 Candidates accumulate in a buffer; whenever it holds more than twice k it is cut back to the k
 best with ``argpartition`` (linear time), and everything below the current k-th score is
 dropped on arrival. Memory is O(k), time O(n) plus one O(k log k) sort at the end.
+
+Equal keys are ordered by id, also at the k-th place, so the result does not depend on the
+order users arrive in: a sharded export gives exactly the single-process segments.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class TopK:
@@ -49,13 +53,23 @@ class TopK:
         scores = np.concatenate(self._scores)
         ids = pa.concat_arrays(self._ids) if self.with_ids else None
         if keys.size > self.k:
-            best = np.argpartition(-keys, self.k - 1)[: self.k]
+            best = self._best(keys, ids)
             keys, scores = keys[best], scores[best]
             ids = ids.take(pa.array(best)) if ids is not None else None
             self.floor = float(keys.min())
         self._keys, self._scores = [keys], [scores]
         self._ids = [ids] if ids is not None else []
         self._size = keys.size
+
+    def _best(self, keys: np.ndarray, ids: pa.Array | None) -> np.ndarray:
+        """Positions of the k largest keys; among keys equal to the k-th, the smallest ids."""
+        kth = np.partition(keys, keys.size - self.k)[keys.size - self.k]
+        above = np.flatnonzero(keys > kth)
+        tied = np.flatnonzero(keys == kth)
+        need = self.k - above.size
+        if ids is not None and tied.size > need:
+            tied = tied[pc.sort_indices(ids.take(pa.array(tied))).to_numpy()]
+        return np.concatenate([above, tied[:need]])
 
     def result(self) -> tuple[np.ndarray, np.ndarray, pa.Array | None]:
         """Keys, scores and ids of the best ``min(k, n)`` entries, best first."""
@@ -64,6 +78,11 @@ class TopK:
             return np.zeros(0), np.zeros(0, dtype=np.float32), empty
         self._compact()
         keys, scores = self._keys[0], self._scores[0]
-        order = np.argsort(-keys, kind="stable")
+        if self.with_ids:
+            # Best first, equal keys by id (Arrow compares ids only where keys tie).
+            order = pc.sort_indices(pa.table({"key": keys, "id": self._ids[0]}),
+                                    sort_keys=[("key", "descending"), ("id", "ascending")]).to_numpy()
+        else:
+            order = np.argsort(-keys, kind="stable")
         ids = self._ids[0].take(pa.array(order)) if self.with_ids else None
         return keys[order], scores[order], ids

@@ -14,11 +14,14 @@ from opacus.validators import ModuleValidator
 from torch import nn, optim
 from torch.utils.data import DataLoader
 
-from lookalike.errors import ConfigError
-from lookalike.privacy.fused_clipping import FusedClipping
 from lookalike.distributed import World, sampling_generator, shard
+from lookalike.errors import ConfigError
 from lookalike.poisson_batches import PoissonBatches
-from lookalike.privacy.noisy_optimizer import DistributedNoisySumOptimizer, NoisySumOptimizer
+from lookalike.privacy.fused_clipping import FusedClipping
+from lookalike.privacy.noisy_optimizer import (
+    DistributedNoisySumOptimizer,
+    NoisySumOptimizer,
+)
 
 log = logging.getLogger(__name__)
 ACCOUNTANTS = ("prv", "rdp")

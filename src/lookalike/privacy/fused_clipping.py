@@ -24,7 +24,11 @@ import torch
 from torch import nn
 
 from lookalike.errors import ConfigError
-from lookalike.model.audience import AudienceTower, audience_clipped_sum, audience_norm_squared
+from lookalike.model.audience import (
+    AudienceTower,
+    audience_clipped_sum,
+    audience_norm_squared,
+)
 
 SUPPORTED = (nn.Linear, nn.Embedding, AudienceTower)
 STABILITY = 1e-6  # Opacus adds this to the norm before dividing
