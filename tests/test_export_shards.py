@@ -42,7 +42,7 @@ def test_two_shards_merge_to_the_single_process_export(demo_dir, trained, tmp_pa
     assert len(Ledger(trained[0] / "privacy_ledger.sqlite").entries(expected_fingerprint(trained))) == entries_before
 
 
-def expected_fingerprint(trained):
+def expected_fingerprint(trained):  # noqa: F811
     return Ledger(trained[0] / "privacy_ledger.sqlite").status()[0].fingerprint
 
 

@@ -66,3 +66,24 @@ def test_poisson_batches_split_logical_batches_and_keep_empty_steps():
     empty = PoissonBatches([torch.arange(5)], sample_rate=1e-9, max_physical_batch=4, optimizer=Recorder())
     empty.steps = 3
     assert [r[0].numel() for r in empty] == [0, 0, 0]  # every step happens, with nothing in it
+
+
+def test_poisson_rows_include_every_row_independently_at_rate_q():
+    """The geometric-gap sampler against the definition: size mean and variance of a binomial,
+    every row (first and last included) at rate q."""
+    from lookalike.poisson_batches import poisson_rows
+
+    n, q, draws = 2_000, 0.02, 4_000
+    generator = torch.Generator().manual_seed(7)
+    counts, sizes = torch.zeros(n), []
+    for _ in range(draws):
+        rows = poisson_rows(n, q, generator, torch.device("cpu"))
+        assert rows.numel() == 0 or (rows.min() >= 0 and rows.max() < n and (rows.diff() > 0).all())
+        counts[rows] += 1
+        sizes.append(rows.numel())
+    sizes = torch.tensor(sizes, dtype=torch.float64)
+    assert abs(sizes.mean() - n * q) < 4 * (n * q * (1 - q) / draws) ** 0.5
+    assert 0.85 < sizes.var() / (n * q * (1 - q)) < 1.15
+    rate = counts / draws
+    assert abs(rate.mean() - q) < 0.001 and rate[:5].mean() > 0.01 and rate[-5:].mean() > 0.01
+    assert ((rate - q).abs() < 6 * (q * (1 - q) / draws) ** 0.5).float().mean() > 0.999

@@ -68,8 +68,9 @@ def _race(path: str, barrier, results) -> None:
         results.put("refused")
 
 
-def test_processes_racing_for_the_last_budget_never_overspend(tmp_path):
-    path = str(tmp_path / "ledger.sqlite")
+@pytest.mark.parametrize("as_url", [False, True])  # a file path, or the same file by SQLAlchemy URL
+def test_processes_racing_for_the_last_budget_never_overspend(tmp_path, as_url):
+    path = f"sqlite:///{tmp_path / 'ledger.sqlite'}" if as_url else str(tmp_path / "ledger.sqlite")
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(8), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(path, barrier, results)) for _ in range(8)]

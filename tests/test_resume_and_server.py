@@ -116,3 +116,21 @@ def test_training_logs_to_a_real_mlflow_server(cfg_factory, mlflow_server, tmp_p
 
     users = ds.dataset(demo_dir / "publisher", partitioning="hive").head(3).to_pandas()
     assert scorer.predict(users).shape == (3, 2)
+    # Export straight from the registry on the server: models:/<name>/<version>, the export run
+    # logged beside the training run on the server, the segments written locally.
+    from hydra import compose, initialize_config_dir
+
+    from lookalike.export.app import CONFIG_DIR as EXPORT_CONFIGS, run as export
+
+    target = tmp_path / "segments"
+    with initialize_config_dir(config_dir=EXPORT_CONFIGS, version_base="1.3"):
+        export_cfg = compose(config_name="export", overrides=[
+            f"paths.output_dir={cfg.paths.output_dir}", f"data.publisher_path={demo_dir / 'publisher'}",
+            f"data.seed_path={demo_dir / 'seed.jsonl'}", f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment_name=remote",
+            f"export.model=models:/lookalike-remote/{version.version if version else 1}", f"export.output_dir={target}",
+            "export.audience_size.bins=[10]"])
+    report = export(export_cfg)
+    assert report["model"]["uri"].startswith("models:/lookalike-remote/") and (target / "audience=luxury" / "size=10").is_dir()
+    exports = client.search_runs([client.get_experiment_by_name("remote").experiment_id], "tags.`lookalike.kind` = 'export'")
+    assert len(exports) == 1 and exports[0].data.tags["lookalike.training_run_id"] == logged.info.run_id
+    assert not (Path(cfg.paths.output_dir) / "mlflow.db").exists()

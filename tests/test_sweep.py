@@ -49,3 +49,36 @@ def test_sweep_the_budget_cannot_start_is_refused_in_one_line(demo_dir, tmp_path
     assert proc.returncode == 2
     assert "covers no trial of this sweep: each needs epsilon 1, 0.5 remains" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "privacy_ledger.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_parallel_trials_share_the_ledger_and_never_overspend(demo_dir, tmp_path):
+    """Four trials, two at a time in separate processes (hydra/launcher=local_parallel, Hydra's
+    joblib launcher), on a budget that holds two or three of them depending on how finished runs
+    compose by the time a trial reserves: never more."""
+    args = ["-m", "hydra/launcher=local_parallel", "debug=default", f"paths.output_dir={tmp_path}",
+            f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}",
+            "privacy.target_epsilon=1.0", "ledger.budget_epsilon=2.5", "trusted_evaluation=true", "seed=1,2,3,4"]
+    proc = subprocess.run([sys.executable, "-c", TRAIN, *args], capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in output  # the trials really ran two at a time
+    (status,) = Ledger(tmp_path / "privacy_ledger.sqlite").status()
+    assert status.charged_epsilon <= 2.5 + 1e-9 and status.reserved_epsilon == 0
+    assert status.runs in (2, 3) and status.spent_epsilon <= status.runs * 1.0
+    # the summary counts every trial, although each ran (and reported) in a worker process
+    assert f"sweep summary: {status.runs} trials finished, {4 - status.runs} refused or failed" in output
+
+
+def test_the_slurm_preset_composes_onto_submitit(tmp_path):
+    """No Slurm here: the preset is checked as configuration (Hydra resolves it onto the submitit
+    launcher, with the cluster settings a trial needs)."""
+    from hydra import compose, initialize_config_dir
+
+    from lookalike.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.array_parallelism) == ("gpu", 1, 8)

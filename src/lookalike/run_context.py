@@ -123,7 +123,7 @@ class RunContext:
             "lookalike.audiences": ",".join(self.data.training.audiences),
             "privacy.accountant": str(self.cfg.privacy.accountant) if self.private else "none",
             "ledger.entry_id": str(self.entry_id) if self.entry_id is not None else "none",
-            "ledger.path": str(Path(str(self.cfg.ledger.path)).resolve()),
+            "ledger.path": self.ledger.path if "://" in self.ledger.location else str(Path(self.ledger.location).resolve()),
         }
 
     def data_metrics(self) -> dict[str, float]:

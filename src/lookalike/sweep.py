@@ -8,11 +8,13 @@ at the end the parent run gets the counts and the best trial, and the log says t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -26,6 +28,7 @@ from lookalike.tracking import setup_experiment
 
 log = logging.getLogger("lookalike.sweep")
 PARENT_ENV = "LOOKALIKE_PARENT_RUN_ID"
+OUTCOMES = ".trial_outcomes"  # under hydra.sweep.dir
 
 
 def trial_epsilon(cfg: Any) -> float:
@@ -37,7 +40,6 @@ def trial_epsilon(cfg: Any) -> float:
 
 class SweepSummary(Callback):
     def __init__(self) -> None:
-        self.returns: list[float] = []
         self.parent: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -59,10 +61,15 @@ class SweepSummary(Callback):
         os.environ[PARENT_ENV] = self.parent  # read by each trial (also in launcher subprocesses)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        # Parallel launchers (joblib, submitit) call this in the trial's own process or node, so
+        # the outcome goes to a file in the sweep folder, which every launcher shares.
         try:
-            self.returns.append(float(job_return.return_value))
-        except Exception:  # a trial that raised: counted as failed
-            self.returns.append(float("nan"))
+            value = float(job_return.return_value)
+        except Exception:  # a trial that raised or was refused: counted as failed
+            value = float("nan")
+        outcomes = Path(str(config.hydra.sweep.dir)) / OUTCOMES
+        outcomes.mkdir(parents=True, exist_ok=True)
+        (outcomes / f"{config.hydra.job.num}.json").write_text(json.dumps({"value": None if math.isnan(value) else value}))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent is None:
@@ -70,8 +77,9 @@ class SweepSummary(Callback):
         client = MlflowClient()
         children = client.search_runs([client.get_run(self.parent).info.experiment_id],
                                       f"tags.`mlflow.parentRunId` = '{self.parent}' and attributes.status = 'FINISHED'")
-        done = [r for r in self.returns if not math.isnan(r)]
-        refused = len(self.returns) - len(done)
+        outcomes = [json.loads(p.read_text())["value"] for p in (Path(str(config.hydra.sweep.dir)) / OUTCOMES).glob("*.json")]
+        done = [v for v in outcomes if v is not None]
+        refused = len(outcomes) - len(done)
         best = max(done) if done else float("nan")
         client.log_metric(self.parent, "sweep.trials_finished", len(children))
         client.log_metric(self.parent, "sweep.trials_refused_or_failed", refused)

@@ -59,6 +59,19 @@ def resume_run_id(checkpoint) -> str | None:
         return None
 
 
+def without_password(value: str) -> str:
+    """A database or server URL (ledger.path, mlflow.tracking_uri) as it may be logged: with its
+    password masked."""
+    if "://" in value and "@" in value:
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except Exception:  # not a URL SQLAlchemy reads: mask everything before the host
+            return value.split("://", 1)[0] + "://***@" + value.rsplit("@", 1)[1]
+    return value
+
+
 def flat_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as dotted keys, e.g. ``privacy.target_epsilon``."""
     out: dict[str, str] = {}
@@ -68,7 +81,7 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
             for key, value in node.items():
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
         else:
-            out[prefix] = str(node)[:MAX_PARAM_LENGTH]
+            out[prefix] = without_password(str(node))[:MAX_PARAM_LENGTH]
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out

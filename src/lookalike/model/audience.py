@@ -73,7 +73,7 @@ def _cosine_parts(layer: AudienceTower, user: torch.Tensor):
     return unit_u, unit_w, norm_w, unit_u @ unit_w.t(), layer.log_scale.exp()
 
 
-def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
     """Per-example squared gradient norm in O(batch x audiences), without the [B, A, dim]
     per-example gradients: for cosine, d logit_ba / d w_a = (s / |w_a|) (u_b - cos_ba w_a) in
     unit vectors, whose squared length is (s / |w_a|)^2 (|u_b|^2 - cos_ba^2)."""
@@ -81,17 +81,19 @@ def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: t
     if layer.similarity == "dot":
         if layer.weight.requires_grad:
             total = total + backprops.pow(2).sum(1) * user.pow(2).sum(1)
-        return total
-    unit_u, _, norm_w, cosine, scale = _cosine_parts(layer, user)
+        return total, None
+    parts = _cosine_parts(layer, user)
+    unit_u, _, norm_w, cosine, scale = parts
     if layer.weight.requires_grad:
         radial = unit_u.pow(2).sum(1, keepdim=True) - cosine.pow(2)
         total = total + ((scale * backprops / norm_w).pow(2) * radial).sum(1)
     if layer.log_scale.requires_grad:
         total = total + (scale * (backprops * cosine).sum(1)).pow(2)
-    return total
+    return total, parts
 
 
-def audience_clipped_sum(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor, coef: torch.Tensor) -> dict:
+def audience_clipped_sum(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor, coef: torch.Tensor,
+                         parts: tuple | None = None) -> dict:
     """Sum over examples of coef_b times each example's gradient, as matrix products."""
     weighted = backprops * coef.unsqueeze(1)
     sums = {layer.bias: weighted.sum(0)} if layer.bias.requires_grad else {}
@@ -99,7 +101,7 @@ def audience_clipped_sum(layer: AudienceTower, user: torch.Tensor, backprops: to
         if layer.weight.requires_grad:
             sums[layer.weight] = weighted.t() @ user
         return sums
-    unit_u, unit_w, norm_w, cosine, scale = _cosine_parts(layer, user)
+    unit_u, unit_w, norm_w, cosine, scale = parts if parts is not None else _cosine_parts(layer, user)
     if layer.weight.requires_grad:
         along = (weighted * cosine).sum(0)  # [A]
         sums[layer.weight] = (scale / norm_w).unsqueeze(1) * (weighted.t() @ unit_u - along.unsqueeze(1) * unit_w)

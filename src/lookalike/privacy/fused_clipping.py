@@ -20,6 +20,8 @@ embeddings; here neither happens. Noise, scaling and accounting stay with Opacus
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -75,12 +77,15 @@ class FusedClipping:
         backprops = torch.autograd.grad(example_loss.sum(), [r[2] for r in records], allow_unused=True)
         backprops = [torch.zeros_like(r[2]) if g is None else g for r, g in zip(records, backprops)]
         squared = torch.zeros(example_loss.shape[0], device=example_loss.device, dtype=backprops[0].dtype)
+        saved = []  # what a layer's norm computed and its clipped sum reuses
         for (module, inputs, _), g in zip(records, backprops):
-            squared += _norm_squared(module, inputs, g)
+            norm_sq, kept = _norm_squared(module, inputs, g)
+            squared += norm_sq
+            saved.append(kept)
         norms = squared.sqrt()
         coef = (self.max_grad_norm / (norms + STABILITY)).clamp(max=1.0)
-        for (module, inputs, _), g in zip(records, backprops):
-            _add_clipped(module, inputs, g, coef)
+        for (module, inputs, _), g, kept in zip(records, backprops, saved):
+            _add_clipped(module, inputs, g, coef, kept)
         self._fill_missing()
         return norms
 
@@ -91,7 +96,7 @@ class FusedClipping:
                 p.grad = torch.zeros_like(p)
 
 
-def _norm_squared(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _norm_squared(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """Per-example squared gradient norm of ``module``'s trainable parameters."""
     if isinstance(module, nn.Linear):
         if inputs.dim() != 2:
@@ -100,19 +105,19 @@ def _norm_squared(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor) -> t
         total = inputs.pow(2).sum(1) * g_sq if module.weight.requires_grad else torch.zeros_like(g_sq)
         if module.bias is not None and module.bias.requires_grad:
             total = total + g_sq
-        return total
+        return total, None
     if isinstance(module, nn.Embedding):
         g = _mask_padding(module, inputs, g)
         if not module.weight.requires_grad:
-            return torch.zeros_like(g[:, 0] if g.dim() == 2 else g[:, 0, 0])
+            return torch.zeros_like(g[:, 0] if g.dim() == 2 else g[:, 0, 0]), None
         if inputs.dim() == 1:
-            return g.pow(2).sum(1)
+            return g.pow(2).sum(1), None
         same = (inputs.unsqueeze(2) == inputs.unsqueeze(1)).to(g.dtype)  # [B, T, T]
-        return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+        return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2)), None
     return audience_norm_squared(module, inputs, g)
 
 
-def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef: torch.Tensor) -> None:
+def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef: torch.Tensor, kept: Any) -> None:
     if isinstance(module, nn.Linear):
         weighted = g * coef.unsqueeze(1)
         if module.weight.requires_grad:
@@ -125,7 +130,7 @@ def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef:
             table = torch.zeros_like(module.weight).index_add_(0, inputs.reshape(-1), g.reshape(-1, g.shape[-1]))
             _accumulate(module.weight, table)
     else:
-        for param, total in audience_clipped_sum(module, inputs, g, coef).items():
+        for param, total in audience_clipped_sum(module, inputs, g, coef, kept).items():
             _accumulate(param, total)
 
 

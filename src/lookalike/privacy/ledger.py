@@ -1,46 +1,27 @@
-"""The privacy ledger: a persistent, per-dataset epsilon budget in SQLite.
+"""The privacy ledger: a persistent, per-dataset epsilon budget in SQLite or any SQL database.
 
-A run reserves its target epsilon before training inside a ``BEGIN IMMEDIATE`` transaction, so
-two processes can never both read the same remaining budget and overspend it. When it finishes
-it records what the accountant says it spent. A crash leaves the reservation charged: no crash
-ever makes budget reappear. Finished runs whose mechanisms are Gaussian are charged by their
-composed privacy curve (see composition.py); everything else adds up at face value. Deltas add up.
+A run reserves its target epsilon before training inside a transaction that holds the budget's
+lock (ledger_store.py), so two processes can never both read the same remaining budget and
+overspend it. When it finishes it records what the accountant says it spent. A crash leaves the
+reservation charged: no crash ever makes budget reappear. Finished runs whose mechanisms are
+Gaussian are charged by their composed privacy curve (see composition.py); everything else
+adds up at face value. Deltas add up.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
-from lookalike.errors import BudgetExceededError, LookalikeError
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+
+from lookalike.errors import BudgetExceededError, ConfigError, LookalikeError
 from lookalike.privacy.composition import GaussianBlock, charge, gaussian_block
+from lookalike.privacy.ledger_store import BUDGETS, ENTRIES, create_schema, display_name, exists, open_engine
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS budgets (
-    fingerprint TEXT PRIMARY KEY,
-    budget_epsilon REAL NOT NULL,
-    budget_delta REAL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    fingerprint TEXT NOT NULL REFERENCES budgets(fingerprint),
-    kind TEXT NOT NULL,
-    description TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('reserved', 'spent', 'released')),
-    reserved_epsilon REAL NOT NULL,
-    spent_epsilon REAL,
-    delta REAL NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    events TEXT
-);
-"""
 TOLERANCE = 1e-9
 
 
@@ -65,63 +46,82 @@ class BudgetStatus:
 
 
 class Ledger:
-    """One SQLite file; every method opens its own connection, so processes may share it."""
+    """One ledger (a file path or a SQLAlchemy URL); every method runs its own transaction, so
+    processes and machines may share it."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.location = str(path)
+        self.path = display_name(self.location)  # what messages and tags show (no password)
+        self._engine = None
+        self._schema_checked = False
 
-    @contextmanager
-    def _connect(self, create: bool = True) -> Iterator[sqlite3.Connection]:
-        if not create and not self.path.exists():
-            raise LookalikeError(f"ledger '{self.path}' does not exist: set ledger.path (or --ledger) to an existing ledger")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves to take the write lock up front.
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+    @property
+    def engine(self):
+        if self._engine is None:
+            try:
+                self._engine = open_engine(self.location)
+            except (ArgumentError, ImportError) as exc:  # a malformed URL, or its driver is not installed
+                raise ConfigError("ledger.path", f"'{self.path}' is not a usable ledger: {str(exc).splitlines()[0]}; "
+                                  "give a file path or a SQLAlchemy URL whose driver is installed") from exc
+        return self._engine
+
+    def exists(self) -> bool:
         try:
-            conn.execute("PRAGMA busy_timeout = 60000")
-            conn.executescript(SCHEMA)
-            # Ledgers written before entries carried their mechanism get the column added.
-            if "events" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:
-                conn.execute("ALTER TABLE entries ADD COLUMN events TEXT")
-            yield conn
-        finally:
-            conn.close()
+            return exists(self.engine, self.location)
+        except OperationalError as exc:
+            raise LookalikeError(f"ledger '{self.path}' cannot be reached: {str(exc).splitlines()[0]}") from exc
+
+    def _ready(self, create: bool = True) -> None:
+        if self._schema_checked:
+            return
+        if not create and not self.exists():
+            raise LookalikeError(f"ledger '{self.path}' does not exist: set ledger.path (or --ledger) to an existing ledger")
+        create_schema(self.engine, self.location)  # creates a new ledger, or adds what an older one lacks
+        self._schema_checked = True
 
     def reserve(self, fingerprint: str, epsilon: float, delta: float, *, budget_epsilon: float,
                 budget_delta: float | None, kind: str, description: str) -> int:
         """Atomically reserve ``epsilon`` (and ``delta``) or raise :class:`BudgetExceededError`."""
         now = time.time()
-        # The slow part (a PRV composition) runs before the write lock, on finished entries,
-        # which never change again; whatever finishes meanwhile counts at face value below.
-        block = gaussian_block(self.entries(fingerprint)) if self.path.exists() else GaussianBlock(frozenset(), 0.0, 0.0, 0.0)
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("INSERT OR IGNORE INTO budgets VALUES (?, ?, ?, ?)", (fingerprint, budget_epsilon, budget_delta, now))
-                total_eps, total_delta = conn.execute("SELECT budget_epsilon, budget_delta FROM budgets WHERE fingerprint = ?", (fingerprint,)).fetchone()
-                current = charge(self._rows(conn, fingerprint), block)
-                charged, charged_delta = current.charged_epsilon, current.delta
-                if charged + epsilon > total_eps + TOLERANCE:
-                    raise BudgetExceededError(
-                        f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: this run needs epsilon {epsilon:.3g} "
-                        f"but only {max(total_eps - charged, 0):.3g} of {total_eps:.3g} remains ({current.reason}); lower privacy.target_epsilon or "
-                        "ask the data owners for more budget (lookalike-budget set-budget)"
-                    )
-                if total_delta is not None and charged_delta + delta > total_delta * (1 + 1e-9):
-                    raise BudgetExceededError(
-                        f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: delta {delta:.3g} exceeds "
-                        f"the remaining {max(total_delta - charged_delta, 0):.3g} of {total_delta:.3g}; lower privacy.target_delta"
-                    )
-                cur = conn.execute(
-                    "INSERT INTO entries (fingerprint, kind, description, status, reserved_epsilon, spent_epsilon, delta, created_at, updated_at) "
-                    "VALUES (?, ?, ?, 'reserved', ?, NULL, ?, ?, ?)",
-                    (fingerprint, kind, description, epsilon, delta, now, now),
+        # The slow part (a PRV composition) runs before the lock, on finished entries, which
+        # never change again; whatever finishes meanwhile counts at face value below.
+        block = gaussian_block(self.entries(fingerprint)) if self.exists() else GaussianBlock(frozenset(), 0.0, 0.0, 0.0)
+        self._ready()
+        with self.engine.begin() as conn:
+            budget = self._lock_budget(conn, fingerprint, budget_epsilon, budget_delta, now)
+            total_eps, total_delta = budget.budget_epsilon, budget.budget_delta
+            current = charge(self._rows(conn, fingerprint), block)
+            charged, charged_delta = current.charged_epsilon, current.delta
+            if charged + epsilon > total_eps + TOLERANCE:
+                raise BudgetExceededError(
+                    f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: this run needs epsilon {epsilon:.3g} "
+                    f"but only {max(total_eps - charged, 0):.3g} of {total_eps:.3g} remains ({current.reason}); lower privacy.target_epsilon or "
+                    "ask the data owners for more budget (lookalike-budget set-budget)"
                 )
-                conn.execute("COMMIT")
-                return int(cur.lastrowid)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            if total_delta is not None and charged_delta + delta > total_delta * (1 + 1e-9):
+                raise BudgetExceededError(
+                    f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: delta {delta:.3g} exceeds "
+                    f"the remaining {max(total_delta - charged_delta, 0):.3g} of {total_delta:.3g}; lower privacy.target_delta"
+                )
+            result = conn.execute(insert(ENTRIES).values(
+                fingerprint=fingerprint, kind=kind, description=description, status="reserved", reserved_epsilon=epsilon,
+                spent_epsilon=None, delta=delta, created_at=now, updated_at=now))
+            return int(result.inserted_primary_key[0])
+
+    @staticmethod
+    def _lock_budget(conn, fingerprint: str, budget_epsilon: float, budget_delta: float | None, now: float):
+        """The budget row, locked until the transaction ends; created at first use."""
+        query = select(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            try:
+                with conn.begin_nested():  # another machine may create it at the same moment
+                    conn.execute(insert(BUDGETS).values(fingerprint=fingerprint, budget_epsilon=budget_epsilon,
+                                                        budget_delta=budget_delta, created_at=now))
+            except IntegrityError:
+                pass
+            row = conn.execute(query).first()
+        return row
 
     def record_spent(self, entry_id: int, epsilon: float, events: list | None = None) -> None:
         """Close a reservation with the epsilon actually spent (never below zero). ``events``:
@@ -134,56 +134,56 @@ class Ledger:
         self._close(entry_id, "released", 0.0)
 
     def _close(self, entry_id: int, status: str, epsilon: float, events: str | None = None) -> None:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            updated = conn.execute(
-                "UPDATE entries SET status = ?, spent_epsilon = ?, events = ?, updated_at = ? WHERE id = ? AND status = 'reserved'",
-                (status, epsilon, events, time.time(), entry_id),
-            ).rowcount
-            conn.execute("COMMIT")
+        self._ready(create=False)
+        with self.engine.begin() as conn:
+            updated = conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved").values(
+                status=status, spent_epsilon=epsilon, events=events, updated_at=time.time())).rowcount
         if updated != 1:
             raise LookalikeError(f"ledger '{self.path}': entry {entry_id} is not an open reservation")
 
     def entry(self, entry_id: int) -> dict:
-        with self._connect() as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        self._ready(create=False)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(ENTRIES).where(ENTRIES.c.id == entry_id)).mappings().first()
         if row is None:
             raise LookalikeError(f"ledger '{self.path}': no entry {entry_id}")
         return dict(row)
 
     def remaining(self, fingerprint: str, default_budget: float) -> float:
         """Epsilon still available on ``fingerprint`` (the default budget if the ledger is new)."""
-        if not self.path.exists():
+        if not self.exists():
             return default_budget
-        with self._connect() as conn:
-            row = conn.execute("SELECT budget_epsilon FROM budgets WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        with self.engine.connect() as conn:
+            row = conn.execute(select(BUDGETS.c.budget_epsilon).where(BUDGETS.c.fingerprint == fingerprint)).first()
             entries = self._rows(conn, fingerprint)
         return max((row[0] if row else default_budget) - charge(entries, gaussian_block(entries)).charged_epsilon, 0.0)
 
     def entries(self, fingerprint: str) -> list[dict]:
-        with self._connect(create=False) as conn:
+        self._ready(create=False)
+        with self.engine.connect() as conn:
             return self._rows(conn, fingerprint)
 
     @staticmethod
-    def _rows(conn: sqlite3.Connection, fingerprint: str) -> list[dict]:
-        cursor = conn.execute("SELECT * FROM entries WHERE fingerprint = ? ORDER BY id", (fingerprint,))
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+    def _rows(conn, fingerprint: str) -> list[dict]:
+        query = select(ENTRIES).where(ENTRIES.c.fingerprint == fingerprint).order_by(ENTRIES.c.id)
+        return [dict(r) for r in conn.execute(query).mappings()]
 
     def set_budget(self, fingerprint: str, budget_epsilon: float, budget_delta: float | None = None) -> None:
         """Change a fingerprint's total budget: a deliberate act by the data owners."""
-        with self._connect(create=False) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            updated = conn.execute("UPDATE budgets SET budget_epsilon = ?, budget_delta = ? WHERE fingerprint LIKE ?",
-                                   (budget_epsilon, budget_delta, fingerprint + "%")).rowcount
-            conn.execute("COMMIT" if updated == 1 else "ROLLBACK")
-        if updated != 1:
-            raise LookalikeError(f"ledger '{self.path}': fingerprint '{fingerprint}' matches {updated} datasets; give more of it")
+        self._ready(create=False)
+        with self.engine.begin() as conn:
+            matches = conn.execute(select(BUDGETS.c.fingerprint).where(BUDGETS.c.fingerprint.startswith(fingerprint))).all()
+            if len(matches) == 1:
+                conn.execute(update(BUDGETS).where(BUDGETS.c.fingerprint == matches[0][0]).values(
+                    budget_epsilon=budget_epsilon, budget_delta=budget_delta))
+        if len(matches) != 1:
+            raise LookalikeError(f"ledger '{self.path}': fingerprint '{fingerprint}' matches {len(matches)} datasets; give more of it")
 
     def status(self) -> list[BudgetStatus]:
-        with self._connect(create=False) as conn:
-            budgets = conn.execute("SELECT fingerprint, budget_epsilon, budget_delta FROM budgets ORDER BY created_at").fetchall()
+        self._ready(create=False)
+        with self.engine.connect() as conn:
+            budgets = conn.execute(select(BUDGETS.c.fingerprint, BUDGETS.c.budget_epsilon, BUDGETS.c.budget_delta)
+                                   .order_by(BUDGETS.c.created_at)).all()
             entries = {fp: self._rows(conn, fp) for fp, _, _ in budgets}
         result = []
         for fp, budget_epsilon, budget_delta in budgets:
