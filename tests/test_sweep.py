@@ -82,3 +82,14 @@ def test_the_slurm_preset_composes_onto_submitit(tmp_path):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.array_parallelism) == ("gpu", 1, 8)
+
+
+@pytest.mark.slow
+def test_a_single_run_is_no_trial(demo_dir, tmp_path):
+    """The sweep callback stays quiet outside multiruns: no warning, no sweep folder."""
+    args = ["debug=default", f"paths.output_dir={tmp_path}", f"data.publisher_path={demo_dir / 'publisher'}",
+            f"data.seed_path={demo_dir / 'seed.jsonl'}", "privacy.target_epsilon=1.0", "trusted_evaluation=true"]
+    proc = subprocess.run([sys.executable, "-c", TRAIN, *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "raised" not in proc.stderr and "Warning" not in proc.stderr
+    assert not (tmp_path / "multiruns").exists() and len(list((tmp_path / "runs").iterdir())) == 1

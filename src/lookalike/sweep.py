@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -62,7 +63,10 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # Parallel launchers (joblib, submitit) call this in the trial's own process or node, so
-        # the outcome goes to a file in the sweep folder, which every launcher shares.
+        # the outcome goes to a file in the sweep folder, which every launcher shares. Hydra
+        # calls it after single runs too: those are no trials.
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
         try:
             value = float(job_return.return_value)
         except Exception:  # a trial that raised or was refused: counted as failed
