@@ -59,11 +59,11 @@ def shard(tensors: Sequence[torch.Tensor], world: World | None) -> list[torch.Te
     return list(tensors) if world is None else [t[world.rank :: world.size] for t in tensors]
 
 
-def sampling_generator(world: World | None, device: torch.device) -> torch.Generator | None:
-    """A generator of its own per rank, seeded from OS entropy; None (the global, seeded RNG)
-    for a single process, as Opacus does."""
-    if world is None:
-        return None
+def entropy_generator(device: torch.device) -> torch.Generator:
+    """A generator seeded from OS entropy. DP-SGD's noise and its Poisson sample must not be
+    reproducible from the run's logged ``seed`` (Opacus' default draws both from the global RNG,
+    which ``seed`` fixes: whoever knows the seed could recompute the noise and subtract it).
+    Every rank gets its own, which also keeps the ranks' samples independent."""
     generator = torch.Generator(device=device)
     generator.manual_seed(secrets.randbits(63))
     return generator

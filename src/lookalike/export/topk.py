@@ -78,11 +78,25 @@ class TopK:
             return np.zeros(0), np.zeros(0, dtype=np.float32), empty
         self._compact()
         keys, scores = self._keys[0], self._scores[0]
+        order = np.argsort(-keys, kind="stable")
         if self.with_ids:
-            # Best first, equal keys by id (Arrow compares ids only where keys tie).
-            order = pc.sort_indices(pa.table({"key": keys, "id": self._ids[0]}),
-                                    sort_keys=[("key", "descending"), ("id", "ascending")]).to_numpy()
-        else:
-            order = np.argsort(-keys, kind="stable")
+            order = _ties_by_id(order, keys, self._ids[0])
         ids = self._ids[0].take(pa.array(order)) if self.with_ids else None
         return keys[order], scores[order], ids
+
+
+def _ties_by_id(order: np.ndarray, keys: np.ndarray, ids: pa.Array) -> np.ndarray:
+    """Reorder runs of equal keys by id. Only tied positions are sorted again (with Arrow, which
+    compares strings): a full two-key sort of 2M rows cost 0.2 GiB of temporaries at 10M users."""
+    ranked = keys[order]
+    ties = np.flatnonzero(ranked[1:] == ranked[:-1])
+    if ties.size == 0:
+        return order
+    # Tied positions form runs of equal keys in descending key order; sorting just them by
+    # (key desc, id asc) and writing them back in place keeps every other position fixed.
+    tied = np.union1d(ties, ties + 1)
+    sub = pc.sort_indices(pa.table({"key": ranked[tied], "id": ids.take(pa.array(order[tied]))}),
+                          sort_keys=[("key", "descending"), ("id", "ascending")]).to_numpy()
+    order = order.copy()
+    order[tied] = order[tied][sub]
+    return order

@@ -14,7 +14,7 @@ from opacus.validators import ModuleValidator
 from torch import nn, optim
 from torch.utils.data import DataLoader
 
-from lookalike.distributed import World, sampling_generator, shard
+from lookalike.distributed import World, entropy_generator, shard
 from lookalike.errors import ConfigError
 from lookalike.poisson_batches import PoissonBatches
 from lookalike.privacy.fused_clipping import FusedClipping
@@ -101,16 +101,18 @@ def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, 
     wrapper: Poisson sampling at Opacus' rate and step count, Opacus' noise-adding optimizer for
     pre-clipped sums (the one its ghost mode uses, minus its per-step copies) and its accountant
     hook, with the same sample rate and expected batch size."""
+    # Noise and sample from OS entropy, never from the configured seed (distributed.py).
+    device = loader.dataset.tensors[0].device
     kind, extra = (NoisySumOptimizer, {}) if world is None else (DistributedNoisySumOptimizer, {"world": world})
     optimizer = kind(
         optimizer, noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier, max_grad_norm=float(privacy.max_grad_norm),
-        expected_batch_size=1, loss_reduction="mean", secure_mode=bool(privacy.secure_mode), **extra)  # batch size set below
+        expected_batch_size=1, loss_reduction="mean", secure_mode=bool(privacy.secure_mode),
+        generator=entropy_generator(device), **extra)  # batch size set below
     # Sampled at 1 / len(loader), as DPDataLoader.from_data_loader does; accounted (and averaged)
-    # at 1 / steps taken, as make_private does with that loader's length.
-    # Under torchrun each rank samples its own shard at the global rate (distributed.py).
-    tensors = loader.dataset.tensors
-    batches = PoissonBatches(shard(tensors, world), 1 / len(loader), max_physical_batch, optimizer,
-                             sampling_generator(world, tensors[0].device))
+    # at 1 / steps taken, as make_private does with that loader's length. Under torchrun each
+    # rank samples its own shard at the global rate.
+    batches = PoissonBatches(shard(loader.dataset.tensors, world), 1 / len(loader), max_physical_batch, optimizer,
+                             entropy_generator(device))
     sample_rate = 1 / len(batches)
     optimizer.expected_batch_size = int(len(loader.dataset) * sample_rate) / (world.size if world else 1)
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
