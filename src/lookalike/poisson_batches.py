@@ -2,8 +2,8 @@
 
 The same sampling as Opacus' ``UniformWithReplacementSampler`` (every example independently with
 probability q at every step, ``int(1 / q)`` steps per epoch, so the accountant's q and step count
-match), without its per-step Python list of indices and the DataLoader round trip: one
-``rand < q`` mask, one ``nonzero`` and one gather per tensor. Like Opacus' BatchMemoryManager it
+match), without its per-step Python list of indices and the DataLoader round trip: the chosen
+rows are drawn as geometric gaps (:func:`poisson_rows`), then one gather per tensor. Like Opacus' BatchMemoryManager it
 tells the DP optimizer which physical batches end a logical one, so noise is added once per
 logical batch.
 """
@@ -46,7 +46,6 @@ class PoissonBatches:
         self.max_physical_batch = int(max_physical_batch)
         self.optimizer = optimizer
         self.generator = generator
-        self.dataset = self.tensors[0]  # len(loader.dataset): the number of examples, as on a DataLoader
 
     def __len__(self) -> int:
         return self.steps

@@ -46,12 +46,12 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             needed = trial_epsilon(config)
-            remaining = Ledger(config.ledger.path).remaining(data_fingerprint(config), float(config.ledger.budget_epsilon))
-            if needed > remaining + 1e-9:
-                raise LookalikeError(f"privacy budget in ledger '{config.ledger.path}' covers no trial of this sweep: "
+            ledger = Ledger(config.ledger.path)
+            fits, remaining = ledger.runs_that_fit(data_fingerprint(config), needed, float(config.ledger.budget_epsilon))
+            if fits == 0:
+                raise LookalikeError(f"privacy budget in ledger '{ledger.path}' covers no trial of this sweep: "
                                      f"each needs epsilon {needed:.3g}, {remaining:.3g} remains (lookalike-budget preview --epsilon {needed:.3g})")
-            log.info("sweep: each trial reserves epsilon %.3g; the budget covers %d more", needed,
-                     int((remaining + 1e-9) // needed) if needed > 0 else -1)
+            log.info("sweep: each trial reserves epsilon %.3g; the budget covers %d more", needed, fits)
             experiment_id = setup_experiment(config)
         except LookalikeError as exc:
             print(f"lookalike-train: error: {exc}", file=sys.stderr)

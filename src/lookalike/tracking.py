@@ -12,6 +12,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from lookalike.errors import ConfigError, LookalikeError
+from lookalike.privacy.ledger_store import without_password
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
@@ -57,19 +58,6 @@ def resume_run_id(checkpoint) -> str | None:
     except mlflow.exceptions.MlflowException:
         log.warning("checkpoint's MLflow run %s is not in this tracking store; logging to a new run", run_id)
         return None
-
-
-def without_password(value: str) -> str:
-    """A database or server URL (ledger.path, mlflow.tracking_uri) as it may be logged: with its
-    password masked."""
-    if "://" in value and "@" in value:
-        from sqlalchemy.engine import make_url
-
-        try:
-            return make_url(value).render_as_string(hide_password=True)
-        except Exception:  # not a URL SQLAlchemy reads: mask everything before the host
-            return value.split("://", 1)[0] + "://***@" + value.rsplit("@", 1)[1]
-    return value
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:

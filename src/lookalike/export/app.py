@@ -68,9 +68,10 @@ def run(cfg: DictConfig) -> dict:
 def check_budget(job: ExportJob) -> None:
     """Read-only: would the ledger cover this export's release now?"""
     if job.epsilon > 0:
-        remaining = Ledger(job.cfg.ledger.path).remaining(job.fingerprint, float(job.cfg.ledger.budget_epsilon))
-        if job.epsilon > remaining + 1e-9:
-            raise BudgetExceededError(f"privacy budget in ledger '{job.cfg.ledger.path}' for data {job.fingerprint[:12]}: this export needs "
+        ledger = Ledger(job.cfg.ledger.path)
+        fits, remaining = ledger.runs_that_fit(job.fingerprint, job.epsilon, float(job.cfg.ledger.budget_epsilon))
+        if fits < 1:
+            raise BudgetExceededError(f"privacy budget in ledger '{ledger.path}' for data {job.fingerprint[:12]}: this export needs "
                                       f"epsilon {job.epsilon:.3g} but only {remaining:.3g} remains; lower export.report_epsilon")
 
 

@@ -3,8 +3,8 @@
 Every DP-SGD step, every Gaussian release of evaluation counts and every Gaussian export report
 is a (sub)sampled Gaussian mechanism, recorded in the ledger as (noise multiplier, sample rate,
 steps) when its run finishes. Composing all finished Gaussian entries (RDP, and PRV while
-there are few distinct mechanisms) gives an epsilon at their summed delta that is never above the sum of their epsilons, and usually well
-below. Everything else (an open reservation, a crashed run, randomised response) is added to it
+there are few distinct mechanisms) gives an epsilon at their summed delta that is never above
+the sum of their epsilons, and usually well below. Everything else (an open reservation, a crashed run, randomised response) is added to it
 at face value: basic composition of the composed block with the rest is always valid, so one
 non-Gaussian entry no longer throws away what composition saves on the others.
 

@@ -107,13 +107,13 @@ def _norm_squared(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor) -> t
             total = total + g_sq
         return total, None
     if isinstance(module, nn.Embedding):
-        g = _mask_padding(module, inputs, g)
+        g = _mask_padding(module, inputs, g)  # kept: the clipped sum uses the same masked backprops
         if not module.weight.requires_grad:
-            return torch.zeros_like(g[:, 0] if g.dim() == 2 else g[:, 0, 0]), None
+            return torch.zeros_like(g[:, 0] if g.dim() == 2 else g[:, 0, 0]), g
         if inputs.dim() == 1:
-            return g.pow(2).sum(1), None
+            return g.pow(2).sum(1), g
         same = (inputs.unsqueeze(2) == inputs.unsqueeze(1)).to(g.dtype)  # [B, T, T]
-        return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2)), None
+        return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2)), g
     return audience_norm_squared(module, inputs, g)
 
 
@@ -126,7 +126,7 @@ def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef:
             _accumulate(module.bias, weighted.sum(0))
     elif isinstance(module, nn.Embedding):
         if module.weight.requires_grad:
-            g = _mask_padding(module, inputs, g) * coef.view(-1, *([1] * (g.dim() - 1)))
+            g = kept * coef.view(-1, *([1] * (g.dim() - 1)))
             table = torch.zeros_like(module.weight).index_add_(0, inputs.reshape(-1), g.reshape(-1, g.shape[-1]))
             _accumulate(module.weight, table)
     else:

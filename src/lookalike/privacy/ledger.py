@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from lookalike.errors import BudgetExceededError, ConfigError, LookalikeError
 from lookalike.privacy.composition import GaussianBlock, charge, gaussian_block
-from lookalike.privacy.ledger_store import BUDGETS, ENTRIES, create_schema, display_name, exists, open_engine
+from lookalike.privacy.ledger_store import BUDGETS, ENTRIES, create_schema, exists, open_engine, without_password
 
 TOLERANCE = 1e-9
 
@@ -51,7 +51,7 @@ class Ledger:
 
     def __init__(self, path: str | Path):
         self.location = str(path)
-        self.path = display_name(self.location)  # what messages and tags show (no password)
+        self.path = without_password(self.location)  # what messages and tags show
         self._engine = None
         self._schema_checked = False
 
@@ -157,6 +157,12 @@ class Ledger:
             row = conn.execute(select(BUDGETS.c.budget_epsilon).where(BUDGETS.c.fingerprint == fingerprint)).first()
             entries = self._rows(conn, fingerprint)
         return max((row[0] if row else default_budget) - charge(entries, gaussian_block(entries)).charged_epsilon, 0.0)
+
+    def runs_that_fit(self, fingerprint: str, epsilon: float, default_budget: float) -> tuple[int, float]:
+        """Read-only: how many more reservations of ``epsilon`` the budget covers now (the
+        same tolerance as :meth:`reserve`), and the epsilon remaining."""
+        remaining = self.remaining(fingerprint, default_budget)
+        return (int((remaining + TOLERANCE) // epsilon) if epsilon > 0 else -1), remaining
 
     def entries(self, fingerprint: str) -> list[dict]:
         self._ready(create=False)

@@ -61,9 +61,15 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
-def display_name(location: str) -> str:
-    """The ledger's name for messages and MLflow tags: a URL without its password."""
-    return make_url(location).render_as_string(hide_password=True) if is_url(location) else location
+def without_password(value: str) -> str:
+    """A database or server URL (ledger.path, mlflow.tracking_uri) as it may be shown or logged:
+    with its password masked. Anything else comes back unchanged."""
+    if is_url(value) and "@" in value:
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except Exception:  # not a URL SQLAlchemy reads: mask everything before the host
+            return value.split("://", 1)[0] + "://***@" + value.rsplit("@", 1)[1]
+    return value
 
 
 def sqlite_file(location: str) -> Path | None:

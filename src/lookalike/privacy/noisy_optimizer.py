@@ -4,7 +4,7 @@
 into ``summed_grad`` at each step and builds each noise tensor as zeros + normal, then adds it
 out of place: three full-size allocations per parameter per step, which on a small model cost
 as much as the model's own backward pass. Here the clipped sum moves into ``summed_grad``
-without a copy and the noise is drawn once and added in place. The arithmetic is the same:
+without a copy and each parameter's noise is added in place. The arithmetic is the same:
 grad = (sum of clipped per-example gradients + N(0, (sigma C)^2)) / expected batch size. In
 secure mode Opacus' own noise path runs unchanged.
 """
@@ -27,20 +27,18 @@ class NoisySumOptimizer(DPOptimizerFastGradientClipping):
             # zero_grad(set_to_none=False)) can zero the accumulated sum through it.
             p.grad = None
 
+    def noise_std(self) -> float:
+        return getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+
     def add_noise(self) -> None:
-        if self.secure_mode:
+        std = self.noise_std()
+        if self.secure_mode and std > 0:
             return super().add_noise()
-        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
         sums = [p.summed_grad for p in self.params]
         _check_processed_flag(sums)
-        # One draw for every parameter (per-call overhead dominates on small layers), split into
-        # per-parameter pieces; each parameter's noise is still i.i.d. N(0, std^2).
-        if std > 0:
-            flat = torch.empty(sum(g.numel() for g in sums), device=sums[0].device, dtype=sums[0].dtype)
-            flat.normal_(0.0, std, generator=self.generator)
-            for g, noise in zip(sums, flat.split([g.numel() for g in sums])):
-                g.add_(noise.view_as(g))
         for p, g in zip(self.params, sums):
+            if std > 0:
+                g.add_(torch.empty_like(g).normal_(0.0, std, generator=self.generator))
             p.grad = g.view_as(p)
         _mark_as_processed(sums)
 
@@ -55,12 +53,8 @@ class DistributedNoisySumOptimizer(NoisySumOptimizer):
         super().__init__(*args, **kwargs)
         self.world = world
 
-    def add_noise(self) -> None:
-        if self.world.primary:
-            return super().add_noise()
-        for p in self.params:
-            p.grad = p.summed_grad.view_as(p)
-        _mark_as_processed([p.summed_grad for p in self.params])
+    def noise_std(self) -> float:
+        return super().noise_std() if self.world.primary else 0.0
 
     def step(self, closure=None):
         if closure is not None:
