@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from lookalike.data.encode import encode
-from lookalike.data.features import FeatureSpec, declared_feature_kinds, fit_feature_spec, infer_feature_kinds
+from lookalike.data.feature_stats import fit_feature_spec
+from lookalike.data.features import FeatureSpec, declared_feature_kinds, infer_feature_kinds
 from lookalike.errors import ConfigError, DataError
 
 DATA_CFG = OmegaConf.create({"id_column": "user_id", "non_finite": "refuse", "vocab": {"max_size": 2, "min_count": 1}, "max_multi_length": 3})

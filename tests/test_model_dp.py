@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from opacus import GradSampleModule
 
 from lookalike.data.encode import encode
-from lookalike.data.features import fit_feature_spec, infer_feature_kinds
+from lookalike.data.feature_stats import fit_feature_spec
+from lookalike.data.features import infer_feature_kinds
 from lookalike.model.factory import build_model
 from lookalike.model.towers import ModelConfig, TwoTower
 from lookalike.trainer import per_example_loss

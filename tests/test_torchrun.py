@@ -59,3 +59,22 @@ def test_a_refused_run_stops_every_rank(demo_dir, tmp_path):
     assert refused.returncode != 0 and "privacy budget exhausted" in refused.stderr
     assert "rank 0 stopped before training" in refused.stderr  # rank 1 neither hung nor trained
     assert len(logged(out)) == 1 and Ledger(out / "privacy_ledger.sqlite").status() == before
+
+
+@pytest.mark.slow
+def test_a_rank_without_row_groups_trains_and_canaries_count_once(demo_dir, tmp_path):
+    """The window keeps one file (one row group): rank 1 reads nothing, yet samples and steps
+    with rank 0, and the canaries that rank 0 alone trains on enter the sample rate once."""
+    window = ["data.window.column=cohort", "data.window.start=2025-01", "data.window.end=2025-02",
+              "audit=one_run", "audit.canaries=200"]
+    single = train_cli(demo_dir, tmp_path / "single", [sys.executable], *window)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = train_cli(demo_dir, tmp_path / "multi", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+                      *window)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "rank 1 of 2 reads 0 of 1 row groups" in multi.stdout + multi.stderr
+    (one,), (two,) = logged(tmp_path / "single"), logged(tmp_path / "multi")
+    m1, m2 = one.data.metrics, two.data.metrics
+    assert m1["data.training_examples"] == m2["data.training_examples"] < 1000
+    for key in ("privacy.epsilon_spent", "privacy.noise_multiplier", "privacy.sample_rate", "privacy.steps", "audit.canaries"):
+        assert m1[key] == pytest.approx(m2[key], rel=1e-9), key

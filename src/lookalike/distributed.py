@@ -2,10 +2,11 @@
 
     torchrun --nproc_per_node=2 -m lookalike.train experiment=demo
 
-torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address. Every rank prepares the
-same data (the vocabulary, standardisation and seed match are global statistics of the whole
-table, so each rank scans it), then keeps every WORLD_SIZE-th training example. Each rank
-Poisson-samples its shard at the global rate q with a generator of its own (inclusions must be
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address. Every rank reads its share
+of the Parquet row groups; the vocabulary, standardisation, seed match counts and duplicate-id
+check are combined across ranks (prepare.py, collective.py), so every rank builds the model a
+single process would. Each rank Poisson-samples its own training examples at the global rate q
+(one logical batch of the whole training set) with a generator of its own (inclusions must be
 independent across ranks, so the ranks may not share a seed), clips its examples' gradients and
 sums them; the sums are all-reduced and rank 0 alone adds the Gaussian noise. The released
 gradient is then exactly the single-process one for the union of the ranks' samples, which is a
@@ -19,7 +20,6 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -54,11 +54,6 @@ def world_from_env() -> World | None:
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def shard(tensors: Sequence[torch.Tensor], world: World | None) -> list[torch.Tensor]:
-    """This rank's examples: every ``world.size``-th row, starting at its rank."""
-    return list(tensors) if world is None else [t[world.rank :: world.size] for t in tensors]
-
-
 def entropy_generator(device: torch.device) -> torch.Generator:
     """A generator seeded from OS entropy. DP-SGD's noise and its Poisson sample must not be
     reproducible from the run's logged ``seed`` (Opacus' default draws both from the global RNG,
@@ -88,14 +83,18 @@ def broadcast_parameters(model: nn.Module) -> None:
 
 class StartSignal:
     """Rank 0 sends go (its reservation held, training starts) or stop (it failed before that);
-    the other ranks wait for it. A no-op for a single process."""
+    the other ranks wait for it once the data is prepared. A no-op for a single process.
+
+    Until ``armed`` (set when every rank has prepared its data) there is nothing to send: a
+    failure while preparing is raised on every rank at once (collective.py)."""
 
     def __init__(self, world: World | None):
         self.world = world
         self.sent = False
+        self.armed = False
 
     def send(self, ok: bool) -> None:
-        if self.world is not None and self.world.primary and not self.sent:
+        if self.world is not None and self.world.primary and self.armed and not self.sent:
             self.sent = True
             broadcast_go(ok)
 

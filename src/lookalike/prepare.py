@@ -2,22 +2,40 @@
 
 Everything here only reads; it is all done (and all bad input refused) before the ledger is
 touched, so a run that fails here costs no budget and leaves nothing behind.
+
+Under torchrun every rank reads only its share of the Parquet row groups and the statistics that
+must describe the whole table are combined across ranks (collective.py): the feature spec, the
+seed match counts and the duplicate-id check. Each rank keeps its own training rows; rank 0 also
+gets every rank's held-out users, since it alone evaluates. One process runs the same code with
+itself as the only rank.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lookalike.data.encode import EncodedFeatures, encode
-from lookalike.data.features import (
-    FeatureSpec,
-    declared_feature_kinds,
-    fit_feature_spec,
+import numpy as np
+import pyarrow as pa
+
+from lookalike.collective import Collective
+from lookalike.data.encode import EncodedFeatures, concat, encode
+from lookalike.data.feature_stats import (
+    merge_statistics,
+    spec_from_statistics,
+    table_statistics,
 )
-from lookalike.data.matching import TrainingSet, check_publisher_ids, match_seed
+from lookalike.data.features import FeatureSpec, declared_feature_kinds
+from lookalike.data.matching import (
+    TrainingSet,
+    check_matched,
+    check_publisher_ids,
+    lay_out,
+    refuse_duplicates,
+    split_draws,
+)
 from lookalike.data.publisher import (
     ScanStats,
     open_publisher,
@@ -34,18 +52,20 @@ from lookalike.privacy.fingerprint import (
 )
 
 log = logging.getLogger(__name__)
+TRAIN_COUNT = "\0training examples"  # beside the audience names in the counts summed over ranks
 
 
 @dataclass
 class PreparedData:
     spec: FeatureSpec
-    training: TrainingSet
-    train_features: EncodedFeatures
-    holdout_features: dict[str, EncodedFeatures]
-    eval_negative_features: EncodedFeatures
-    scan: ScanStats
-    publisher_rows: int
-    publisher_fingerprint: str
+    training: TrainingSet  # this process's rows; its ``matched`` counts are the whole table's
+    train_features: EncodedFeatures  # this process's training examples
+    holdout_features: dict[str, EncodedFeatures]  # every rank's, on rank 0 (empty elsewhere)
+    eval_negative_features: EncodedFeatures  # likewise
+    scan: ScanStats  # the whole scan
+    publisher_rows: int  # in the window, over all ranks
+    n_train: int  # training examples over all ranks: what delta and the sample rate count
+    publisher_fingerprint: str  # computed by rank 0 (it alone touches the ledger); "" elsewhere
     seed_fingerprint: str
 
     @property
@@ -61,7 +81,8 @@ def data_fingerprint(cfg: Any) -> str:
     return fingerprint_of(open_publisher(path).files, Path(path), seeds)
 
 
-def prepare(cfg: Any) -> PreparedData:
+def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
+    col = collective or Collective()
     data = cfg.data
     path = str(data.publisher_path)
     dataset = open_publisher(path)
@@ -74,32 +95,72 @@ def prepare(cfg: Any) -> PreparedData:
         exclude.add(window["column"])
     kinds = declared_feature_kinds(data.features, dataset.schema, exclude, path)
     columns = [data.id_column] + [c for names in kinds.values() for c in names]
-    table, scan = scan_publisher(dataset, columns, row_filter, path)
-    if table.num_rows == 0:
+    share = (col.rank, col.size) if col.size > 1 else None
+    mine: dict[str, Any] = {}
+
+    def read_and_summarise():
+        mine["table"], mine["scan"] = scan_publisher(dataset, columns, row_filter, path, share)
+        mine["ids"] = mine["table"].column(data.id_column)
+        check_publisher_ids(mine["ids"], data.id_column, path)
+        mine["draws"] = split_draws(mine["ids"], int(cfg.seed))
+        return mine["table"].num_rows, table_statistics(mine["table"], kinds, data.non_finite, path)
+
+    parts = col.each(read_and_summarise)
+    table, ids, draws = mine["table"], mine["ids"], mine["draws"]
+    rows = sum(n for n, _ in parts)
+    if rows == 0:
         raise DataError(f"publisher data '{path}' has no rows in the training window (data.window)")
-    ids = table.column(data.id_column)
-    check_publisher_ids(ids, data.id_column, path)
-    spec = fit_feature_spec(table, kinds, data, path)
+    if col.size > 1:
+        # A user in two ranks' row groups: each rank receives the ids of one hash bucket.
+        bucket = np.minimum((draws[:, 1] * col.size).astype(np.int64), col.size - 1)
+        received = col.route(bucket, ids.combine_chunks())
+        col.each(lambda: refuse_duplicates(received, data.id_column, path))
+    spec = spec_from_statistics(merge_statistics([stats for _, stats in parts]), data)
     log.info("features: %d numeric, %d categorical, %d multi-categorical", len(spec.numeric), len(spec.categorical), len(spec.multi_categorical))
 
     seeds = read_seed(data.seed_path, data.id_column, data.audience_column)
-    training = match_seed(
-        ids, seeds,
-        min_matching_seed_size=int(cfg.rules.min_matching_seed_size),
-        holdout_fraction=float(data.holdout_fraction),
-        negative_rate=float(data.negative_rate),
-        eval_negative_rate=float(data.eval_negative_rate),
-        split_seed=int(cfg.seed),
-        trusted=bool(cfg.trusted_evaluation),
-    )
+    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))
+    n_train = totals.pop(TRAIN_COUNT)
+    check_matched(totals, n_train, int(cfg.rules.min_matching_seed_size), bool(cfg.trusted_evaluation))
+    training.matched = totals
+
+    def encode_mine():
+        mine["train"] = encode(table.take(training.train_rows), spec, path)
+        holdout = {a: encode(table.take(r), spec, path) for a, r in training.holdout_rows.items()}
+        return holdout, encode(table.take(training.eval_negative_rows), spec, path)
+
+    evaluation = col.to_primary(encode_mine)
+    holdout, eval_negatives = _joined(evaluation, training.audiences) if evaluation else _nothing(mine["train"], training.audiences)
+    fingerprint = col.on_primary(lambda: publisher_fingerprint(dataset.files, Path(path))) or ""
     return PreparedData(
         spec=spec,
         training=training,
-        train_features=encode(table.take(training.train_rows), spec, path),
-        holdout_features={a: encode(table.take(rows), spec, path) for a, rows in training.holdout_rows.items()},
-        eval_negative_features=encode(table.take(training.eval_negative_rows), spec, path),
-        scan=scan,
-        publisher_rows=table.num_rows,
-        publisher_fingerprint=publisher_fingerprint(dataset.files, Path(path)),
+        train_features=mine["train"],
+        holdout_features=holdout,
+        eval_negative_features=eval_negatives,
+        scan=replace(mine["scan"], rows_in_window=rows),
+        publisher_rows=rows,
+        n_train=n_train,
+        publisher_fingerprint=fingerprint,
         seed_fingerprint=seed_fingerprint(seeds),
     )
+
+
+def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray) -> tuple[TrainingSet, dict[str, int]]:
+    training = lay_out(ids, seeds, holdout_fraction=float(data.holdout_fraction), negative_rate=float(data.negative_rate),
+                       eval_negative_rate=float(data.eval_negative_rate), draws=draws)
+    return training, training.matched | {TRAIN_COUNT: training.n_train}
+
+
+def _joined(parts: list, audiences: list[str]) -> tuple[dict[str, EncodedFeatures], EncodedFeatures]:
+    """Rank 0's view of every rank's held-out users and evaluation negatives."""
+    holdout, negatives = parts[0]
+    for more_holdout, more_negatives in parts[1:]:
+        holdout = {a: concat(holdout[a], more_holdout[a]) for a in audiences}
+        negatives = concat(negatives, more_negatives)
+    return holdout, negatives
+
+
+def _nothing(like: EncodedFeatures, audiences: list[str]) -> tuple[dict[str, EncodedFeatures], EncodedFeatures]:
+    empty = like.take(np.zeros(0, dtype=np.int64))
+    return {a: empty for a in audiences}, empty

@@ -130,7 +130,7 @@ class RunContext:
         scan = self.data.scan
         metrics = {"scan.files_scanned": scan.files_scanned, "scan.rows_scanned": scan.rows_scanned,
                    "scan.bytes_scanned": scan.bytes_scanned, "scan.rows_in_window": scan.rows_in_window,
-                   "data.training_examples": self.data.training.n_train}
+                   "data.training_examples": self.data.n_train}
         if self.cfg.trusted_evaluation:
             metrics |= {f"trusted.{name}.matched_seed_users": n for name, n in self.data.training.matched.items()}
         return metrics

@@ -52,8 +52,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 def run(cfg: DictConfig) -> float | None:
     """One training run. Returns the held-out AUC (DP, or exact in trusted mode): what sweeps optimise.
 
-    Under torchrun (WORLD_SIZE > 1) rank 0 runs everything below and the other ranks only
-    train their shard (distributed.py)."""
+    Under torchrun (WORLD_SIZE > 1) every rank prepares its share of the data, then rank 0 runs
+    everything below and the other ranks only train on their share (distributed.py)."""
     silence_known_warnings()
     validate_config(cfg)
     if not cfg.privacy.enabled and not cfg.trusted_evaluation:
@@ -78,12 +78,14 @@ def _train_shard(cfg: DictConfig, world: World, signal: StartSignal) -> None:
     model = inputs.build_model(cfg)
     if not signal.wait():
         raise LookalikeError(f"rank {world.rank}: rank 0 stopped before training (its error says why)")
-    train(model, inputs.training_tensors(), cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume, world=world)
+    train(model, inputs.training_tensors(), cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume,
+          world=world, examples=inputs.examples)
     return None
 
 
 def _run(cfg: DictConfig, world: World | None, signal: StartSignal) -> float | None:
     inputs = gather_inputs(cfg, world)
+    signal.armed = True  # every rank has its data; the others now wait for go or stop
     data, resume, device, delta = inputs.data, inputs.resume, inputs.device, inputs.delta
     canaries = inputs.canaries
     if cfg.trusted_evaluation:
@@ -117,7 +119,8 @@ def _run(cfg: DictConfig, world: World | None, signal: StartSignal) -> float | N
                 result = fit_centroid(model, tensors, cfg, delta or 0.0)
             else:
                 result = train(model, tensors, cfg, delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
-                               on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), world=world)
+                               on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), world=world,
+                               examples=inputs.examples)
             ctx.trained(result)
             if canaries is not None:
                 found = canaries.audit(result.model, device)

@@ -45,8 +45,12 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: float, device: torch.device,
           on_epoch_end: Callable[[int, dict], None] | None = None, resume: Checkpoint | None = None,
-          save_checkpoint: Callable[[Checkpoint], None] | None = None, world: World | None = None) -> TrainResult:
-    """Train ``model`` on ``tensors`` (inputs..., labels last). DP when ``cfg.privacy.enabled``."""
+          save_checkpoint: Callable[[Checkpoint], None] | None = None, world: World | None = None,
+          examples: int | None = None) -> TrainResult:
+    """Train ``model`` on ``tensors`` (inputs..., labels last). DP when ``cfg.privacy.enabled``.
+
+    Under torchrun ``tensors`` are this rank's examples and ``examples`` counts all ranks' (the
+    sample rate is a batch of the whole training set); one process may leave it None."""
     trainer, privacy = cfg.trainer, cfg.privacy
     model.to(device)
     if resume is not None:
@@ -60,14 +64,16 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
         optimizer.load_state_dict(resume.optimizer_state)
     # The training set is small next to any accelerator's memory: put it there once, not per batch.
     tensors = [t.to(device) for t in tensors]
-    loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=True, collate_fn=keep_batch)
+    # A torchrun rank may hold no examples (fewer row groups than ranks): nothing to shuffle.
+    loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=len(tensors[0]) > 0, collate_fn=keep_batch)
 
     private = None
     if privacy.enabled:
         private = make_private(model, optimizer, loader, privacy, epochs=int(trainer.epochs), delta=delta,
                                noise_multiplier=resume.noise_multiplier if resume else None,
                                accountant_state=resume.accountant_state if resume else None,
-                               max_physical_batch=int(trainer.physical_batch_size), world=world)
+                               max_physical_batch=int(trainer.physical_batch_size), world=world,
+                               examples=examples if examples is not None else len(tensors[0]))
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
 

@@ -1,5 +1,5 @@
-"""What every training process computes alike before training: device, checkpoint, data,
-canaries, delta, the model and its training tensors (rank 0 and, under torchrun, every rank)."""
+"""What every training process computes before training: device, checkpoint, data, canaries,
+delta, the model and its training tensors (rank 0 and, under torchrun, every rank on its share)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lookalike.checkpoint import Checkpoint
+from lookalike.collective import collective_for
+from lookalike.data.encode import concat
 from lookalike.distributed import World
 from lookalike.errors import ConfigError
 from lookalike.model.factory import build_model
 from lookalike.model.towers import ModelConfig
 from lookalike.prepare import prepare
-from lookalike.privacy.audit import concat, plant_canaries
+from lookalike.privacy.audit import plant_canaries
 from lookalike.privacy.dp import resolve_delta
 from lookalike.run_context import pick_device
 
@@ -28,13 +30,21 @@ class Inputs:
     data: Any
     canaries: Any
     delta: float | None
+    primary: bool = True  # rank 0 (or the only process): it alone trains on the canaries
 
     def training_tensors(self) -> list[torch.Tensor]:
+        """This process's training examples, the canaries included on rank 0 (inputs..., labels)."""
         features, labels = self.data.train_features, self.data.training.train_labels
-        if self.canaries is not None:
+        if self.canaries is not None and self.primary:
             extra, extra_labels = self.canaries.training_rows(len(self.data.training.audiences))
             features, labels = concat(features, extra), np.concatenate([labels, extra_labels])
         return features.tensors() + [torch.from_numpy(labels)]
+
+    @property
+    def examples(self) -> int:
+        """Training examples over all processes: the sample rate is one batch of these."""
+        planted = int(self.canaries.included.sum()) if self.canaries is not None else 0
+        return self.data.n_train + planted
 
     def build_model(self, cfg: DictConfig) -> torch.nn.Module:
         model = build_model(self.data.spec, len(self.data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
@@ -44,7 +54,7 @@ class Inputs:
 
 
 def gather_inputs(cfg: DictConfig, world: World | None) -> Inputs:
-    """What every rank computes alike: the data, the canaries, delta and the device."""
+    """What every rank computes alike; an error on any rank is raised on all of them."""
     torch.manual_seed(int(cfg.seed))
     device = pick_device(str(cfg.trainer.device))
     if world is not None:
@@ -52,11 +62,18 @@ def gather_inputs(cfg: DictConfig, world: World | None) -> Inputs:
             raise ConfigError("model.kind", "centroid is one release, not a training loop: run it without torchrun")
         device = world.device(device)
     resume = Checkpoint.load(cfg.trainer.resume_from) if cfg.trainer.resume_from else None
-    data = prepare(cfg)
+    collective = collective_for(world)
+    data = prepare(cfg, collective)
     canaries = None
     if cfg.get("audit", {}).get("enabled"):
+        # The same canaries on every rank (same seed): each grows the vocabulary alike, so every
+        # rank builds the same model; rank 0 alone trains on the included ones.
         canaries = plant_canaries(data, int(cfg.audit.canaries), float(cfg.audit.guess_fraction), np.random.default_rng(int(cfg.seed) + 1))
-    delta = resolve_delta(cfg.privacy.target_delta, data.training.n_train) if cfg.privacy.enabled else None
-    if resume is not None and resume.meta.get("fingerprint") != data.fingerprint:
-        raise ConfigError("trainer.resume_from", "the checkpoint was trained on other data; resume with the same data.* settings")
-    return Inputs(device, resume, data, canaries, delta)
+    delta = resolve_delta(cfg.privacy.target_delta, data.n_train) if cfg.privacy.enabled else None
+
+    def same_data_as_checkpoint() -> None:
+        if resume is not None and resume.meta.get("fingerprint") != data.fingerprint:
+            raise ConfigError("trainer.resume_from", "the checkpoint was trained on other data; resume with the same data.* settings")
+
+    collective.on_primary(same_data_as_checkpoint)  # rank 0 alone knows the publisher's fingerprint
+    return Inputs(device, resume, data, canaries, delta, collective.primary)

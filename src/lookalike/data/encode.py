@@ -41,6 +41,11 @@ class EncodedFeatures:
         return EncodedFeatures(self.numeric[rows], self.categorical[rows], [m[rows] for m in self.multi])
 
 
+def concat(a: EncodedFeatures, b: EncodedFeatures) -> EncodedFeatures:
+    return EncodedFeatures(np.concatenate([a.numeric, b.numeric]), np.concatenate([a.categorical, b.categorical]),
+                           [np.concatenate([x, y]) for x, y in zip(a.multi, b.multi)])
+
+
 def encode(table: pa.Table | pa.RecordBatch, spec: FeatureSpec, path: str = "<publisher>") -> EncodedFeatures:
     n = table.num_rows
     numeric = np.zeros((n, spec.numeric_width), dtype=np.float32)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lookalike.errors import ConfigError, DataError
 
@@ -133,26 +132,6 @@ def declared_feature_kinds(features: Any, schema: pa.Schema, exclude: set[str], 
     return kinds
 
 
-def fit_feature_spec(table: pa.Table, kinds: dict[str, list[str]], data_cfg: Any, path: str) -> FeatureSpec:
-    """Build vocabularies and standardisation statistics from the publisher table."""
-    vocab_cfg = data_cfg.vocab
-    spec = FeatureSpec(id_column=data_cfg.id_column, non_finite=data_cfg.non_finite)
-    for name in kinds["numeric"]:
-        values, missing = numeric_values(table.column(name), name, data_cfg.non_finite, path)
-        valid = values[~missing]
-        mean = float(valid.mean()) if valid.size else 0.0
-        std = float(valid.std()) if valid.size else 1.0
-        spec.numeric.append(NumericFeature(name, mean, std if std > 0 else 1.0, bool(missing.any())))
-    for name in kinds["categorical"]:
-        column = _as_strings(table.column(name), name, path, multi=False)
-        spec.categorical.append(CategoricalFeature(name, _vocabulary(column, vocab_cfg)))
-    for name in kinds["multi_categorical"]:
-        column = _as_strings(table.column(name), name, path, multi=True)
-        vocab = _vocabulary(pc.list_flatten(column), vocab_cfg)
-        spec.multi_categorical.append(MultiCategoricalFeature(name, vocab, int(data_cfg.max_multi_length)))
-    return spec
-
-
 def numeric_values(column: pa.ChunkedArray, name: str, policy: str, path: str) -> tuple[np.ndarray, np.ndarray]:
     """float64 values and a missing mask; NaN/inf are refused or imputed per ``data.non_finite``."""
     t = column.type
@@ -169,7 +148,7 @@ def numeric_values(column: pa.ChunkedArray, name: str, policy: str, path: str) -
     return values, nulls | non_finite
 
 
-def _as_strings(column: pa.ChunkedArray, name: str, path: str, multi: bool) -> pa.Array:
+def as_strings(column: pa.ChunkedArray, name: str, path: str, multi: bool) -> pa.Array:
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
@@ -180,17 +159,3 @@ def _as_strings(column: pa.ChunkedArray, name: str, path: str, multi: bool) -> p
     if is_list(column.type) or pa.types.is_struct(column.type):
         raise DataError(f"publisher data '{path}': categorical column '{name}' has type {column.type}: declare it multi_categorical or drop it")
     return column.cast(pa.string())
-
-
-def _vocabulary(values: pa.Array, vocab_cfg: Any) -> list[str]:
-    """Most frequent values first, at most ``max_size``, each seen at least ``min_count`` times."""
-    counts = pc.value_counts(values.drop_null())
-    if len(counts) == 0:
-        return []
-    names = counts.field("values").to_numpy(zero_copy_only=False)
-    freq = counts.field("counts").to_numpy()
-    keep = freq >= int(vocab_cfg.min_count)
-    names, freq = names[keep], freq[keep]
-    # Stable order: by count descending, ties by value, so refits give the same indices.
-    order = np.lexsort((names.astype(str), -freq))[: int(vocab_cfg.max_size)]
-    return [str(v) for v in names[order]]

@@ -52,12 +52,36 @@ def match_seed(
     trusted: bool,
 ) -> TrainingSet:
     """Split publisher rows into seed positives (train / held out), negatives and eval negatives."""
+    training = lay_out(publisher_ids, seeds, holdout_fraction=holdout_fraction, negative_rate=negative_rate,
+                       eval_negative_rate=eval_negative_rate, draws=split_draws(publisher_ids, split_seed))
+    check_matched(training.matched, training.n_train, min_matching_seed_size, trusted)
+    return training
+
+
+def lay_out(publisher_ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], *, holdout_fraction: float, negative_rate: float,
+            eval_negative_rate: float, draws: np.ndarray) -> TrainingSet:
+    """The split of these rows (all of the table, or one torchrun rank's share), unchecked:
+    the size checks need the counts of the whole table (check_matched)."""
     n = len(publisher_ids)
     audiences = list(seeds)
     member = np.zeros((n, len(audiences)), dtype=bool)
     for a, name in enumerate(audiences):
         member[:, a] = pc.is_in(publisher_ids, value_set=pa.array(seeds[name], type=pa.string())).to_numpy(zero_copy_only=False)
     matched = {name: int(member[:, a].sum()) for a, name in enumerate(audiences)}
+    is_seed = member.any(axis=1)
+    held = is_seed & (draws[:, 0] < holdout_fraction)
+    train_pos = np.flatnonzero(is_seed & ~held)
+    holdout_rows = {name: np.flatnonzero(held & member[:, a]) for a, name in enumerate(audiences)}
+    other = draws[:, 1]
+    eval_negatives = np.flatnonzero(~is_seed & (other < eval_negative_rate))
+    negatives = np.flatnonzero(~is_seed & (other >= eval_negative_rate) & (other < eval_negative_rate + negative_rate))
+    train_rows = np.union1d(train_pos, negatives)
+    labels = member[train_rows].astype(np.float32)
+    return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, matched)
+
+
+def check_matched(matched: dict[str, int], n_train: int, min_matching_seed_size: int, trusted: bool) -> None:
+    """Refuse audiences below the minimum matched size, and an empty training set."""
     for name, count in matched.items():
         if count < min_matching_seed_size:
             # The exact count is seed-derived: only trusted-evaluation mode may show it.
@@ -66,21 +90,8 @@ def match_seed(
                 f"seed audience '{name}' matches fewer than {min_matching_seed_size} publisher users{detail} "
                 "(rules.min_matching_seed_size): supply a larger seed or check that both sides use the same ids"
             )
-
-    draws = split_draws(publisher_ids, split_seed)
-    is_seed = member.any(axis=1)
-    held = is_seed & (draws[:, 0] < holdout_fraction)
-    train_pos = np.flatnonzero(is_seed & ~held)
-    holdout_rows = {name: np.flatnonzero(held & member[:, a]) for a, name in enumerate(audiences)}
-    other = draws[:, 1]
-    eval_negatives = np.flatnonzero(~is_seed & (other < eval_negative_rate))
-    negatives = np.flatnonzero(~is_seed & (other >= eval_negative_rate) & (other < eval_negative_rate + negative_rate))
-
-    train_rows = np.union1d(train_pos, negatives)
-    labels = member[train_rows].astype(np.float32)
-    if not train_rows.size:
+    if not n_train:
         raise DataError("no training examples after matching: check data.holdout_fraction and data.negative_rate")
-    return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, matched)
 
 
 def split_draws(ids: pa.Array | pa.ChunkedArray, split_seed: int) -> np.ndarray:
@@ -99,5 +110,9 @@ def check_publisher_ids(ids: pa.ChunkedArray, id_column: str, path: str) -> None
     empty = ids.null_count + pc.sum(pc.equal(ids, "")).as_py() if len(ids) else 0
     if empty:
         raise DataError(f"publisher data '{path}': id column '{id_column}' has {empty} empty ids: drop those rows")
+    refuse_duplicates(ids, id_column, path)
+
+
+def refuse_duplicates(ids: pa.Array | pa.ChunkedArray, id_column: str, path: str) -> None:
     if pc.count_distinct(ids).as_py() != len(ids):
         raise DataError(f"publisher data '{path}': id column '{id_column}' has duplicate user ids: keep one row per user (aggregate upstream)")

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from lookalike.data.features import is_text
+from lookalike.data.row_group_shares import rank_share
 from lookalike.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,14 @@ def window_filter(dataset: ds.Dataset, window: Any, path: str | Path) -> ds.Expr
 
 
 def scan_publisher(
-    dataset: ds.Dataset, columns: Sequence[str], row_filter: ds.Expression | None, path: str | Path
+    dataset: ds.Dataset, columns: Sequence[str], row_filter: ds.Expression | None, path: str | Path,
+    share: tuple[int, int] | None = None,
 ) -> tuple[pa.Table, ScanStats]:
-    """Read only ``columns`` of the rows in ``row_filter``; report what the scan cost."""
+    """Read only ``columns`` of the rows in ``row_filter``; report what the scan cost.
+
+    With ``share=(rank, ranks)`` only that rank's row groups are read (row_group_shares.py); the
+    cost is still the whole scan's (every rank reads it from the same footers) except
+    ``rows_in_window``, which counts this rank's rows: the caller sums it over ranks."""
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
         raise DataError(f"publisher data '{path}': column '{missing[0]}' not found (columns: {', '.join(dataset.schema.names)})")
@@ -84,14 +90,19 @@ def scan_publisher(
     mismatch = schema_mismatch(dataset, columns, fragments)
     if mismatch:
         raise DataError(f"publisher data '{path}': {mismatch}")
+    source = dataset
+    if share is not None:
+        source, mine, groups = rank_share(dataset, fragments, row_filter, *share)
+        log.info("rank %d of %d reads %d of %d row groups", share[0], share[1], mine, groups)
     try:
-        table = dataset.to_table(columns=list(columns), filter=row_filter)
+        table = source.to_table(columns=list(columns), filter=row_filter)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
         mismatch = schema_mismatch(dataset, columns)
         raise DataError(f"publisher data '{path}' could not be read: {mismatch or _first_line(exc)}") from exc
     rows, size = _fragment_cost(fragments, set(columns))
     stats = ScanStats(files_scanned=len(fragments), rows_scanned=rows, bytes_scanned=size, rows_in_window=table.num_rows)
-    log.info("scanned %d files, %d rows, %d bytes; %d rows in window", stats.files_scanned, rows, size, table.num_rows)
+    log.info("scanned %d files, %d rows, %d bytes; %d rows in window%s", stats.files_scanned, rows, size, table.num_rows,
+             " in this rank's share" if share is not None else "")
     return table, stats
 
 

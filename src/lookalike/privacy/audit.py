@@ -74,11 +74,6 @@ def plant_canaries(data, count: int, guess_fraction: float, rng: np.random.Gener
     return Canaries(blank, rng.random(count) < 0.5, guess_fraction, first)
 
 
-def concat(a: EncodedFeatures, b: EncodedFeatures) -> EncodedFeatures:
-    return EncodedFeatures(np.concatenate([a.numeric, b.numeric]), np.concatenate([a.categorical, b.categorical]),
-                           [np.concatenate([x, y]) for x, y in zip(a.multi, b.multi)])
-
-
 def binomial_tail(r: int, c: int, p: float) -> float:
     """P[Binomial(r, p) >= c]."""
     if c <= 0:

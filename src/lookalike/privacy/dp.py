@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from opacus.validators import ModuleValidator
 from torch import nn, optim
 from torch.utils.data import DataLoader
 
-from lookalike.distributed import World, entropy_generator, shard
+from lookalike.distributed import World, entropy_generator
 from lookalike.errors import ConfigError
 from lookalike.poisson_batches import PoissonBatches
 from lookalike.privacy.fused_clipping import FusedClipping
@@ -59,7 +60,8 @@ class PrivateTraining:
 
 def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, privacy: Any, *,
                  epochs: int, delta: float, noise_multiplier: float | None = None,
-                 accountant_state: dict | None = None, max_physical_batch: int = 512, world: World | None = None) -> PrivateTraining:
+                 accountant_state: dict | None = None, max_physical_batch: int = 512, world: World | None = None,
+                 examples: int | None = None) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
     A fresh run calibrates the noise so that the accountant's epsilon for the steps the Poisson
@@ -75,7 +77,9 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=bool(privacy.secure_mode))
     clipping = None
     if privacy.grad_sample_mode == "fused":
-        model, optimizer, loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch, world)
+        examples = len(loader.dataset) if examples is None else examples
+        model, optimizer, loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch,
+                                                    world, examples)
     elif world is not None:
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' runs in one process only; torchrun training needs fused")
     else:
@@ -96,7 +100,7 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
 
 
 def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, privacy: Any,
-           noise_multiplier: float | None, max_physical_batch: int, world: World | None):
+           noise_multiplier: float | None, max_physical_batch: int, world: World | None, examples: int):
     """What ``engine.make_private`` sets up, with our fused clipping in place of Opacus' model
     wrapper: Poisson sampling at Opacus' rate and step count, Opacus' noise-adding optimizer for
     pre-clipped sums (the one its ghost mode uses, minus its per-step copies) and its accountant
@@ -109,12 +113,13 @@ def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, 
         expected_batch_size=1, loss_reduction="mean", secure_mode=bool(privacy.secure_mode),
         generator=entropy_generator(device), **extra)  # batch size set below
     # Sampled at 1 / len(loader), as DPDataLoader.from_data_loader does; accounted (and averaged)
-    # at 1 / steps taken, as make_private does with that loader's length. Under torchrun each
-    # rank samples its own shard at the global rate.
-    batches = PoissonBatches(shard(loader.dataset.tensors, world), 1 / len(loader), max_physical_batch, optimizer,
-                             entropy_generator(device))
+    # at 1 / steps taken, as make_private does with that loader's length. Under torchrun the
+    # loader holds this rank's examples: the length is that of a loader over all ranks'
+    # ``examples``, and each rank samples its own at that global rate.
+    global_length = math.ceil(examples / loader.batch_size)
+    batches = PoissonBatches(loader.dataset.tensors, 1 / global_length, max_physical_batch, optimizer, entropy_generator(device))
     sample_rate = 1 / len(batches)
-    optimizer.expected_batch_size = int(len(loader.dataset) * sample_rate) / (world.size if world else 1)
+    optimizer.expected_batch_size = int(examples * sample_rate) / (world.size if world else 1)
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     return model, optimizer, batches, FusedClipping(model, float(privacy.max_grad_norm))
 
