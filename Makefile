@@ -65,10 +65,12 @@ test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Performance benchmarks (README, "Performance"): DP vs non-private training throughput, then
-# export time and memory at 1M-10M users. About 15 minutes on 2 cores.
+# export time and memory at 1M-10M users, then sharded data preparation (1 process vs 2 ranks).
+# About 17 minutes on 2 cores.
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/export_scaling.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/prepare_shards.py
 
 # Train and export on CUDA when a GPU is visible (says so and exits 0 otherwise).
 gpu-check: $(VENV)/.installed
