@@ -40,6 +40,7 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
         ("rules.min_matching_seed_size=600000", "rules.min_matching_seed_size"),
         ("trainer.epochs=0", "trainer.epochs"),
         ("trainer.device=tpu", "trainer.device"),
+        ("trainer.collective_timeout_minutes=0", "trainer.collective_timeout_minutes"),
         ("privacy.accountant=gdp2", "privacy.accountant"),
         ("data.holdout_fraction=1.0", "data.holdout_fraction"),
         ("model.similarity=euclid", "model.similarity"),

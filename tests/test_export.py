@@ -147,6 +147,7 @@ def test_randomized_exclusion_is_charged_per_audience(demo_dir, trained, tmp_pat
         ([f"export.audience_size.bins=[{','.join(str(i) for i in range(1, 27))}]"], ConfigError, "give 1 to 25"),
         (["export.audience_size.type=RELATIVE"], ConfigError, "export.audience_size.type"),
         (["export.audiences=[golfers]"], ConfigError, "'golfers' is not an audience"),
+        (["export.shard.collective_timeout_minutes=-1"], ConfigError, "config 'export.shard.collective_timeout_minutes'"),
     ],
 )
 def test_bad_export_input_fails_before_any_work(demo_dir, trained, tmp_path, overrides, error, message):

@@ -21,8 +21,8 @@ from lookalike.prepare import prepare
 from tests.conftest import make_cfg
 
 
-def _worker(rank: int, size: int, folder, overrides: list[str], demo_dir) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=size)
+def _worker(rank: int, size: int, folder, overrides: list[str], demo_dir, store: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{folder / store}", rank=rank, world_size=size)
     try:
         data = prepare(make_cfg(demo_dir, folder / "out", *overrides), GroupCollective(rank, size))
         result = {"summary": _summary(data)}
@@ -50,7 +50,8 @@ def _summary(data) -> dict:
 
 
 def run_ranks(size: int, tmp_path, demo_dir, *overrides: str) -> list[dict]:
-    mp.start_processes(_worker, args=(size, tmp_path, list(overrides), demo_dir), nprocs=size, start_method="spawn")
+    store = f"store{len(list(tmp_path.glob('store*')))}"  # a file store must not be reused
+    mp.start_processes(_worker, args=(size, tmp_path, list(overrides), demo_dir, store), nprocs=size, start_method="spawn")
     results = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(size)]
     for result in results:
         assert "crash" not in result, result.get("crash")

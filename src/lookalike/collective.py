@@ -84,9 +84,9 @@ class GroupCollective(Collective):
 
     def route(self, buckets: np.ndarray, values: pa.Array) -> pa.Array:
         # One gather per destination: each rank holds only its own bucket, never everything.
+        outgoing = self._checked(lambda: [values.filter(pa.array(buckets == dst)) for dst in range(self.size)])
         received = None
-        for dst in range(self.size):
-            part = values.filter(pa.array(buckets == dst))
+        for dst, part in enumerate(outgoing):
             parts: list[Any] | None = [None] * self.size if self.rank == dst else None
             dist.gather_object(part, parts, dst=dst)
             if parts is not None:

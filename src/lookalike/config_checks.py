@@ -70,6 +70,7 @@ def validate_config(cfg: Any) -> None:
     _require(cfg, "trainer.epochs", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "trainer.batch_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "trainer.physical_batch_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    _require(cfg, "trainer.collective_timeout_minutes", lambda v: v > 0, "must be > 0")
     _require(cfg, "ledger.budget_epsilon", lambda v: v > 0, "must be > 0")
     if cfg.ledger.budget_delta is not None:
         _require(cfg, "ledger.budget_delta", lambda v: 0 < v < 1, "must be in (0, 1)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,7 @@ class World:
         return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
 
 
-def world_from_env() -> World | None:
+def world_from_env(timeout_minutes: float = 120) -> World | None:
     """The torchrun world, with its process group started; None for a single process."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
@@ -50,7 +51,7 @@ def world_from_env() -> World | None:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(minutes=timeout_minutes))
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
 

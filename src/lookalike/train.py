@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> float | None:
     validate_config(cfg)
     if not cfg.privacy.enabled and not cfg.trusted_evaluation:
         raise ConfigError("privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true (synthetic or self-owned data)")
-    world = world_from_env()
+    world = world_from_env(float(cfg.trainer.collective_timeout_minutes))
     signal = StartSignal(world)
     try:
         if world is not None and not world.primary:

@@ -85,7 +85,8 @@ def merge_statistics(parts: Sequence[FeatureStatistics]) -> FeatureStatistics:
         merged.numeric[name] = total
     for name in parts[0].counts:
         stacked = pa.concat_tables([part.counts[name] for part in parts])
-        merged.counts[name] = stacked.group_by("value").aggregate([("count", "sum")]).rename_columns(["value", "count"])
+        summed = stacked.group_by("value").aggregate([("count", "sum")])
+        merged.counts[name] = pa.table({"value": summed.column("value"), "count": summed.column("count_sum")})
     return merged
 
 

@@ -90,11 +90,11 @@ def scan_publisher(
     mismatch = schema_mismatch(dataset, columns, fragments)
     if mismatch:
         raise DataError(f"publisher data '{path}': {mismatch}")
-    source = dataset
-    if share is not None:
-        source, mine, groups = rank_share(dataset, fragments, row_filter, *share)
-        log.info("rank %d of %d reads %d of %d row groups", share[0], share[1], mine, groups)
     try:
+        source = dataset
+        if share is not None:
+            source, mine, groups = rank_share(dataset, fragments, row_filter, *share)
+            log.info("rank %d of %d reads %d of %d row groups", share[0], share[1], mine, groups)
         table = source.to_table(columns=list(columns), filter=row_filter)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
         mismatch = schema_mismatch(dataset, columns)

@@ -45,6 +45,8 @@ def validate_export_config(cfg: Any) -> None:
     if int(e.batch_rows) < 1:
         raise ConfigError("export.batch_rows", f"{e.batch_rows} must be >= 1")
     shard = e.get("shard") or {}
+    if not float(shard.get("collective_timeout_minutes", 120)) > 0:
+        raise ConfigError("export.shard.collective_timeout_minutes", f"{shard.get('collective_timeout_minutes')} must be > 0")
     if shard.get("index") is not None or shard.get("count") is not None:
         if shard.get("merge"):
             raise ConfigError("export.shard.merge", "true merges the parts of all shards: leave export.shard.index and count unset for it")
