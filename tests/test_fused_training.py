@@ -89,13 +89,14 @@ def test_poisson_rows_include_every_row_independently_at_rate_q():
     assert ((rate - q).abs() < 6 * (q * (1 - q) / draws) ** 0.5).float().mean() > 0.999
 
 
-def test_dp_noise_and_sample_are_not_reproducible_from_the_seed(cfg_factory):
-    """Same config, same seed (same initial weights): the fused runs still differ, because the
-    noise and the Poisson sample come from OS entropy; a non-private run with the same seed
-    would be identical."""
+@pytest.mark.parametrize("mode", ["fused", "hooks"])
+def test_dp_noise_and_sample_are_not_reproducible_from_the_seed(cfg_factory, mode):
+    """Same config, same seed (same initial weights): the runs still differ, because the noise
+    and the Poisson sample come from OS entropy (Opacus' hooks path would take both from the
+    seeded global RNG); a non-private run with the same seed would be identical."""
     cfg = cfg_factory("privacy.target_epsilon=4.0", "trainer.epochs=1")
-    first, _ = train_with(cfg, "fused")
-    second, _ = train_with(cfg, "fused")
+    first, _ = train_with(cfg, mode)
+    second, _ = train_with(cfg, mode)
     assert first.history == second.history
     differ = [not torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values())]
     assert all(differ)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
 from opacus.validators import ModuleValidator
@@ -83,10 +84,17 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
     elif world is not None:
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' runs in one process only; torchrun training needs fused")
     else:
+        # Opacus draws noise and the Poisson sample from the global RNG, which the logged seed
+        # fixes, unless given generators: OS-entropy ones here, as in fused mode (secure_mode
+        # brings its own).
+        secure = bool(privacy.secure_mode)
         model, optimizer, loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=float(privacy.max_grad_norm),
             noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
-            poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode)
+            poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode,
+            noise_generator=None if secure else entropy_generator(next(model.parameters()).device))
+        if not secure:
+            loader.batch_sampler.generator = entropy_generator(torch.device("cpu"))
     # Opacus' accountant hook records q = 1 / len(Poisson loader). Because the loader takes
     # int(1 / (1 / L)) steps per epoch, which float rounding can make L - 1, that q can sit a
     # little above the true sampling rate: conservative, and the rate the reported epsilon uses.
