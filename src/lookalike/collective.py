@@ -21,6 +21,7 @@ import torch.distributed as dist
 from lookalike.errors import LookalikeError
 
 T = TypeVar("T")
+L = TypeVar("L")
 
 
 class Collective:
@@ -36,9 +37,18 @@ class Collective:
         """Run ``step`` on every rank; every rank gets the list of all ranks' results."""
         return [step()]
 
-    def to_primary(self, step: Callable[[], T]) -> list[T] | None:
-        """Run ``step`` on every rank; rank 0 gets the list of results, the others None."""
-        return [step()]
+    def exchange(self, step: Callable[[], tuple[L, T]]) -> tuple[L, list[T]]:
+        """Run ``step`` on every rank: it keeps the first part of its result, and every rank
+        gets the list of all ranks' second parts."""
+        kept, shared = self._split(step)
+        parts = self.each(shared)
+        return kept[0], parts
+
+    def collect(self, step: Callable[[], tuple[L, T]]) -> tuple[L, list[T] | None]:
+        """As :meth:`exchange`, but only rank 0 gets the second parts (the others None)."""
+        kept, shared = self._split(step)
+        parts = self._to_primary(shared)
+        return kept[0], parts
 
     def on_primary(self, step: Callable[[], T]) -> T | None:
         """Run ``step`` on rank 0 alone; the others learn only whether it failed."""
@@ -48,17 +58,26 @@ class Collective:
         """Send ``values[i]`` to rank ``buckets[i]``; return what this rank received."""
         return values
 
-    def total(self, step: Callable[[], tuple[T, dict[str, int]]]) -> tuple[T, dict[str, int]]:
-        """Run ``step`` on every rank; keep its first result here and sum its counts over ranks."""
-        kept: list[T] = []
+    def total(self, step: Callable[[], tuple[L, dict[str, int]]]) -> tuple[L, dict[str, int]]:
+        """As :meth:`exchange`, with counts summed over the ranks."""
+        mine, parts = self.exchange(step)
+        return mine, {key: sum(part[key] for part in parts) for key in parts[0]}
 
-        def counts() -> dict[str, int]:
-            result, numbers = step()
-            kept.append(result)
-            return numbers
+    def _to_primary(self, step: Callable[[], T]) -> list[T] | None:
+        return [step()]
 
-        parts = self.each(counts)
-        return kept[0], {key: sum(part[key] for part in parts) for key in parts[0]}
+    @staticmethod
+    def _split(step: Callable[[], tuple[L, T]]) -> tuple[list[L], Callable[[], T]]:
+        """``step`` as a step returning only its shared part; the kept part lands in the list
+        (filled once the collective has run it)."""
+        kept: list[L] = []
+
+        def shared() -> T:
+            mine, result = step()
+            kept.append(mine)
+            return result
+
+        return kept, shared
 
 
 class GroupCollective(Collective):
@@ -73,7 +92,7 @@ class GroupCollective(Collective):
         dist.all_gather_object(results, result)
         return results
 
-    def to_primary(self, step: Callable[[], T]) -> list[T] | None:
+    def _to_primary(self, step: Callable[[], T]) -> list[T] | None:
         result = self._checked(step)
         results: list[Any] | None = [None] * self.size if self.primary else None
         dist.gather_object(result, results, dst=0)

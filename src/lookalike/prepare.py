@@ -96,17 +96,15 @@ def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
     kinds = declared_feature_kinds(data.features, dataset.schema, exclude, path)
     columns = [data.id_column] + [c for names in kinds.values() for c in names]
     share = (col.rank, col.size) if col.size > 1 else None
-    mine: dict[str, Any] = {}
 
     def read_and_summarise():
-        mine["table"], mine["scan"] = scan_publisher(dataset, columns, row_filter, path, share)
-        mine["ids"] = mine["table"].column(data.id_column)
-        check_publisher_ids(mine["ids"], data.id_column, path)
-        mine["draws"] = split_draws(mine["ids"], int(cfg.seed))
-        return mine["table"].num_rows, table_statistics(mine["table"], kinds, data.non_finite, path)
+        table, scan = scan_publisher(dataset, columns, row_filter, path, share)
+        check_publisher_ids(table.column(data.id_column), data.id_column, path)
+        draws = split_draws(table.column(data.id_column), int(cfg.seed))
+        return (table, scan, draws), (table.num_rows, table_statistics(table, kinds, data.non_finite, path))
 
-    parts = col.each(read_and_summarise)
-    table, ids, draws = mine["table"], mine["ids"], mine["draws"]
+    (table, scan, draws), parts = col.exchange(read_and_summarise)
+    ids = table.column(data.id_column)
     rows = sum(n for n, _ in parts)
     if rows == 0:
         raise DataError(f"publisher data '{path}' has no rows in the training window (data.window)")
@@ -125,20 +123,20 @@ def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
     training.matched = totals
 
     def encode_mine():
-        mine["train"] = encode(table.take(training.train_rows), spec, path)
+        train = encode(table.take(training.train_rows), spec, path)
         holdout = {a: encode(table.take(r), spec, path) for a, r in training.holdout_rows.items()}
-        return holdout, encode(table.take(training.eval_negative_rows), spec, path)
+        return train, (holdout, encode(table.take(training.eval_negative_rows), spec, path))
 
-    evaluation = col.to_primary(encode_mine)
-    holdout, eval_negatives = _joined(evaluation, training.audiences) if evaluation else _nothing(mine["train"], training.audiences)
+    train_features, evaluation = col.collect(encode_mine)
+    holdout, eval_negatives = _joined(evaluation, training.audiences) if evaluation else _nothing(train_features, training.audiences)
     fingerprint = col.on_primary(lambda: publisher_fingerprint(dataset.files, Path(path))) or ""
     return PreparedData(
         spec=spec,
         training=training,
-        train_features=mine["train"],
+        train_features=train_features,
         holdout_features=holdout,
         eval_negative_features=eval_negatives,
-        scan=replace(mine["scan"], rows_in_window=rows),
+        scan=replace(scan, rows_in_window=rows),
         publisher_rows=rows,
         n_train=n_train,
         publisher_fingerprint=fingerprint,
