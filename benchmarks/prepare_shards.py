@@ -76,9 +76,9 @@ def main() -> None:
         write_demo(folder / "data", args.users, seed=7)
         one, two = measure(folder, 1), measure(folder, 2)
     assert all(r["train_examples_all"] == one[0]["train_examples_all"] for r in two)
-    print(f"| processes | rank | training examples held | prepare s | peak RSS growth MiB |\n| --- | --- | --- | --- | --- |")
-    for r in one + two:
-        print(f"| {len(one) if r in one else 2} | {r['rank']} | {r['train_examples_here']:,} of {r['train_examples_all']:,} "
+    print("| processes | rank | training examples held | prepare s | peak RSS growth MiB |\n| --- | --- | --- | --- | --- |")
+    for processes, r in [(1, r) for r in one] + [(2, r) for r in two]:
+        print(f"| {processes} | {r['rank']} | {r['train_examples_here']:,} of {r['train_examples_all']:,} "
               f"| {r['seconds']:.1f} | {r['rss_growth_mib']:.0f} |")
     slowest = max(r["seconds"] for r in two) / one[0]["seconds"]
     largest = max(r["rss_growth_mib"] for r in two) / one[0]["rss_growth_mib"]

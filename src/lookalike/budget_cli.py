@@ -13,7 +13,7 @@ import json
 import sys
 
 from lookalike.errors import LookalikeError
-from lookalike.privacy.ledger import TOLERANCE, Ledger
+from lookalike.privacy.ledger import Ledger, runs_fitting
 
 DEFAULT_LEDGER = "outputs/privacy_ledger.sqlite"
 
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "preview":
         for row in rows:
             # A new run is reserved at face value on top of the charge (it joins the composition
-            # once it finishes); a small tolerance so that exactly-fitting runs count.
-            row["runs_that_fit"] = int((row["remaining_epsilon"] + TOLERANCE) // args.epsilon)
+            # once it finishes).
+            row["runs_that_fit"] = runs_fitting(row["remaining_epsilon"], args.epsilon)
         if not args.json:
             for row in rows:
                 print(f"{row['fingerprint'][:12]}: {row['runs_that_fit']} more run(s) at epsilon {args.epsilon:g} "

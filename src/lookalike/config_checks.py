@@ -33,14 +33,12 @@ def check_outputs_outside_inputs(outputs: dict[str, Any], inputs: dict[str, Any]
     for out_key, out in outputs.items():
         if out in (None, ""):
             continue
-        if "://" in str(out):  # a database URL (ledger.path): only a SQLite file can sit in a folder
-            from lookalike.privacy.ledger_store import sqlite_file
+        from lookalike.privacy.ledger_store import sqlite_file
 
-            file = sqlite_file(str(out))
-            if file is None:
-                continue
-            out = file
-        target = Path(str(out)).resolve()
+        file = sqlite_file(str(out))  # the path itself, or the file of a sqlite:/// URL (ledger.path)
+        if file is None:  # another database's URL: nothing sits in a folder
+            continue
+        target = file.resolve()
         for in_key, source in inputs.items():
             if source in (None, "") or not isinstance(source, (str, Path)):
                 continue

@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from lookalike.checkpoint import Checkpoint
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.ledger_store import is_url
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class RunContext:
             "lookalike.audiences": ",".join(self.data.training.audiences),
             "privacy.accountant": str(self.cfg.privacy.accountant) if self.private else "none",
             "ledger.entry_id": str(self.entry_id) if self.entry_id is not None else "none",
-            "ledger.path": self.ledger.path if "://" in self.ledger.location else str(Path(self.ledger.location).resolve()),
+            "ledger.path": self.ledger.path if is_url(self.ledger.location) else str(Path(self.ledger.location).resolve()),
         }
 
     def data_metrics(self) -> dict[str, float]:

@@ -72,8 +72,7 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
         private = make_private(model, optimizer, loader, privacy, epochs=int(trainer.epochs), delta=delta,
                                noise_multiplier=resume.noise_multiplier if resume else None,
                                accountant_state=resume.accountant_state if resume else None,
-                               max_physical_batch=int(trainer.physical_batch_size), world=world,
-                               examples=examples if examples is not None else len(tensors[0]))
+                               max_physical_batch=int(trainer.physical_batch_size), world=world, examples=examples)
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
 

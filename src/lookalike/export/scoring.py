@@ -17,6 +17,7 @@ import torch
 from lookalike.data.encode import encode
 from lookalike.data.features import FeatureSpec
 from lookalike.data.matching import split_draws
+from lookalike.data.row_group_shares import row_groups
 from lookalike.export.release import randomized_exclusion
 from lookalike.export.topk import TopK
 
@@ -47,12 +48,17 @@ class ExportOptions:
     split_seed: int
 
 
+def empty_state(audiences: dict[str, int], k: int) -> dict[str, AudienceScores]:
+    """Per audience: nothing scored yet, top-k of size ``k`` (the largest bin)."""
+    return {name: AudienceScores(name, col, TopK(k), TopK(k, with_ids=False)) for name, col in audiences.items()}
+
+
 def score_population(dataset: ds.Dataset, row_filter, spec: FeatureSpec, model: torch.nn.Module, device: torch.device,
                      audiences: dict[str, int], seeds: dict[str, pa.Array], k: int, options: ExportOptions,
                      batch_rows: int, path: str, shard: tuple[int, int] | None = None) -> tuple[dict[str, AudienceScores], int]:
     """Score all users (or shard ``(index, count)`` of the row groups); returns per-audience
     state and the number of users scored."""
-    state = {name: AudienceScores(name, col, TopK(k), TopK(k, with_ids=False)) for name, col in audiences.items()}
+    state = empty_state(audiences, k)
     rng = np.random.default_rng()  # OS entropy: randomised response must not be replayable
     scored = 0
     model.eval()
@@ -79,15 +85,11 @@ def row_group_batches(dataset: ds.Dataset, columns: list[str], row_filter, batch
     read whole. ``shard=(index, count)`` keeps every count-th row group (in file order), so
     shards split the work evenly even over a few large files.
     """
-    position = -1
-    # Sorted by path: every shard process must see the same order.
-    for fragment in sorted(dataset.get_fragments(filter=row_filter), key=lambda f: getattr(f, "path", "")):
-        pieces = fragment.split_by_row_group(filter=row_filter, schema=dataset.schema) if isinstance(fragment, ds.ParquetFileFragment) else [fragment]
-        for piece in pieces:
-            position += 1
-            if shard is not None and position % shard[1] != shard[0]:
-                continue
-            yield from piece.to_batches(schema=dataset.schema, columns=columns, filter=row_filter, batch_size=batch_rows, use_threads=False)
+    # In file order (row_groups sorts by path): every shard process must see the same order.
+    for position, piece in enumerate(row_groups(dataset.get_fragments(filter=row_filter), row_filter, dataset.schema)):
+        if shard is not None and position % shard[1] != shard[0]:
+            continue
+        yield from piece.to_batches(schema=dataset.schema, columns=columns, filter=row_filter, batch_size=batch_rows, use_threads=False)
 
 
 def _update(st: AudienceScores, score: np.ndarray, ids: pa.Array, seed: pa.Array, options: ExportOptions,

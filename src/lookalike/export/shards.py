@@ -21,8 +21,7 @@ import pyarrow.parquet as pq
 
 from lookalike.errors import ConfigError
 from lookalike.export.job import ExportJob, Scored
-from lookalike.export.scoring import AudienceScores
-from lookalike.export.topk import TopK
+from lookalike.export.scoring import empty_state
 
 
 def signature(job: ExportJob) -> dict:
@@ -58,8 +57,7 @@ def load_parts(job: ExportJob, folder: Path) -> Scored:
     indices = sorted(int(p.name.split("-")[1]) for p in parts)
     if len(counts) != 1 or indices != list(range(next(iter(counts)))):
         raise ConfigError("export.shard.parts_dir", f"'{folder}' holds shards {indices} of {sorted(counts)}: every shard 0..n-1 of one run is needed")
-    k = max(job.sizes)
-    state = {name: AudienceScores(name, col, TopK(k), TopK(k, with_ids=False)) for name, col in job.audiences.items()}
+    state = empty_state(job.audiences, max(job.sizes))
     users, seconds = 0, 0.0
     for part in parts:
         meta = json.loads((part / "part.json").read_text())

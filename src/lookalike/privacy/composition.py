@@ -35,6 +35,9 @@ class GaussianBlock:
     summed: float  # the same entries' epsilons summed, for comparison
 
 
+NO_BLOCK = GaussianBlock(frozenset(), 0.0, 0.0, 0.0)  # nothing composed: every entry at face value
+
+
 @dataclass(frozen=True)
 class Composition:
     summed_epsilon: float  # every entry at face value: what a plain ledger would charge
@@ -65,15 +68,15 @@ def gaussian_block(entries: list[dict]) -> GaussianBlock:
     chosen = [e for e in entries if is_gaussian(e)]
     summed, delta = sum(face_value(e) for e in chosen), sum(float(e["delta"]) for e in chosen)
     if not chosen:
-        return GaussianBlock(frozenset(), 0.0, 0.0, 0.0)
+        return NO_BLOCK
     history = merge_steps(tuple(step) for e in chosen for step in json.loads(e["events"]))
     try:
         composed = curve_epsilon(history, delta)
     except (ValueError, ArithmeticError, RuntimeError) as exc:  # numerics out of range: summing is always valid
         log.warning("composition failed (%s); the ledger sums these entries instead", exc)
-        return GaussianBlock(frozenset(), 0.0, 0.0, 0.0)
+        return NO_BLOCK
     if not np.isfinite(composed):
-        return GaussianBlock(frozenset(), 0.0, 0.0, 0.0)
+        return NO_BLOCK
     # Composition can never be worse than summing; take the smaller if numerics disagree.
     return GaussianBlock(frozenset(int(e["id"]) for e in chosen), min(composed, summed), delta, summed)
 

@@ -19,10 +19,16 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from lookalike.errors import BudgetExceededError, ConfigError, LookalikeError
-from lookalike.privacy.composition import GaussianBlock, charge, gaussian_block
+from lookalike.privacy.composition import charge, gaussian_block
 from lookalike.privacy.ledger_store import BUDGETS, ENTRIES, create_schema, exists, open_engine, without_password
 
 TOLERANCE = 1e-9
+
+
+def runs_fitting(remaining: float, epsilon: float) -> int:
+    """How many reservations of ``epsilon`` fit in ``remaining`` (with :meth:`Ledger.reserve`'s
+    tolerance, so an exactly fitting run counts); -1 when ``epsilon`` is not positive."""
+    return int((remaining + TOLERANCE) // epsilon) if epsilon > 0 else -1
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ class Ledger:
     def _ready(self, create: bool = True) -> None:
         if self._schema_checked:
             return
-        if not create and not self.exists():
+        # exists() first even when creating: it turns an unreachable database into a one-line error.
+        if not self.exists() and not create:
             raise LookalikeError(f"ledger '{self.path}' does not exist: set ledger.path (or --ledger) to an existing ledger")
         create_schema(self.engine, self.location)  # creates a new ledger, or adds what an older one lacks
         self._schema_checked = True
@@ -85,8 +92,8 @@ class Ledger:
         now = time.time()
         # The slow part (a PRV composition) runs before the lock, on finished entries, which
         # never change again; whatever finishes meanwhile counts at face value below.
-        block = gaussian_block(self.entries(fingerprint)) if self.exists() else GaussianBlock(frozenset(), 0.0, 0.0, 0.0)
         self._ready()
+        block = gaussian_block(self.entries(fingerprint))
         with self.engine.begin() as conn:
             budget = self._lock_budget(conn, fingerprint, budget_epsilon, budget_delta, now)
             total_eps, total_delta = budget.budget_epsilon, budget.budget_delta
@@ -162,7 +169,7 @@ class Ledger:
         """Read-only: how many more reservations of ``epsilon`` the budget covers now (the
         same tolerance as :meth:`reserve`), and the epsilon remaining."""
         remaining = self.remaining(fingerprint, default_budget)
-        return (int((remaining + TOLERANCE) // epsilon) if epsilon > 0 else -1), remaining
+        return runs_fitting(remaining, epsilon), remaining
 
     def entries(self, fingerprint: str) -> list[dict]:
         self._ready(create=False)

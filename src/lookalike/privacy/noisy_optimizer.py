@@ -15,6 +15,8 @@ import torch
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
+from lookalike.distributed import all_reduce_mean_
+
 
 class NoisySumOptimizer(DPOptimizerFastGradientClipping):
     def accumulate(self) -> None:
@@ -62,8 +64,6 @@ class DistributedNoisySumOptimizer(NoisySumOptimizer):
                 closure()
         if not self.pre_step():
             return None
-        from lookalike.distributed import all_reduce_mean_
-
         for p in self.params:
             all_reduce_mean_(p.grad, self.world)
         return self.original_optimizer.step()
