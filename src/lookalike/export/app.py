@@ -42,7 +42,7 @@ def run(cfg: DictConfig) -> dict:
     validate_export_config(cfg)
     shard, out = cfg.export.shard, Path(str(cfg.export.output_dir))
     world = world_from_env(float(shard.get("collective_timeout_minutes", 120)))
-    if shard.merge or (shard.index is None and world is None):
+    if shard.merge or shard.index is None:  # whoever writes the segments; under torchrun every rank, alike
         check_output_dir(out, bool(cfg.export.overwrite))
     job = plan_export(cfg)
     parts = Path(str(shard.parts_dir))
