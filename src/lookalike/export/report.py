@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lookalike.export.release import add_gaussian_noise
 from lookalike.export.scoring import AudienceScores
@@ -40,13 +42,10 @@ def bin_sizes(kind: str, bins: list[float], population: int) -> list[int]:
 def audience_report(st: AudienceScores, population: int, bins: list[float], sizes: list[int], plan: ReleasePlan,
                     segment_counts: list[int], written: list[bool]) -> dict:
     """Everything the advertiser may see about one audience."""
-    _, pop_scores, _ = st.population.result()
+    _, pop_scores, pop_ids = st.population.result()
     mean_score = st.score_sum / max(population, 1)
-    held = st.holdout_scores()
-    # Thresholds come from every publisher user (seed included): they do not move when one
-    # user's seed membership changes, so each count below has sensitivity 1.
-    thresholds = [pop_scores[min(k, pop_scores.size) - 1] if pop_scores.size else np.inf for k in sizes]
-    hits = np.array([(held >= t).sum() for t in thresholds], dtype=np.float64)
+    held, held_ids = st.holdout_scores()
+    hits = holdout_hits(held, held_ids, pop_scores, pop_ids, sizes)
     raw = np.concatenate([[held.size], hits] + ([np.array(segment_counts, dtype=np.float64)] if plan.noisy_segment_sizes else []))
     released = plan.release(raw)
     n_held, released_hits = released[0], released[1 : 1 + len(sizes)]
@@ -70,6 +69,34 @@ def audience_report(st: AudienceScores, population: int, bins: list[float], size
             "lift": None if recall is None or share == 0 else round(recall / share, 4),
         })
     return {"held_out_seed_users": n_held, "bins": rows, "seed_quality": seed_quality(rows)}
+
+
+def holdout_hits(held: np.ndarray, held_ids: pa.Array, pop_scores: np.ndarray, pop_ids: pa.Array,
+                 sizes: list[int]) -> np.ndarray:
+    """Per bin size k, how many held-out seed users rank within the population's top k.
+
+    ``pop_scores``/``pop_ids`` are the population's best users ordered by (score descending, id
+    ascending), as ``TopK`` returns them. Counting ``score >= k-th score`` instead gave tied
+    users one shared fate: one added user could lift the threshold onto (or off) a run of tied
+    held-out users and move a count by the size of that run. Under a strict total order one
+    user added or removed shifts every position by at most one, so at most one held-out user
+    crosses each cut-off; the order covers every publisher user, seed or not, so flipping one
+    user's seed membership changes only that user's own hit. Each count has sensitivity 1.
+    """
+    hits = np.zeros(len(sizes), dtype=np.float64)
+    if pop_scores.size == 0 or held.size == 0:
+        return hits
+    for b, k in enumerate(sizes):
+        j = min(k, pop_scores.size) - 1  # past the population, everyone is within the top k
+        score, user = pop_scores[j], pop_ids[j]
+        # (score, -id) compared lexicographically against the k-th element; the id comparison
+        # (Arrow, bytewise like TopK's id sort) is only needed for users tied with it.
+        inside = held > score
+        tied = held == score
+        if tied.any():
+            inside |= tied & pc.less_equal(held_ids, user).to_numpy(zero_copy_only=False)
+        hits[b] = inside.sum()
+    return hits
 
 
 def seed_quality(rows: list[dict]) -> dict:

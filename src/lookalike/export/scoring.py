@@ -1,7 +1,8 @@
 """One streaming pass over the publisher data: score every user for every exported audience.
 
 Memory stays flat in the population: per audience only the segment candidates (O(largest
-bin)), the scores needed for population thresholds and the held-out seed users' scores are kept.
+bin)), the best users of the whole population (O(largest bin), with ids: the report ranks by
+score, then id) and the held-out seed users' scores and ids are kept.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ class AudienceScores:
     name: str
     column: int  # the model's output index for this audience
     segment: TopK  # users eligible for the segment, best first
-    population: TopK  # every user's score (no ids): thresholds for recall and relevance
+    population: TopK  # every user (seed included), best first, ties by id: rank cut-offs for recall and relevance
     score_sum: float = 0.0
     eligible: int = 0
-    holdout: list[np.ndarray] = field(default_factory=list)
+    holdout: list[tuple[np.ndarray, pa.Array]] = field(default_factory=list)  # (scores, ids) per batch
 
-    def holdout_scores(self) -> np.ndarray:
-        return np.concatenate(self.holdout) if self.holdout else np.zeros(0, dtype=np.float32)
+    def holdout_scores(self) -> tuple[np.ndarray, pa.Array]:
+        """Scores and ids of the held-out seed users seen so far (in arrival order)."""
+        if not self.holdout:
+            return np.zeros(0, dtype=np.float32), pa.array([], type=pa.string())
+        return np.concatenate([s for s, _ in self.holdout]), pa.concat_arrays([i for _, i in self.holdout])
 
 
 @dataclass
@@ -50,7 +54,7 @@ class ExportOptions:
 
 def empty_state(audiences: dict[str, int], k: int) -> dict[str, AudienceScores]:
     """Per audience: nothing scored yet, top-k of size ``k`` (the largest bin)."""
-    return {name: AudienceScores(name, col, TopK(k), TopK(k, with_ids=False)) for name, col in audiences.items()}
+    return {name: AudienceScores(name, col, TopK(k), TopK(k)) for name, col in audiences.items()}
 
 
 def score_population(dataset: ds.Dataset, row_filter, spec: FeatureSpec, model: torch.nn.Module, device: torch.device,
@@ -95,12 +99,14 @@ def row_group_batches(dataset: ds.Dataset, columns: list[str], row_filter, batch
 def _update(st: AudienceScores, score: np.ndarray, ids: pa.Array, seed: pa.Array, options: ExportOptions,
             rng: np.random.Generator) -> None:
     member = pc.is_in(ids, value_set=seed).to_numpy(zero_copy_only=False)
-    st.population.push(score)
+    # Ids ride along so the report can rank tied scores by id (see report.holdout_hits).
+    st.population.push(score, None, ids)
     st.score_sum += float(score.sum(dtype=np.float64))
     if member.any():
         rows = np.flatnonzero(member)
-        held = split_draws(ids.take(pa.array(rows)), options.split_seed)[:, 0] < options.holdout_fraction
-        st.holdout.append(score[rows[held]])
+        member_ids = ids.take(pa.array(rows))
+        held = split_draws(member_ids, options.split_seed)[:, 0] < options.holdout_fraction
+        st.holdout.append((score[rows[held]], member_ids.filter(pa.array(held))))
     if options.include_seed:
         eligible = np.ones_like(member)
     elif options.exclusion == "randomized":

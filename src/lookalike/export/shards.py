@@ -2,10 +2,11 @@
 step combines the parts and makes the one release (report, segments, ledger charge).
 
 A part holds, per audience, the shard's best ``max(sizes)`` segment candidates (id, key, score),
-its best ``max(sizes)`` population scores (no ids), the score sum, the eligible count and its
-held-out seed users' scores. The global top k is contained in the union of the shards' top k,
+its best ``max(sizes)`` population users (score, id), the score sum, the eligible count and its
+held-out seed users (score, id). The global top k is contained in the union of the shards' top k,
 so merging the parts through the same streaming top-k gives exactly the single-process
-segments, in O(k x shards) memory. Parts are seed-derived (exclusion, held-out scores): they
+segments and population order (ties by id: the report's hit counts need the ids), in
+O(k x shards) memory. Parts are seed-derived (exclusion, held-out scores): they
 stay inside the clean room, in ``export.shard.parts_dir``, and the merge deletes them.
 """
 
@@ -15,7 +16,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -38,8 +38,10 @@ def save_part(job: ExportJob, scored: Scored, index: int, count: int, folder: Pa
     for name, st in scored.state.items():
         keys, scores, ids = st.segment.result()
         pq.write_table(pa.table({"key": keys, "score": scores, "id": ids}), staging / f"{name}.segment.parquet")
-        np.save(staging / f"{name}.population.npy", st.population.result()[0])
-        np.save(staging / f"{name}.holdout.npy", st.holdout_scores())
+        _, scores, ids = st.population.result()
+        pq.write_table(pa.table({"score": scores, "id": ids}), staging / f"{name}.population.parquet")
+        scores, ids = st.holdout_scores()
+        pq.write_table(pa.table({"score": scores, "id": ids}), staging / f"{name}.holdout.parquet")
     meta = {"signature": signature(job), "users": scored.users, "seconds": scored.seconds,
             "totals": {name: {"score_sum": st.score_sum, "eligible": st.eligible} for name, st in scored.state.items()}}
     (staging / "part.json").write_text(json.dumps(meta))
@@ -67,8 +69,10 @@ def load_parts(job: ExportJob, folder: Path) -> Scored:
         for name, st in state.items():
             segment = pq.read_table(part / f"{name}.segment.parquet")
             st.segment.push(segment.column("key").to_numpy(), segment.column("score").to_numpy(), segment.column("id").combine_chunks())
-            st.population.push(np.load(part / f"{name}.population.npy"))
-            st.holdout.append(np.load(part / f"{name}.holdout.npy"))
+            population = pq.read_table(part / f"{name}.population.parquet")
+            st.population.push(population.column("score").to_numpy(), None, population.column("id").combine_chunks())
+            holdout = pq.read_table(part / f"{name}.holdout.parquet")
+            st.holdout.append((holdout.column("score").to_numpy(), holdout.column("id").combine_chunks()))
             st.score_sum += meta["totals"][name]["score_sum"]
             st.eligible += meta["totals"][name]["eligible"]
     return Scored(state, users, seconds)
