@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lookalike.data.features import MISSING_INDEX, FeatureSpec
+from lookalike.distributed import entropy_generator
 
 
 class CentroidSimilarity(nn.Module):
@@ -41,9 +42,16 @@ class CentroidSimilarity(nn.Module):
 
     @torch.no_grad()
     def fit(self, numeric: torch.Tensor, categorical: torch.Tensor, multi: list[torch.Tensor], labels: torch.Tensor, sigma: float) -> None:
-        """Sum each audience's seed users' vectors (labels [n, A]) and add N(0, sigma^2) noise."""
+        """Sum each audience's seed users' vectors (labels [n, A]) and add N(0, sigma^2) noise.
+
+        The noise comes from OS entropy, not from the global generator that the run's logged
+        ``seed`` fixes: with that seed anyone could redraw the noise and subtract it."""
+        generator = entropy_generator(self.numeric.device) if sigma > 0 else None
+
         def noisy(t: torch.Tensor) -> torch.Tensor:
-            return t + sigma * torch.randn_like(t) if sigma > 0 else t
+            if sigma <= 0:
+                return t
+            return t + sigma * torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
 
         self.numeric.copy_(noisy(labels.t() @ self._clipped(numeric)))
         for j, table in enumerate(self.categorical):
