@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OUT ?= outputs
 DEMO_DATA ?= data/demo
 
-.PHONY: install install-dev demo demo-data adult adult-data test test-fast budget mlflow-ui bench gpu-check clean
+.PHONY: install install-dev demo demo-data adult adult-data test test-fast budget mlflow-ui bench gpu-check mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,22 +38,30 @@ $(ADULT_DATA)/.done: $(VENV)/.installed data/adult/adult.parquet
 
 adult-data: $(ADULT_DATA)/.done
 
+# The data owners' side: a budget and rules for each data set (lookalike-budget create). Both
+# data sets are synthetic or public, so their owners allow exact (trusted) metrics and
+# non-private baselines; a new budget allows neither.
+LEDGER := $(OUT)/privacy_ledger.sqlite
+OWNER_ALLOWS := --if-missing --allow-trusted-evaluation --allow-non-private
+
 # Real data: UCI Adult, seed = income >50K (half held out), DP at epsilon 1.
 adult: $(ADULT_DATA)/.done
+	$(BIN)/lookalike-budget --ledger $(LEDGER) create --publisher $(ADULT_DATA)/publisher.parquet --epsilon 100 $(OWNER_ALLOWS)
 	$(BIN)/lookalike-train experiment=adult paths.output_dir=$(OUT)
 
 demo: $(DEMO_DATA)/.done
+	$(BIN)/lookalike-budget --ledger $(LEDGER) create --publisher $(DEMO_DATA)/publisher --epsilon 5 $(OWNER_ALLOWS)
 	$(BIN)/lookalike-train experiment=demo paths.output_dir=$(OUT)
 	# The report is released with DP (trusted_evaluation=false), its epsilon charged to the ledger.
 	$(BIN)/lookalike-export experiment=demo trusted_evaluation=false export.model=latest export.overwrite=true paths.output_dir=$(OUT)
 	@echo
 	@echo "Results:  $(OUT)/  (runs/ holds checkpoints and logs, privacy_ledger.sqlite the budget)"
 	@echo "Segments: $(OUT)/segments/audience=<name>/size=<bin>/  report: $(OUT)/segments/report.json, report.png"
-	@echo "Budget:   $(BIN)/lookalike-budget --ledger $(OUT)/privacy_ledger.sqlite"
+	@echo "Budget:   $(BIN)/lookalike-budget --ledger $(LEDGER)"
 	@echo "MLflow:   $(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db  (then open http://127.0.0.1:5000)"
 
 budget: $(VENV)/.installed
-	$(BIN)/lookalike-budget --ledger $(OUT)/privacy_ledger.sqlite
+	$(BIN)/lookalike-budget --ledger $(LEDGER)
 
 mlflow-ui: $(VENV)/.installed
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db
@@ -78,3 +86,7 @@ gpu-check: $(VENV)/.installed
 
 clean:
 	rm -rf $(OUT) multirun $(DEMO_DATA) $(ADULT_DATA)
+
+# Break the privacy code one line at a time (tests/mutate.py) and show a test fails each time.
+mutate: $(VENV)/.installed-dev
+	$(BIN)/python tests/mutate.py

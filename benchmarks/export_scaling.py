@@ -27,7 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hydra import compose, initialize_config_dir
 
+from lookalike.budget_cli import main as budget_main
 from lookalike.data.demo import COHORTS, COUNTRIES, DEVICES, N_CITIES, N_TOPICS, write_demo
+from lookalike.privacy.ledger import Ledger
 from lookalike.train import CONFIG_DIR, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,7 +65,18 @@ def write_population(folder: Path, users: int) -> None:
         pq.write_table(demo_like(start, min(CHUNK, users - start), rng), folder / f"part-{part:03d}.parquet", row_group_size=1 << 16)
 
 
+def owner_budget(ledger: Path, publisher: Path) -> None:
+    """The data owners' budget for a table: created for the first, the others attached to it
+    (they share users: each size's users start at the same ids)."""
+    flags = ["--epsilon", "1000", "--if-missing", "--allow-trusted-evaluation", "--allow-non-private"]
+    try:
+        budget_main(["--ledger", str(ledger), "create", "--publisher", str(publisher), *flags])
+    except SystemExit:
+        budget_main(["--ledger", str(ledger), "attach", Ledger(ledger).status()[0].fingerprint, "--publisher", str(publisher)])
+
+
 def train_model(data: Path, out: Path, device: str) -> None:
+    owner_budget(out / "privacy_ledger.sqlite", data / "publisher")
     overrides = ["experiment=demo", f"paths.output_dir={out}", f"data.publisher_path={data / 'publisher'}",
                  f"data.seed_path={data / 'seed.jsonl'}", "trainer.progress_bar=false", "trainer.epochs=1", f"trainer.device={device}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -71,8 +84,9 @@ def train_model(data: Path, out: Path, device: str) -> None:
 
 
 def export(publisher: Path, seed: Path, out: Path, bins: list[str], kind: str, device: str) -> dict:
+    owner_budget(out / "privacy_ledger.sqlite", publisher)
     args = ["experiment=demo", f"+trainer.device={device}", "trusted_evaluation=false", "export.model=latest", "export.overwrite=true", f"paths.output_dir={out}",
-            f"data.publisher_path={publisher}", f"data.seed_path={seed}", "ledger.budget_epsilon=1000",
+            f"data.publisher_path={publisher}", f"data.seed_path={seed}",
             f"export.audience_size.type={kind}", f"export.audience_size.bins=[{','.join(bins)}]",
             f"export.output_dir={out / 'segments' / publisher.name}"]
     start = time.perf_counter()

@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from lookalike.budget_cli import main as budget_main
 from lookalike.data.demo import write_demo
 from lookalike.train import CONFIG_DIR
 
@@ -24,26 +25,88 @@ def demo_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def make_cfg(demo_dir: Path, out: Path, *overrides: str) -> DictConfig:
-    """The real train config with ``debug=default``, reading ``demo_dir`` and writing under ``out``."""
+OWNER = "owner."  # test-only overrides: the data owners' budget and rules, not config keys
+
+
+def grant(ledger: str | Path, publisher: str | Path, epsilon: float = 100.0, **rules) -> None:
+    """What the data owners do before any run: a budget and rules for the publisher's users
+    (through the real ``lookalike-budget create``; the test data is synthetic, so trusted and
+    non-private runs are allowed and the small seed passes)."""
+    args = ["--ledger", str(ledger), "create", "--publisher", str(publisher), "--epsilon", str(epsilon), "--if-missing"]
+    rules = {"min_matching_seed_size": 25, "allow_trusted_evaluation": True, "allow_non_private": True} | rules
+    for key, value in rules.items():
+        flag = "--" + key.replace("_", "-")
+        args += [flag] if value is True else [flag.replace("--", "--no-", 1)] if value is False else [flag, str(value)]
+    budget_main(args)
+
+
+def make_cfg(demo_dir: Path, out: Path, *overrides: str, owner: bool = True) -> DictConfig:
+    """The real train config with ``debug=default``, reading ``demo_dir`` and writing under ``out``;
+    with ``owner`` the owners' budget exists in its ledger (``owner.epsilon=2``, ``owner.<rule>=v``
+    among the overrides set it)."""
     base = [
         "debug=default",
         f"paths.output_dir={out}",
         f"data.publisher_path={demo_dir / 'publisher'}",
         f"data.seed_path={demo_dir / 'seed.jsonl'}",
     ]
+    settings = dict(o[len(OWNER):].split("=", 1) for o in overrides if o.startswith(OWNER))
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=base + list(overrides))
+        cfg = compose(config_name="train", overrides=base + [o for o in overrides if not o.startswith(OWNER)])
+    if owner:
+        epsilon = float(settings.pop("epsilon", 100.0))
+        rules = {k: {"true": True, "false": False}.get(v, v) for k, v in settings.items()}
+        grant(cfg.ledger.path, demo_dir / "publisher", epsilon, **rules)
     return cfg
 
 
 @pytest.fixture
 def cfg_factory(demo_dir, tmp_path):
-    def factory(*overrides: str, out: Path | None = None) -> DictConfig:
-        return make_cfg(demo_dir, out or tmp_path / "out", *overrides)
+    def factory(*overrides: str, out: Path | None = None, owner: bool = True) -> DictConfig:
+        return make_cfg(demo_dir, out or tmp_path / "out", *overrides, owner=owner)
 
     return factory
 
 
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def untouched(out: Path, ledger_path: str | Path) -> None:
+    """A refused run left nothing under ``out`` but the owners' ledger, with no entry in it."""
+    from lookalike.privacy.ledger import Ledger
+
+    assert [p for p in files_under(out) if p != Path(ledger_path)] == [], "a refused run must leave no MLflow store or output behind"
+    assert [s.runs for s in Ledger(ledger_path).status()] == [0], "a refused run must charge nothing"
+
+
+def reserve_on(ledger, fingerprint: str, epsilon: float, delta: float, *, budget: float, budget_delta: float | None = None,
+               kind: str = "train", description: str = "test") -> int:
+    """Reserve on budget ``fingerprint``, which the owners open first (at ``budget``) if the
+    ledger has none: the ledger-level tests' stand-in for ``lookalike-budget create``."""
+    import hashlib
+
+    import numpy as np
+
+    from lookalike.privacy.budgets import create_budget
+    from lookalike.privacy.fingerprint import UsersKey
+    from lookalike.privacy.rules import Rules
+
+    open_budget(ledger, fingerprint, budget, budget_delta)
+    return ledger.reserve(fingerprint, epsilon, delta, kind=kind, description=description)
+
+
+def open_budget(ledger, fingerprint: str, budget: float, budget_delta: float | None = None) -> None:
+    """A budget ``fingerprint`` for one made-up user (so no two test budgets share users),
+    unless the ledger has it already."""
+    import hashlib
+
+    import numpy as np
+
+    from lookalike.privacy.budgets import create_budget
+    from lookalike.privacy.fingerprint import UsersKey
+    from lookalike.privacy.rules import Rules
+
+    if not ledger.exists() or fingerprint not in {s.fingerprint for s in ledger.status()}:
+        user = np.frombuffer(hashlib.sha256(fingerprint.encode()).digest()[:8], dtype="<u8")
+        create_budget(ledger, UsersKey(fingerprint, 1, user), budget, budget_delta, Rules())

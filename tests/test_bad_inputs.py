@@ -16,7 +16,7 @@ import pytest
 from lookalike.errors import LookalikeError
 from lookalike.privacy.ledger import Ledger
 from lookalike.train import run
-from tests.conftest import files_under
+from tests.conftest import files_under, untouched
 
 
 def _publisher(tmp_path: Path, demo_dir: Path, change) -> Path:
@@ -65,14 +65,14 @@ def test_bad_input_fails_cleanly_before_any_work(case, cfg_factory, demo_dir, tm
     with pytest.raises(LookalikeError, match=message) as err:
         run(cfg)
     assert "\n" not in str(err.value)
-    assert files_under(out) == [], "a refused run must leave no ledger, MLflow store or output behind"
+    untouched(out, cfg.ledger.path)
 
 
 def test_budget_exceeded_charges_nothing_and_logs_no_run(cfg_factory, tmp_path):
-    cfg = cfg_factory("privacy.target_epsilon=3", "ledger.budget_epsilon=2")
-    with pytest.raises(LookalikeError, match="budget exhausted .* needs epsilon 3.2 but only 2 of 2 remains"):
+    cfg = cfg_factory("privacy.target_epsilon=3", "owner.epsilon=2")
+    with pytest.raises(LookalikeError, match="budget exhausted .* needs epsilon 3.25 but only 2 of 2 remains"):
         run(cfg)
-    assert Ledger(cfg.ledger.path).status() == []  # the refused reservation rolled back whole
+    assert Ledger(cfg.ledger.path).status()[0].runs == 0  # the refused reservation rolled back whole
     assert not [p for p in files_under(tmp_path / "out") if p.name not in ("privacy_ledger.sqlite", "mlflow.db")]
 
 

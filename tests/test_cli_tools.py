@@ -11,8 +11,9 @@ import pytest
 
 from lookalike.budget_cli import main as budget_main
 from lookalike.data.hashing import hash_file, hash_id, normalise, read_salt
-from lookalike.errors import LookalikeError
+from lookalike.errors import DataError, LookalikeError
 from lookalike.privacy.ledger import Ledger
+from tests.conftest import reserve_on
 
 SALT = b"0123456789abcdef-shared-secret"
 
@@ -69,9 +70,9 @@ def test_hash_cli_end_to_end(tmp_path):
 def test_budget_cli_table_and_json(tmp_path, capsys):
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
-    done = ledger.reserve("ab" * 32, 2.0, 1e-6, budget_epsilon=5, budget_delta=None, kind="train", description="t")
+    done = reserve_on(ledger, "ab" * 32, 2.0, 1e-6, budget=5, budget_delta=None, kind="train", description="t")
     ledger.record_spent(done, 1.5)
-    ledger.reserve("ab" * 32, 1.0, 1e-6, budget_epsilon=5, budget_delta=None, kind="train", description="t")
+    reserve_on(ledger, "ab" * 32, 1.0, 1e-6, budget=5, budget_delta=None, kind="train", description="t")
     budget_main(["--ledger", str(path), "--json"])
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["budget_epsilon"], row["spent_epsilon"], row["reserved_epsilon"], row["remaining_epsilon"]) == (5, 1.5, 1.0, 2.5)
@@ -89,7 +90,7 @@ def test_budget_cli_table_and_json(tmp_path, capsys):
 
 def test_budget_preview_counts_runs_that_fit(tmp_path, capsys):
     path = tmp_path / "ledger.sqlite"
-    entry = Ledger(path).reserve("cd" * 32, 1.5, 1e-6, budget_epsilon=5, budget_delta=None, kind="train", description="t")
+    entry = reserve_on(Ledger(path), "cd" * 32, 1.5, 1e-6, budget=5)
     Ledger(path).record_spent(entry, 1.4)
     budget_main(["--ledger", str(path), "preview", "--epsilon", "1.2"])
     assert capsys.readouterr().out.strip() == "cdcdcdcdcdcd: 3 more run(s) at epsilon 1.2 (remaining 3.6 of 5)"
@@ -107,3 +108,22 @@ def test_demo_data_has_planted_structure(demo_dir):
     incomes = dict(zip(table.column("user_id").to_pylist(), table.column("income_k").to_pylist()))
     luxury_income = sum(incomes[u] for u in truth["luxury"]) / len(truth["luxury"])
     assert luxury_income > 1.5 * sum(incomes.values()) / len(incomes)  # the planted signal is there
+
+
+def test_hashing_changes_the_id_column_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_SALT", SALT.decode())
+    src = tmp_path / "in.csv"
+    src.write_text('user_id,zip,joined,note\nBob@Mail.com,01234,2025-01-02T03:04:05Z,"a, b"\nann@x.org,00007,,\n')
+    hash_file(src, tmp_path / "out.csv", "user_id", SALT, "email")
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0] == "user_id,zip,joined,note"
+    assert rows[1] == f'{hash_id("bob@mail.com", SALT)},01234,2025-01-02T03:04:05Z,"a, b"' and rows[2].endswith(",00007,,")
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"user_id": "u1", "ts": "2025-01-02T03:04:05", "zip": "01234", "n": 3}\n')
+    hash_file(jsonl, tmp_path / "out.jsonl", "user_id", SALT, "id")
+    assert json.loads((tmp_path / "out.jsonl").read_text()) == {"user_id": hash_id("u1", SALT), "ts": "2025-01-02T03:04:05", "zip": "01234", "n": 3}
+    blank = tmp_path / "blank.csv"
+    blank.write_text("user_id,zip\nu1,1\n  ,2\n")
+    with pytest.raises(DataError, match="row 3 has an empty 'user_id'"):
+        hash_file(blank, tmp_path / "blank_out.csv", "user_id", SALT, "id")
+    assert not (tmp_path / "blank_out.csv").exists() and not (tmp_path / "blank_out.csv.tmp").exists()

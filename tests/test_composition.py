@@ -9,13 +9,14 @@ import pytest
 from lookalike.errors import BudgetExceededError
 from lookalike.privacy.composition import compose
 from lookalike.privacy.ledger import Ledger
+from tests.conftest import reserve_on
 
 FP = "e" * 64
 RUNS = [[(1.1, 0.01, 500), (3.0, 1.0, 1)], [(0.9, 0.02, 300), (4.0, 1.0, 1)], [(2.0, 1.0, 1)]]  # two trainings, one export report
 
 
 def spend(ledger: Ledger, events, epsilon: float, delta: float = 1e-6) -> None:
-    entry = ledger.reserve(FP, epsilon, delta, budget_epsilon=100, budget_delta=None, kind="train", description="t")
+    entry = reserve_on(ledger, FP, epsilon, delta, budget=100, budget_delta=None, kind="train", description="t")
     ledger.record_spent(entry, epsilon, events)
 
 
@@ -51,7 +52,7 @@ def test_non_gaussian_and_open_entries_are_added_at_face_value(tmp_path):
     assert c.composed_epsilon is None and c.charged_epsilon == c.summed_epsilon == 1.0 and "no finished entry" in c.reason
     for run in RUNS:
         spend(ledger, run, 2.0)
-    ledger.reserve(FP, 0.5, 1e-6, budget_epsilon=100, budget_delta=None, kind="train", description="crashed")
+    reserve_on(ledger, FP, 0.5, 1e-6, budget=100, budget_delta=None, kind="train", description="crashed")
     c = compose(ledger, FP)
     gaussian_only = pld_of(RUNS, 3e-6)
     assert c.summed_epsilon == 7.5 and (c.composed_entries, c.summed_entries) == (3, 2)
@@ -67,13 +68,13 @@ def test_the_ledger_enforces_the_composed_charge(tmp_path):
     run = [(0.8, 0.01, 2000), (3.0, 1.0, 1)]  # a training run and its evaluation release
     face = epsilon_from_history(run[:1], 1e-6, "prv") + epsilon_from_history(run[1:], 1e-6, "prv")
     budget = 1.9 * face
-    entry = ledger.reserve(FP, face, 2e-6, budget_epsilon=budget, budget_delta=None, kind="train", description="first")
+    entry = reserve_on(ledger, FP, face, 2e-6, budget=budget, budget_delta=None, kind="train", description="first")
     ledger.record_spent(entry, face, run)
     charged = ledger.status()[0].charged_epsilon
     assert charged < face  # training and evaluation compose inside one run too
-    ledger.reserve(FP, budget - charged - 1e-3, 1e-6, budget_epsilon=budget, budget_delta=None, kind="train", description="second")
+    reserve_on(ledger, FP, budget - charged - 1e-3, 1e-6, budget=budget, budget_delta=None, kind="train", description="second")
     with pytest.raises(BudgetExceededError, match=r"composition of 1 finished Gaussian entries.*1 other entries summed"):
-        ledger.reserve(FP, 0.01, 1e-6, budget_epsilon=budget, budget_delta=None, kind="train", description="third")
+        reserve_on(ledger, FP, 0.01, 1e-6, budget=budget, budget_delta=None, kind="train", description="third")
     assert face + (budget - charged - 1e-3) > budget  # summing would have refused the second run
 
 
@@ -90,7 +91,17 @@ def test_a_real_training_run_records_its_mechanisms(cfg_factory):
     from lookalike.privacy.dp import epsilon_from_history
 
     events = [tuple(e) for e in json.loads(entry["events"])]
-    assert len(events) == 2 and events[1][1:] == (1.0, 1)  # DP-SGD steps, then the evaluation release
+    # DP-SGD steps, then the evaluation release and the training-set size estimate
+    assert len(events) == 3 and events[1][1:] == events[2][1:] == (1.0, 1)
     assert c.composed_entries == 1 and c.charged_epsilon < c.summed_epsilon
     # composing can never be more private than the training run alone at the same delta
     assert c.charged_epsilon >= epsilon_from_history(events[:1], c.delta, "prv")
+
+
+def test_a_mechanism_with_almost_no_noise_is_charged_at_face_value(tmp_path):
+    """Composing sigma = 1e-4 made PRV allocate gigabytes; face value is always valid."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    entry = reserve_on(ledger, FP, 60.0, 1e-6, budget=100)
+    ledger.record_spent(entry, 50.0, [(1.0, 0.01, 100), (1e-4, 1.0, 1)])
+    c = compose(ledger, FP)
+    assert c.composed_entries == 0 and c.charged_epsilon == 50.0

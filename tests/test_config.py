@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from lookalike.errors import ConfigError
 
 USER_FACING = [
     "data.publisher_path", "data.seed_path", "data.id_column", "privacy.enabled", "privacy.target_epsilon",
-    "privacy.target_delta", "privacy.max_grad_norm", "ledger.path", "ledger.budget_epsilon",
+    "privacy.target_delta", "privacy.max_grad_norm", "privacy.size_epsilon", "ledger.path",
     "rules.min_matching_seed_size", "rules.min_aggregation_size", "rules.allow_list_output", "trainer.device",
     "trainer.epochs", "paths.output_dir", "mlflow.tracking_uri", "mlflow.experiment_name", "trusted_evaluation",
 ]
@@ -22,9 +23,10 @@ USER_FACING = [
 def test_user_facing_names_exist_with_defaults(cfg_factory):
     cfg = cfg_factory()
     for key in USER_FACING:
-        assert OmegaConf.select(cfg, key, throw_on_missing=True) is not None or key == "privacy.target_delta", key
+        # null: the default is derived (delta) or the data owners' (rules, stored in the ledger)
+        assert OmegaConf.select(cfg, key, throw_on_missing=True) is not None or key == "privacy.target_delta" or key.startswith("rules."), key
     assert cfg.privacy.enabled is True and cfg.privacy.accountant == "prv"
-    assert cfg.rules.min_aggregation_size == 100 and cfg.trusted_evaluation is False
+    assert cfg.rules.min_aggregation_size is None and cfg.trusted_evaluation is False
     assert str(cfg.mlflow.tracking_uri).startswith("sqlite:///") and str(cfg.mlflow.tracking_uri).endswith("/mlflow.db")
     validate_config(cfg)
 
@@ -47,6 +49,13 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
         ("model.kind=forest", "model.kind"),
         ("data.non_finite=ignore", "data.non_finite"),
         ("privacy.secure_mode=true", "privacy.secure_mode"),  # torchcsprng has no build for this torch
+        # NaN passes every comparison (charged + nan > budget is false): refused where it enters
+        ("privacy.target_epsilon=nan", "privacy.target_epsilon"),
+        ("privacy.target_epsilon=abc", "privacy.target_epsilon"),
+        ("privacy.max_grad_norm=nan", "privacy.max_grad_norm"),
+        ("privacy.size_epsilon=inf", "privacy.size_epsilon"),
+        ("evaluation.epsilon=nan", "evaluation.epsilon"),
+        ("rules.min_aggregation_size=nan", "rules.min_aggregation_size"),
     ],
 )
 def test_invalid_values_name_the_key(cfg_factory, override, key):
@@ -69,3 +78,17 @@ def test_cli_help_and_cfg_job_work_as_in_hydra():
     assert shown.returncode == 0, shown.stderr
     job = OmegaConf.create(shown.stdout)
     assert job.privacy.target_epsilon == 1.5 and job.data.id_column == "user_id"
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders():
+    from hydra import compose, initialize_config_dir
+
+    from lookalike.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        hydra_cfg = compose(config_name="train", return_hydra_config=True).hydra
+    # the time stamp alone is shared within a second: an id of the process follows it
+    assert re.fullmatch(r".*/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{8}", str(hydra_cfg.run.dir))
+    show = "import lookalike.resolvers; from omegaconf import OmegaConf; c = OmegaConf.create({'a': '${run_id:}', 'b': '${run_id:}'}); print(c.a, c.b)"
+    first, second = (subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, timeout=60).stdout.split() for _ in range(2))
+    assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0] and len(first[0]) == 8

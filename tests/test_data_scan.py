@@ -61,10 +61,13 @@ def test_matching_lays_out_disjoint_train_holdout_and_eval_sets():
     assert set(ts.eval_negative_rows).isdisjoint(range(600)) and set(held) <= set(range(600))
     positives = ts.train_rows[ts.train_labels.max(1) > 0]
     assert len(positives) + len(set(held)) == 600 and 0.15 < len(set(held)) / 600 < 0.25
-    assert 0.25 < (ts.n_train - len(positives)) / 3400 < 0.35 and 0.07 < len(ts.eval_negative_rows) / 3400 < 0.13
-    # multi-label: a user in both audiences is one example with two positive labels
-    both = [r for r in ts.train_rows if 200 <= r < 400]
-    assert both and all(ts.train_labels[list(ts.train_rows).index(r)].tolist() == [1.0, 1.0] for r in both)
+    # the background is drawn from every user not held out, seed or not (seed users join it too)
+    background = ts.train_rows[ts.train_labels.max(1) == 0]
+    assert 0.25 < len(background) / (4000 - len(set(held))) < 0.35 and 0.07 < len(ts.eval_negative_rows) / 3400 < 0.13
+    assert set(background) & set(positives) and not set(background) & set(held)
+    # multi-label: a user in both audiences is one positive example with two positive labels
+    both = [i for i, r in enumerate(ts.train_rows) if 200 <= r < 400 and ts.train_labels[i].max() > 0]
+    assert both and all(ts.train_labels[i].tolist() == [1.0, 1.0] for i in both)
 
 
 def test_one_users_membership_changes_only_that_users_example():

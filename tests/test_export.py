@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from lookalike.errors import ConfigError, DataError
 from lookalike.export.app import CONFIG_DIR, run as export
+from lookalike.export.release import gaussian_sigma
 from lookalike.privacy.ledger import Ledger
 from lookalike.train import run as train
 from lookalike.tracking import resolve_tracking_uri
@@ -24,7 +26,7 @@ from tests.conftest import files_under, make_cfg
 def trained(demo_dir, tmp_path_factory):
     """One DP model trained on the small demo data; exports share its MLflow store and ledger."""
     out = tmp_path_factory.mktemp("trained")
-    cfg = make_cfg(demo_dir, out, "trainer.epochs=3", "privacy.target_epsilon=4", "ledger.budget_epsilon=50")
+    cfg = make_cfg(demo_dir, out, "trainer.epochs=3", "privacy.target_epsilon=4", "owner.epsilon=50")
     train(cfg)
     client = MlflowClient(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
     (logged,) = client.search_runs([client.get_experiment_by_name("lookalike").experiment_id])
@@ -34,7 +36,7 @@ def trained(demo_dir, tmp_path_factory):
 def export_cfg(demo_dir: Path, trained, target: Path, *overrides: str):
     out, run_id = trained
     base = [f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}",
-            f"export.model={run_id}", f"export.output_dir={target}", "ledger.budget_epsilon=50"]
+            f"export.model={run_id}", f"export.output_dir={target}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="export", overrides=base + list(overrides))
 
@@ -67,6 +69,10 @@ def test_percentage_bins_write_nested_ranked_segments_without_seed_users(demo_di
     counts = [v for a in saved["audiences"].values() for v in [a["held_out_seed_users"]] + [b["segment_size"] for b in a["bins"]]]
     assert all(c is None or c >= 100 for c in counts)
     assert saved["privacy"]["noise_std"] > 0 and saved["privacy"]["trusted"] is False
+    # per audience: held-out count, hits per bin, segment size per bin (exact exclusion): each
+    # moves by at most 1 for one user, over 2 audiences
+    assert saved["privacy"]["l2_sensitivity"] == pytest.approx((2 * (1 + 3 + 3)) ** 0.5)
+    assert saved["privacy"]["noise_std"] == pytest.approx(gaussian_sigma(0.5, 1e-6, (2 * 7) ** 0.5))
     # the report's epsilon was charged, next to the training run's
     entries = [Ledger(trained[0] / "privacy_ledger.sqlite").entry(i) for i in (1, saved["privacy"]["ledger_entry_id"])]
     assert [e["kind"] for e in entries] == ["train", "export"] and entries[1]["spent_epsilon"] == 0.5
@@ -121,7 +127,7 @@ def test_streaming_in_small_batches_gives_identical_segments(demo_dir, trained, 
 def test_report_only_when_list_output_is_off(demo_dir, trained, tmp_path):
     target = tmp_path / "report_only"
     export(export_cfg(demo_dir, trained, target, "rules.allow_list_output=false"))
-    assert sorted(p.name for p in target.iterdir()) == ["report.json", "report.png"]
+    assert sorted(p.name for p in target.iterdir()) == [".lookalike-export", "report.json", "report.png"]
 
 
 def test_randomized_exclusion_is_charged_per_audience(demo_dir, trained, tmp_path):
@@ -174,8 +180,14 @@ def test_output_dir_must_be_empty_or_overwritten_and_writable(demo_dir, trained,
     with pytest.raises(ConfigError, match="export.output_dir.*not empty.*export.overwrite=true"):
         export(export_cfg(demo_dir, trained, target))
     assert files_under(target) == [target / "keep.txt"]
-    export(export_cfg(demo_dir, trained, target, "export.overwrite=true", "export.audience_size.bins=[10]"))
-    assert not (target / "keep.txt").exists() and (target / "report.json").exists()
+    with pytest.raises(ConfigError, match="holds files no export wrote"):  # overwrite replaces only an export
+        export(export_cfg(demo_dir, trained, target, "export.overwrite=true"))
+    assert files_under(target) == [target / "keep.txt"]
+    (target / "keep.txt").unlink()
+    export(export_cfg(demo_dir, trained, target, "export.audience_size.bins=[10]"))
+    export(export_cfg(demo_dir, trained, target, "export.overwrite=true", "export.audience_size.bins=[5]"))
+    assert (target / "report.json").exists() and (target / "audience=luxury" / "size=5").is_dir()
+    assert not (target / "audience=luxury" / "size=10").exists()
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="not writable"):
@@ -230,3 +242,31 @@ def test_reports_for_seeds_one_user_apart_differ_only_within_the_noise(demo_dir,
                 exact_counts_differ += x != y
     # fresh noise each time: released counts differ even where the true count did not move
     assert exact_counts_differ >= 4
+
+
+@pytest.mark.parametrize("where", ["output", "publisher", "parent", "foreign"])
+def test_overwrite_replaces_only_a_previous_export(demo_dir, trained, tmp_path, where):
+    """export.overwrite=true pointed at the output folder deleted the ledger, the MLflow store
+    and the runs; pointed at the data, the publisher table and the seed."""
+    out = trained[0]
+    target = {"output": out, "publisher": demo_dir / "publisher", "parent": out.parent, "foreign": tmp_path / "mine"}[where]
+    if where == "foreign":
+        target.mkdir()
+        (target / "notes.txt").write_text("not an export")
+    before = sorted(p for p in target.rglob("*"))
+    with pytest.raises(ConfigError, match="export.output_dir") as err:
+        export(export_cfg(demo_dir, trained, target, "export.overwrite=true"))
+    assert re.search("holds files no export wrote" if where == "foreign" else "holds |is inside", str(err.value))
+    assert sorted(p for p in target.rglob("*")) == before
+
+
+def test_a_killed_exports_staging_folder_is_cleaned_up(demo_dir, trained, tmp_path):
+    target = tmp_path / "segments"
+    stale = tmp_path / ".segments.tmp-deadbeef"
+    (stale / "audience=luxury").mkdir(parents=True)
+    import socket
+
+    (stale / ".lookalike-export").write_text(f"{2**22 + 12345}@{socket.gethostname()}")  # no such process
+    export(export_cfg(demo_dir, trained, target, "export.audience_size.bins=[10]"))
+    assert not stale.exists() and (target / ".lookalike-export").is_file()
+    assert not list(tmp_path.glob(".segments.*"))

@@ -72,7 +72,7 @@ def test_torchrun_ranks_are_shards_and_rank_0_releases(demo_dir, trained, tmp_pa
     out, run_id = trained
     target = tmp_path / "ranks"
     args = [f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}",
-            f"export.model={run_id}", f"export.output_dir={target}", "ledger.budget_epsilon=50", BINS, "trusted_evaluation=true",
+            f"export.model={run_id}", f"export.output_dir={target}", BINS, "trusted_evaluation=true",
             f"export.shard.parts_dir={tmp_path / 'parts'}"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lookalike.export.app", *args],
                           capture_output=True, text=True, timeout=600)

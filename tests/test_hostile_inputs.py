@@ -13,7 +13,8 @@ import pytest
 from lookalike.data.seed import read_seed
 from lookalike.errors import LookalikeError
 from lookalike.train import run
-from tests.conftest import files_under
+from lookalike.privacy.ledger import Ledger
+from tests.conftest import grant, untouched
 
 
 def publisher_table(demo_dir) -> pa.Table:
@@ -24,7 +25,7 @@ def refused(cfg, message: str, out) -> None:
     with pytest.raises(LookalikeError, match=message) as err:
         run(cfg)
     assert "\n" not in str(err.value)
-    assert files_under(out) == []  # no ledger, no MLflow store, no run folder
+    untouched(out, cfg.ledger.path)  # no charge, no MLflow store, no run folder
 
 
 def test_truncated_parquet_file(cfg_factory, demo_dir, tmp_path):
@@ -74,8 +75,10 @@ def test_unicode_and_very_long_ids_train_end_to_end(cfg_factory, demo_dir, tmp_p
     rows = [json.loads(line) for line in lines]
     seed = tmp_path / "seed.jsonl"
     seed.write_text("".join(json.dumps({"user_id": mapping.get(r["user_id"], r["user_id"]), "audience": r["audience"]}, ensure_ascii=False) + "\n" for r in rows))
-    run(cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", f"data.seed_path={seed}", out=tmp_path / "out"))
-    assert (tmp_path / "out" / "privacy_ledger.sqlite").exists()
+    cfg = cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", f"data.seed_path={seed}", out=tmp_path / "out", owner=False)
+    grant(cfg.ledger.path, tmp_path / "pub.parquet")
+    run(cfg)
+    assert Ledger(cfg.ledger.path).status()[0].runs == 1
 
 
 def test_seed_with_bom_crlf_blank_lines_duplicates_and_strangers(tmp_path):
@@ -93,7 +96,7 @@ def test_outputs_inside_inputs_are_refused(cfg_factory, demo_dir, tmp_path, key)
     folder.mkdir()
     pq.write_table(publisher_table(demo_dir), folder / "a.parquet")
     inside = folder / ("out" if key == "paths.output_dir" else "ledger.sqlite")
-    cfg = cfg_factory(f"data.publisher_path={folder}", f"{key}={inside}", out=tmp_path / "out")
+    cfg = cfg_factory(f"data.publisher_path={folder}", f"{key}={inside}", out=tmp_path / "out", owner=False)
     with pytest.raises(LookalikeError, match=f"config '{key}': .* is inside data.publisher_path"):
         run(cfg)
     assert sorted(os.listdir(folder)) == ["a.parquet"]

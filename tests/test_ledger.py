@@ -7,13 +7,15 @@ import multiprocessing as mp
 import pytest
 
 from lookalike.errors import BudgetExceededError, LookalikeError
+from lookalike.privacy.budgets import set_budget
 from lookalike.privacy.ledger import Ledger
+from tests.conftest import open_budget, reserve_on
 
 FP = "f" * 64
 
 
 def reserve(ledger: Ledger, eps: float, budget: float = 3.0, delta: float = 1e-6) -> int:
-    return ledger.reserve(FP, eps, delta, budget_epsilon=budget, budget_delta=None, kind="train", description="test")
+    return reserve_on(ledger, FP, eps, delta, budget=budget, budget_delta=None, kind="train", description="test")
 
 
 def test_reserve_spend_and_refuse(tmp_path):
@@ -47,16 +49,16 @@ def test_budget_is_fixed_at_first_use_and_changed_only_deliberately(tmp_path):
     reserve(ledger, 1.0, budget=1.5)
     with pytest.raises(BudgetExceededError):
         reserve(ledger, 1.0, budget=100.0)  # a bigger number in the config does not raise the budget
-    ledger.set_budget(FP[:8], 2.5)
+    set_budget(ledger, FP[:8], 2.5)  # the owners' command
     reserve(ledger, 1.0, budget=1.5)
     assert ledger.status()[0].budget_epsilon == 2.5
 
 
 def test_delta_budget_is_enforced(tmp_path):
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.reserve(FP, 0.1, 6e-6, budget_epsilon=10, budget_delta=1e-5, kind="train", description="t")
+    reserve_on(ledger, FP, 0.1, 6e-6, budget=10, budget_delta=1e-5, kind="train", description="t")
     with pytest.raises(BudgetExceededError, match="delta"):
-        ledger.reserve(FP, 0.1, 6e-6, budget_epsilon=10, budget_delta=1e-5, kind="train", description="t")
+        reserve_on(ledger, FP, 0.1, 6e-6, budget=10, budget_delta=1e-5, kind="train", description="t")
 
 
 def _race(path: str, barrier, results) -> None:
@@ -71,6 +73,7 @@ def _race(path: str, barrier, results) -> None:
 @pytest.mark.parametrize("as_url", [False, True])  # a file path, or the same file by SQLAlchemy URL
 def test_processes_racing_for_the_last_budget_never_overspend(tmp_path, as_url):
     path = f"sqlite:///{tmp_path / 'ledger.sqlite'}" if as_url else str(tmp_path / "ledger.sqlite")
+    open_budget(Ledger(path), FP, 3.5)
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(8), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(path, barrier, results)) for _ in range(8)]
@@ -82,3 +85,19 @@ def test_processes_racing_for_the_last_budget_never_overspend(tmp_path, as_url):
     assert outcomes.count("ok") == 3 and outcomes.count("refused") == 5
     (status,) = Ledger(path).status()
     assert status.reserved_epsilon == 3.0 and status.remaining_epsilon == pytest.approx(0.5)
+
+
+def test_a_spend_above_the_reservation_is_recorded_and_raised(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    entry = reserve(ledger, 1.2, budget=1.3)
+    with pytest.raises(BudgetExceededError, match="spent epsilon 2.7, more than its reservation 1.2"):
+        ledger.record_spent(entry, 2.7)
+    assert ledger.entry(entry)["spent_epsilon"] == 2.7 and ledger.status()[0].remaining_epsilon == 0  # the truth, not the plan
+
+
+@pytest.mark.parametrize(("epsilon", "delta"), [(float("nan"), 1e-6), (float("inf"), 1e-6), (-1.0, 1e-6), (1.0, float("nan"))])
+def test_non_finite_amounts_are_refused_before_the_budget_check(tmp_path, epsilon, delta):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    with pytest.raises(LookalikeError, match="privacy.target_"):
+        reserve(ledger, epsilon, delta=delta)
+    assert ledger.status()[0].runs == 0

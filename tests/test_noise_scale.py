@@ -82,7 +82,7 @@ def dp_step_noise(mode: str) -> dict[str, torch.Tensor]:
     privacy = SimpleNamespace(enabled=True, target_epsilon=4.0, max_grad_norm=CLIP, accountant="prv", grad_sample_mode=mode,
                               secure_mode=False)
     private = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, privacy, epochs=1, delta=1e-5,
-                           noise_multiplier=Z, max_physical_batch=2)
+                           noise_multiplier=Z, max_physical_batch=2, examples=ROWS)
     optimizer, steps, physical = private.optimizer, 0, 0
     with _physical_batches(private.loader, optimizer, private, SimpleNamespace(physical_batch_size=2)) as batches:
         for ids, x, _ in batches:
@@ -247,3 +247,18 @@ def test_two_runs_with_the_same_seed_draw_different_noise(tmp_path):
         if outputs[0].shape == outputs[1].shape and np.array_equal(outputs[0], outputs[1]):
             replayable.append(name)
     assert not replayable, f"same seed, same noise: {replayable}"
+
+
+def test_under_torchrun_rank_0_alone_adds_noise():
+    """The clipped sums are all-reduced, then averaged: noise from every rank would add
+    sqrt(world) times the stated std (and the accounting would not know)."""
+    from lookalike.distributed import World
+    from lookalike.privacy.noisy_optimizer import DistributedNoisySumOptimizer
+
+    stds = []
+    for rank in (0, 1, 2):
+        model = torch.nn.Linear(4, 2)
+        opt = DistributedNoisySumOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=Z, max_grad_norm=CLIP,
+                                           expected_batch_size=8, loss_reduction="mean", world=World(rank, 3, rank))
+        stds.append(opt.noise_std())
+    assert stds == [pytest.approx(Z * CLIP), 0.0, 0.0]

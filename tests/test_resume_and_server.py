@@ -17,10 +17,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lookalike.checkpoint import Checkpoint
+from lookalike.errors import ConfigError
 from lookalike.privacy.dp import epsilon_from_history
 from lookalike.privacy.ledger import Ledger
 from lookalike.train import run
 from lookalike.tracking import resolve_tracking_uri
+from tests.conftest import grant
 
 TRAIN = "import sys; from lookalike.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
 
@@ -35,8 +37,11 @@ def _metrics(cfg) -> dict:
 def test_killed_run_stays_charged_and_resume_continues_the_accountant(cfg_factory, demo_dir, tmp_path):
     epochs, out = 40, tmp_path / "out"
     ckpt = out / "crashed" / "checkpoints" / "last.pt"
+    grant(out / "privacy_ledger.sqlite", demo_dir / "publisher", 1e5)
+    # A size estimate this precise is the exact size: the straight run below samples at the same rate.
+    exact = "privacy.size_epsilon=100"
     proc = subprocess.Popen(
-        [sys.executable, "-c", TRAIN, "debug=default", f"trainer.epochs={epochs}", f"paths.output_dir={out}", f"hydra.run.dir={out / 'crashed'}",
+        [sys.executable, "-c", TRAIN, "debug=default", exact, f"trainer.epochs={epochs}", f"paths.output_dir={out}", f"hydra.run.dir={out / 'crashed'}",
          f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -49,9 +54,13 @@ def test_killed_run_stays_charged_and_resume_continues_the_accountant(cfg_factor
     saved = Checkpoint.load(ckpt)
     assert 1 <= saved.epoch < epochs
     (status,) = Ledger(out / "privacy_ledger.sqlite").status()
-    assert status.reserved_epsilon == pytest.approx(3.2) and status.spent_epsilon == 0  # the crash stays charged
+    assert status.reserved_epsilon == pytest.approx(3.0 + 100 + 0.2) and status.spent_epsilon == 0  # the crash stays charged
 
-    resumed = cfg_factory(f"trainer.epochs={epochs}", f"trainer.resume_from={ckpt}", out=out)
+    # A resume that changes the plan its reservation covers is refused, charging nothing more.
+    with pytest.raises(ConfigError, match="trainer.epochs"):
+        run(cfg_factory(exact, f"trainer.epochs={epochs + 10}", f"trainer.resume_from={ckpt}", out=out))
+    assert Ledger(out / "privacy_ledger.sqlite").status() == [status]
+    resumed = cfg_factory(exact, f"trainer.epochs={epochs}", f"trainer.resume_from={ckpt}", out=out)
     run(resumed)
     m = _metrics(resumed)
     assert m["entry"] == saved.meta["ledger_entry_id"]  # no second reservation
@@ -60,7 +69,7 @@ def test_killed_run_stays_charged_and_resume_continues_the_accountant(cfg_factor
     (status,) = Ledger(out / "privacy_ledger.sqlite").status()
     assert status.reserved_epsilon == 0 and status.spent_epsilon == pytest.approx(m["privacy.total_epsilon"])
 
-    straight = cfg_factory(f"trainer.epochs={epochs}", out=tmp_path / "straight")
+    straight = cfg_factory(exact, f"trainer.epochs={epochs}", "owner.epsilon=1e5", out=tmp_path / "straight")
     run(straight)
     s = _metrics(straight)
     assert s["privacy.steps"] == m["privacy.steps"] and s["privacy.noise_multiplier"] == pytest.approx(m["privacy.noise_multiplier"])

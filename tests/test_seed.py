@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from lookalike.data.seed import read_seed
 from lookalike.errors import DataError
+from lookalike.export.output import StagedOutput
 
 
 def test_jsonl_with_audience_column_splits_audiences(tmp_path):
@@ -56,3 +60,16 @@ def test_non_string_ids_in_parquet_seed_are_refused(tmp_path):
 def test_missing_seed_file(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_seed(str(tmp_path / "nope.jsonl"), "user_id", "audience")
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "x/../../y", "a b", "", ".hidden", "a..b", "x" * 129])
+def test_unsafe_audience_names_are_refused_where_they_enter(tmp_path, name):
+    seed = tmp_path / "seed.jsonl"
+    seed.write_text(json.dumps({"user_id": "u1", "audience": name}) + "\n")
+    with pytest.raises(DataError, match="audience name .* is not allowed"):
+        read_seed(str(seed), "user_id", "audience")
+    with pytest.raises(DataError, match="is not allowed"):
+        read_seed({name: str(seed)}, "user_id", "audience")
+    with pytest.raises(DataError, match="is not allowed"):  # a model whose metadata was tampered with
+        StagedOutput(tmp_path / "segments").write_segment(name, 1, pa.array(["u1"]), np.zeros(1))
+    assert not list(tmp_path.parent.glob("escaped*")) and not (tmp_path / "segments").exists()

@@ -44,7 +44,7 @@ def _rows(features, labels=None) -> np.ndarray:
 
 def _summary(data) -> dict:
     return {"spec": data.spec, "n_train": data.n_train, "matched": data.training.matched, "rows": data.publisher_rows,
-            "scan": data.scan, "fingerprint": data.publisher_fingerprint,
+            "scan": data.scan, "fingerprint": data.users.digest,
             "train": _rows(data.train_features, data.training.train_labels),
             "holdout": {a: _rows(f) for a, f in data.holdout_features.items()}, "negatives": _rows(data.eval_negative_features)}
 
@@ -85,7 +85,8 @@ def test_two_ranks_prepare_what_one_process_prepares(demo_dir, tmp_path):
         np.testing.assert_array_equal(first["holdout"][audience], rows)
         assert len(second["holdout"][audience]) == 0
     np.testing.assert_array_equal(first["negatives"], single["negatives"])
-    assert first["fingerprint"] == single["fingerprint"] != "" and second["fingerprint"] == ""
+    # every rank knows the whole table's users key (merged from the ranks' sketches)
+    assert first["fingerprint"] == second["fingerprint"] == single["fingerprint"]
 
 
 def _rows_of(*parts: np.ndarray) -> np.ndarray:

@@ -12,12 +12,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lookalike.privacy.ledger import Ledger
+from tests.conftest import grant
 
 
-def train_cli(demo_dir, out, launcher: list[str], *extra: str) -> subprocess.CompletedProcess:
+def train_cli(demo_dir, out, launcher: list[str], *extra: str, budget: float = 1e5, exact_size: bool = True) -> subprocess.CompletedProcess:
+    grant(out / "privacy_ledger.sqlite", demo_dir / "publisher", budget)
     args = [*extra, "debug=default", f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
             f"data.seed_path={demo_dir / 'seed.jsonl'}", "privacy.target_epsilon=4.0", "trainer.epochs=4", "trainer.batch_size=64",
             "trusted_evaluation=true", "trainer.device=cpu"]
+    # a size estimate this precise is the exact size: both launches sample at the same rate
+    args += ["privacy.size_epsilon=100"] if exact_size else []
     # one thread per rank: two ranks on a 2-core machine
     return subprocess.run([*launcher, "-m", "lookalike.train", *args], capture_output=True, text=True, timeout=600,
                           env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -51,11 +55,11 @@ def test_two_processes_account_like_one_and_learn_alike(demo_dir, tmp_path):
 @pytest.mark.slow
 def test_a_refused_run_stops_every_rank(demo_dir, tmp_path):
     out = tmp_path / "out"
-    first = train_cli(demo_dir, out, [sys.executable], "ledger.budget_epsilon=6")
+    first = train_cli(demo_dir, out, [sys.executable], budget=6, exact_size=False)
     assert first.returncode == 0, first.stderr[-3000:]
     before = Ledger(out / "privacy_ledger.sqlite").status()
     refused = train_cli(demo_dir, out, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-                        "ledger.budget_epsilon=6")
+                        budget=6, exact_size=False)
     assert refused.returncode != 0 and "privacy budget exhausted" in refused.stderr
     assert "rank 0 stopped before training" in refused.stderr  # rank 1 neither hung nor trained
     assert len(logged(out)) == 1 and Ledger(out / "privacy_ledger.sqlite").status() == before
@@ -75,6 +79,6 @@ def test_a_rank_without_row_groups_trains_and_canaries_count_once(demo_dir, tmp_
     assert "rank 1 of 2 reads 0 of 1 row groups" in multi.stdout + multi.stderr
     (one,), (two,) = logged(tmp_path / "single"), logged(tmp_path / "multi")
     m1, m2 = one.data.metrics, two.data.metrics
-    assert m1["data.training_examples"] == m2["data.training_examples"] < 1000
+    assert m1["trusted.training_examples"] == m2["trusted.training_examples"] < 1000
     for key in ("privacy.epsilon_spent", "privacy.noise_multiplier", "privacy.sample_rate", "privacy.steps", "audit.canaries"):
         assert m1[key] == pytest.approx(m2[key], rel=1e-9), key

@@ -58,7 +58,8 @@ class Checkpoint:
         if not path.is_file():
             raise LookalikeError(f"checkpoint '{path}' does not exist: set trainer.resume_from to a last.pt written by a run")
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=False)
+            # weights_only: tensors and plain types only; unpickling a planted file would run its code.
+            raw = torch.load(path, map_location="cpu", weights_only=True)
             return cls(**raw)
         except Exception as exc:  # a foreign or corrupt file: say so in one line
             raise LookalikeError(f"checkpoint '{path}' is not a lookalike checkpoint ({type(exc).__name__})") from exc

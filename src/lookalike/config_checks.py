@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from lookalike.errors import ConfigError
 from lookalike.model.factory import KINDS as MODEL_KINDS
 from lookalike.privacy.dp import validate_privacy_config
+from lookalike.privacy.rules import MIN_SEED_RANGE
 
-# As in AWS Clean Rooms ML's minimumMatchingSeedSize.
-MIN_SEED_RANGE = (25, 500_000)
 
 
 def _number(cfg: Any, key: str) -> float:
@@ -19,6 +19,8 @@ def _number(cfg: Any, key: str) -> float:
         node = node[part]
     if isinstance(node, bool) or not isinstance(node, (int, float)):
         raise ConfigError(key, f"'{node}' is not a number")
+    if not math.isfinite(float(node)):
+        raise ConfigError(key, f"{node} is not a finite number")
     return float(node)
 
 
@@ -47,6 +49,18 @@ def check_outputs_outside_inputs(outputs: dict[str, Any], inputs: dict[str, Any]
                 raise ConfigError(out_key, f"'{out}' is inside {in_key} '{source}': write outputs outside the input data")
 
 
+def check_rule_overrides(cfg: Any) -> None:
+    """The ``rules`` section may only tighten the owners' rules (checked against the ledger
+    later); here only the shape of the values."""
+    lo, hi = MIN_SEED_RANGE
+    if cfg.rules.get("min_matching_seed_size") is not None:
+        _require(cfg, "rules.min_matching_seed_size", lambda v: lo <= v <= hi and v == int(v), f"must be a whole number in [{lo}, {hi}]")
+    if cfg.rules.get("min_aggregation_size") is not None:
+        _require(cfg, "rules.min_aggregation_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    if cfg.rules.get("allow_list_output") not in (None, True, False):
+        raise ConfigError("rules.allow_list_output", f"'{cfg.rules.allow_list_output}' is not true, false or null")
+
+
 def validate_config(cfg: Any) -> None:
     for key in ("data.publisher_path", "data.id_column", "ledger.path", "paths.output_dir", "mlflow.tracking_uri", "mlflow.experiment_name"):
         section, name = key.split(".")
@@ -62,16 +76,11 @@ def validate_config(cfg: Any) -> None:
     _require(cfg, "data.max_multi_length", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     if cfg.data.non_finite not in ("refuse", "impute"):
         raise ConfigError("data.non_finite", f"'{cfg.data.non_finite}' is not one of refuse, impute")
-    lo, hi = MIN_SEED_RANGE
-    _require(cfg, "rules.min_matching_seed_size", lambda v: lo <= v <= hi and v == int(v), f"must be a whole number in [{lo}, {hi}]")
-    _require(cfg, "rules.min_aggregation_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    check_rule_overrides(cfg)
     _require(cfg, "trainer.epochs", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "trainer.batch_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "trainer.physical_batch_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "trainer.collective_timeout_minutes", lambda v: v > 0, "must be > 0")
-    _require(cfg, "ledger.budget_epsilon", lambda v: v > 0, "must be > 0")
-    if cfg.ledger.budget_delta is not None:
-        _require(cfg, "ledger.budget_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
     if str(cfg.trainer.device) not in ("auto", "cpu") and not str(cfg.trainer.device).startswith("cuda"):
         raise ConfigError("trainer.device", f"'{cfg.trainer.device}' is not one of auto, cpu, cuda, cuda:N")
     kind = cfg.model.get("kind", "two_tower")

@@ -69,11 +69,12 @@ def _flag_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def broadcast_go(ok: bool) -> bool:
-    """Rank 0 says whether training goes ahead (its ledger reservation held); all ranks learn it."""
-    flag = torch.tensor([1 if ok else 0], device=_flag_device())
+def broadcast_go(ok: bool, examples: int = 0) -> tuple[bool, int]:
+    """Rank 0 says whether training goes ahead (its ledger reservation held) and the training-set
+    size the sample rate is a batch of (a DP estimate drawn once, on rank 0); all ranks learn both."""
+    flag = torch.tensor([1 if ok else 0, examples], dtype=torch.float64, device=_flag_device())
     dist.broadcast(flag, src=0)
-    return bool(flag.item())
+    return bool(flag[0].item()), int(flag[1].item())
 
 
 def broadcast_parameters(model: nn.Module) -> None:
@@ -94,13 +95,13 @@ class StartSignal:
         self.sent = False
         self.armed = False
 
-    def send(self, ok: bool) -> None:
+    def send(self, ok: bool, examples: int = 0) -> None:
         if self.world is not None and self.world.primary and self.armed and not self.sent:
             self.sent = True
-            broadcast_go(ok)
+            broadcast_go(ok, examples)
 
-    def wait(self) -> bool:
-        return broadcast_go(False)  # the value is rank 0's
+    def wait(self) -> tuple[bool, int]:
+        return broadcast_go(False)  # the values are rank 0's
 
 
 def all_reduce_mean_(tensor: torch.Tensor, world: World) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,6 @@ from lookalike.data.feature_stats import (
 from lookalike.data.features import FeatureSpec, declared_feature_kinds
 from lookalike.data.matching import (
     TrainingSet,
-    check_matched,
     check_publisher_ids,
     lay_out,
     refuse_duplicates,
@@ -44,12 +42,7 @@ from lookalike.data.publisher import (
 )
 from lookalike.data.seed import read_seed
 from lookalike.errors import DataError
-from lookalike.privacy.fingerprint import data_fingerprint as fingerprint_of
-from lookalike.privacy.fingerprint import (
-    ledger_fingerprint,
-    publisher_fingerprint,
-    seed_fingerprint,
-)
+from lookalike.privacy.fingerprint import UsersKey, merge_parts, users_part
 
 log = logging.getLogger(__name__)
 TRAIN_COUNT = "\0training examples"  # beside the audience names in the counts summed over ranks
@@ -64,21 +57,19 @@ class PreparedData:
     eval_negative_features: EncodedFeatures  # likewise
     scan: ScanStats  # the whole scan
     publisher_rows: int  # in the window, over all ranks
-    n_train: int  # training examples over all ranks: what delta and the sample rate count
-    publisher_fingerprint: str  # computed by rank 0 (it alone touches the ledger); "" elsewhere
-    seed_fingerprint: str
-
-    @property
-    def fingerprint(self) -> str:
-        return ledger_fingerprint(self.publisher_fingerprint, self.seed_fingerprint)
+    n_train: int  # training examples over all ranks: exact, seed-derived; never released outside trusted mode
+    users: UsersKey  # who the publisher users in the window are: what the ledger's budget covers
 
 
-def data_fingerprint(cfg: Any) -> str:
-    """The ledger key of the configured data, without preparing it (used to check a sweep's
+def data_users(cfg: Any) -> UsersKey:
+    """The users key of the configured data, without preparing it (used to check a sweep's
     budget before its first trial)."""
     path = str(cfg.data.publisher_path)
-    seeds = read_seed(cfg.data.seed_path, cfg.data.id_column, cfg.data.audience_column)
-    return fingerprint_of(open_publisher(path).files, Path(path), seeds)
+    dataset = open_publisher(path)
+    row_filter = window_filter(dataset, cfg.data.get("window"), path)
+    ids = dataset.to_table(columns=[cfg.data.id_column], filter=row_filter).column(cfg.data.id_column)
+    check_publisher_ids(ids, cfg.data.id_column, path)
+    return merge_parts([users_part(ids)])
 
 
 def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
@@ -101,11 +92,12 @@ def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
         table, scan = scan_publisher(dataset, columns, row_filter, path, share)
         check_publisher_ids(table.column(data.id_column), data.id_column, path)
         draws = split_draws(table.column(data.id_column), int(cfg.seed))
-        return (table, scan, draws), (table.num_rows, table_statistics(table, kinds, data.non_finite, path))
+        stats = table_statistics(table, kinds, data.non_finite, path)
+        return (table, scan, draws), (table.num_rows, stats, users_part(table.column(data.id_column)))
 
     (table, scan, draws), parts = col.exchange(read_and_summarise)
     ids = table.column(data.id_column)
-    rows = sum(n for n, _ in parts)
+    rows = sum(n for n, _, _ in parts)
     if rows == 0:
         raise DataError(f"publisher data '{path}' has no rows in the training window (data.window)")
     if col.size > 1:
@@ -113,14 +105,13 @@ def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
         bucket = np.minimum((draws[:, 1] * col.size).astype(np.int64), col.size - 1)
         received = col.route(bucket, ids.combine_chunks())
         col.each(lambda: refuse_duplicates(received, data.id_column, path))
-    spec = spec_from_statistics(merge_statistics([stats for _, stats in parts]), data)
+    spec = spec_from_statistics(merge_statistics([stats for _, stats, _ in parts]), data)
     log.info("features: %d numeric, %d categorical, %d multi-categorical", len(spec.numeric), len(spec.categorical), len(spec.multi_categorical))
 
     seeds = read_seed(data.seed_path, data.id_column, data.audience_column)
     training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))
     n_train = totals.pop(TRAIN_COUNT)
-    check_matched(totals, n_train, int(cfg.rules.min_matching_seed_size), bool(cfg.trusted_evaluation))
-    training.matched = totals
+    training.matched = totals  # checked against the owners' minimum once their rules are read
 
     def encode_mine():
         train = encode(table.take(training.train_rows), spec, path)
@@ -129,7 +120,6 @@ def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
 
     train_features, evaluation = col.collect(encode_mine)
     holdout, eval_negatives = _joined(evaluation, training.audiences) if evaluation else _nothing(train_features, training.audiences)
-    fingerprint = col.on_primary(lambda: publisher_fingerprint(dataset.files, Path(path))) or ""
     return PreparedData(
         spec=spec,
         training=training,
@@ -139,8 +129,7 @@ def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
         scan=replace(scan, rows_in_window=rows),
         publisher_rows=rows,
         n_train=n_train,
-        publisher_fingerprint=fingerprint,
-        seed_fingerprint=seed_fingerprint(seeds),
+        users=merge_parts([users for _, _, users in parts]),
     )
 
 

@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from lookalike.errors import LookalikeError
-from lookalike.prepare import data_fingerprint
+from lookalike.prepare import data_users
+from lookalike.privacy.budgets import find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.tracking import setup_experiment
 
@@ -36,7 +37,9 @@ def trial_epsilon(cfg: Any) -> float:
     """What one trial reserves: training plus the DP release of its held-out metrics."""
     if not cfg.privacy.enabled:
         return 0.0
-    return float(cfg.privacy.target_epsilon) + (0.0 if cfg.trusted_evaluation else float(cfg.evaluation.epsilon))
+    sized = cfg.model.get("kind", "two_tower") != "centroid"
+    return (float(cfg.privacy.target_epsilon) + (float(cfg.privacy.size_epsilon) if sized else 0.0)
+            + (0.0 if cfg.trusted_evaluation else float(cfg.evaluation.epsilon)))
 
 
 class SweepSummary(Callback):
@@ -47,7 +50,7 @@ class SweepSummary(Callback):
         try:
             needed = trial_epsilon(config)
             ledger = Ledger(config.ledger.path)
-            fits, remaining = ledger.runs_that_fit(data_fingerprint(config), needed, float(config.ledger.budget_epsilon))
+            fits, remaining = ledger.runs_that_fit(find_budget(ledger, data_users(config)).fingerprint, needed)
             if fits == 0:
                 raise LookalikeError(f"privacy budget in ledger '{ledger.path}' covers no trial of this sweep: "
                                      f"each needs epsilon {needed:.3g}, {remaining:.3g} remains (lookalike-budget preview --epsilon {needed:.3g})")

@@ -24,6 +24,7 @@ from lookalike.holdout_eval import evaluate_holdout
 from lookalike.model.bundle import save_bundle
 from lookalike.model.centroid import CentroidSimilarity
 from lookalike.privacy.ledger import Ledger
+import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.quiet import silence_known_warnings
 from lookalike.run_context import (
     RunContext,
@@ -76,10 +77,11 @@ def _train_shard(cfg: DictConfig, world: World, signal: StartSignal) -> None:
     """A rank other than 0: no ledger, no MLflow, no evaluation; its shard's clipped gradients."""
     inputs = gather_inputs(cfg, world)
     model = inputs.build_model(cfg)
-    if not signal.wait():
+    go, examples = signal.wait()
+    if not go:
         raise LookalikeError(f"rank {world.rank}: rank 0 stopped before training (its error says why)")
     train(model, inputs.training_tensors(), cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume,
-          world=world, examples=inputs.examples)
+          world=world, examples=examples)
     return None
 
 
@@ -88,11 +90,11 @@ def _run(cfg: DictConfig, world: World | None, signal: StartSignal) -> float | N
     signal.armed = True  # every rank has its data; the others now wait for go or stop
     data, resume, device, delta = inputs.data, inputs.resume, inputs.device, inputs.delta
     canaries = inputs.canaries
+    ctx = RunContext(cfg, data, delta, Ledger(cfg.ledger.path))
+    ctx.check_rules()  # the data owners' rules refuse a run before anything is reserved or logged
     if cfg.trusted_evaluation:
         log.warning("TRUSTED EVALUATION: seed-derived metrics are logged exactly; use only on synthetic or self-owned data")
     experiment_id = setup_experiment(cfg)
-
-    ctx = RunContext(cfg, data, delta, Ledger(cfg.ledger.path))
     ctx.open_reservation(resume)
     model = inputs.build_model(cfg)
     run_dir = run_directory(cfg)
@@ -113,17 +115,19 @@ def _run(cfg: DictConfig, world: World | None, signal: StartSignal) -> float | N
                 ckpt.save(run_dir / "checkpoints" / "last.pt")
 
             ctx.begin_training()
+            estimate = ctx.release_size()
+            examples = inputs.examples(estimate) if estimate is not None else None
             tensors = inputs.training_tensors()
-            signal.send(True)  # the reservation holds: the other ranks start training with this one
+            signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
             if isinstance(model, CentroidSimilarity):  # the non-learned baseline: one release, no loop
                 result = fit_centroid(model, tensors, cfg, delta or 0.0)
             else:
                 result = train(model, tensors, cfg, delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
                                on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), world=world,
-                               examples=inputs.examples)
+                               examples=examples)
             ctx.trained(result)
             if canaries is not None:
-                found = canaries.audit(result.model, device)
+                found = canaries.audit(result.model, device, delta or 0.0)
                 mlflow.log_metrics(found)
                 mlflow.set_tag("lookalike.audit", "one_run")
                 log.info("one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)", found["audit.correct"],

@@ -49,8 +49,9 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
           examples: int | None = None) -> TrainResult:
     """Train ``model`` on ``tensors`` (inputs..., labels last). DP when ``cfg.privacy.enabled``.
 
-    Under torchrun ``tensors`` are this rank's examples and ``examples`` counts all ranks' (the
-    sample rate is a batch of the whole training set); one process may leave it None."""
+    ``examples`` is what the sample rate is one batch of: the run's DP estimate of the training
+    examples over all ranks (run_context.py). None takes ``len(tensors[0])``, which is exact and
+    seed-derived: for trusted callers (tests, benchmarks) only."""
     trainer, privacy = cfg.trainer, cfg.privacy
     model.to(device)
     if resume is not None:
@@ -72,7 +73,8 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
         private = make_private(model, optimizer, loader, privacy, epochs=int(trainer.epochs), delta=delta,
                                noise_multiplier=resume.noise_multiplier if resume else None,
                                accountant_state=resume.accountant_state if resume else None,
-                               max_physical_batch=int(trainer.physical_batch_size), world=world, examples=examples)
+                               max_physical_batch=int(trainer.physical_batch_size), world=world,
+                               examples=len(tensors[0]) if examples is None else int(examples))
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
 

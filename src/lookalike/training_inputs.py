@@ -3,6 +3,7 @@ delta, the model and its training tensors (rank 0 and, under torchrun, every ran
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,11 +41,11 @@ class Inputs:
             features, labels = concat(features, extra), np.concatenate([labels, extra_labels])
         return features.tensors() + [torch.from_numpy(labels)]
 
-    @property
-    def examples(self) -> int:
-        """Training examples over all processes: the sample rate is one batch of these."""
-        planted = int(self.canaries.included.sum()) if self.canaries is not None else 0
-        return self.data.n_train + planted
+    def examples(self, estimate: int) -> int:
+        """What the sample rate is one batch of: the DP estimate of the training examples over
+        all processes, plus the planted canaries (synthetic, so counted exactly)."""
+        planted = self.canaries.planted if self.canaries is not None else 0
+        return estimate + planted
 
     def build_model(self, cfg: DictConfig) -> torch.nn.Module:
         model = build_model(self.data.spec, len(self.data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
@@ -66,14 +67,11 @@ def gather_inputs(cfg: DictConfig, world: World | None) -> Inputs:
     data = prepare(cfg, collective)
     canaries = None
     if cfg.get("audit", {}).get("enabled"):
-        # The same canaries on every rank (same seed): each grows the vocabulary alike, so every
-        # rank builds the same model; rank 0 alone trains on the included ones.
-        canaries = plant_canaries(data, int(cfg.audit.canaries), float(cfg.audit.guess_fraction), np.random.default_rng(int(cfg.seed) + 1))
-    delta = resolve_delta(cfg.privacy.target_delta, data.n_train) if cfg.privacy.enabled else None
-
-    def same_data_as_checkpoint() -> None:
-        if resume is not None and resume.meta.get("fingerprint") != data.fingerprint:
-            raise ConfigError("trainer.resume_from", "the checkpoint was trained on other data; resume with the same data.* settings")
-
-    collective.on_primary(same_data_as_checkpoint)  # rank 0 alone knows the publisher's fingerprint
+        # The same canary tokens on every rank, so every rank builds the same model; which are
+        # included is drawn from OS entropy (not the logged seed) and only rank 0's draw is used:
+        # it alone trains on them, counts them in the sample rate and audits.
+        canaries = plant_canaries(data, int(cfg.audit.canaries), float(cfg.audit.guess_fraction), np.random.default_rng(secrets.randbits(128)))
+    delta = resolve_delta(cfg.privacy.target_delta, data.publisher_rows) if cfg.privacy.enabled else None
+    if resume is not None and resume.meta.get("users") != data.users.digest:
+        raise ConfigError("trainer.resume_from", "the checkpoint was trained on other data; resume with the same data.* settings")
     return Inputs(device, resume, data, canaries, delta, collective.primary)

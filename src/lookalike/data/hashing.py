@@ -11,6 +11,7 @@ leading +). The salt comes from an environment variable or a file, never the com
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import hmac
 import json
@@ -20,8 +21,6 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from lookalike.errors import DataError, LookalikeError
@@ -61,32 +60,77 @@ def read_salt(env: str, salt_file: Path | None) -> bytes:
 
 
 def hash_file(source: Path, target: Path, column: str, salt: bytes, kind: str) -> int:
-    """Hash ``column`` of a CSV, JSON-lines or Parquet file into ``target`` (same format)."""
+    """Hash ``column`` of a CSV, JSON-lines or Parquet file into ``target`` (same format). Every
+    other value passes through as it was: CSV and JSON lines are read as text, never typed (a
+    zip code 01234 stays 01234, a timestamp stays its string), and Parquet keeps its schema."""
     if not source.is_file():
         raise DataError(f"input file '{source}' does not exist")
     suffix = source.suffix.lower()
-    text_id = {column: pa.string()}
-    if suffix == ".csv":
-        table = pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=text_id))
-    elif suffix in (".jsonl", ".json", ".ndjson"):
-        table = pajson.read_json(source)
-    elif suffix in (".parquet", ".pq"):
-        table = pq.read_table(source)
-    else:
+    if suffix not in (".csv", ".jsonl", ".json", ".ndjson", ".parquet", ".pq"):
         raise DataError(f"input file '{source}': unknown format; use .csv, .jsonl or .parquet")
-    if column not in table.column_names:
-        raise DataError(f"input file '{source}' has no column '{column}': pass --column")
-    hashed = hash_column(table.column(column).cast(pa.string()), salt, kind)
-    table = table.set_column(table.column_names.index(column), column, hashed)
     tmp = target.with_name(target.name + ".tmp")
-    if suffix == ".csv":
-        pacsv.write_csv(table, tmp)
-    elif suffix == ".parquet" or suffix == ".pq":
-        pq.write_table(table, tmp)
-    else:
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    try:
+        if suffix == ".csv":
+            rows = _hash_csv(source, tmp, column, salt, kind)
+        elif suffix in (".parquet", ".pq"):
+            table = pq.read_table(source)
+            if column not in table.column_names:
+                raise DataError(f"input file '{source}' has no column '{column}': pass --column")
+            values = table.column(column).cast(pa.string())
+            _refuse_blank(values.to_pylist(), source, column)
+            pq.write_table(table.set_column(table.column_names.index(column), column, hash_column(values, salt, kind)), tmp)
+            rows = table.num_rows
+        else:
+            rows = _hash_jsonl(source, tmp, column, salt, kind)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(target)  # never leave a half-written output
-    return table.num_rows
+    return rows
+
+
+def _refuse_blank(values: list, source: Path, column: str, first_row: int = 1) -> None:
+    for i, value in enumerate(values):
+        if value is None or not str(value).strip():
+            raise DataError(f"input file '{source}': row {first_row + i} has an empty '{column}'; drop such rows first "
+                            "(an empty id would hash to a valid-looking id)")
+
+
+def _hash_csv(source: Path, tmp: Path, column: str, salt: bytes, kind: str) -> int:
+    with open(source, newline="", encoding="utf-8-sig") as inp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        reader = csv.reader(inp)
+        header = next(reader, None)
+        if header is None or column not in header:
+            raise DataError(f"input file '{source}' has no column '{column}': pass --column")
+        at, writer, rows = header.index(column), csv.writer(out, lineterminator="\n"), 0
+        writer.writerow(header)
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue  # a blank line
+            _refuse_blank([row[at] if at < len(row) else None], source, column, line)
+            row[at] = hash_id(row[at], salt, kind)
+            writer.writerow(row)
+            rows += 1
+    return rows
+
+
+def _hash_jsonl(source: Path, tmp: Path, column: str, salt: bytes, kind: str) -> int:
+    with open(source, encoding="utf-8-sig") as inp, open(tmp, "w", encoding="utf-8") as out:
+        rows = 0
+        for line, text in enumerate(inp, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"input file '{source}': line {line} is not JSON ({exc.msg})") from exc
+            if not isinstance(record, dict) or column not in record:
+                raise DataError(f"input file '{source}': line {line} has no '{column}': pass --column")
+            _refuse_blank([record[column]], source, column, line)
+            record[column] = hash_id(str(record[column]), salt, kind)
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            rows += 1
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

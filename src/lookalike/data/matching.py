@@ -1,12 +1,24 @@
 """Join seed ids to publisher users and lay out the training and held-out sets.
 
-One publisher user is one example (the privacy unit): a multi-label target over audiences.
-Every split is decided per user by a keyed hash of the id, never by counting: a matched seed
-user is held out for evaluation when its draw is below ``data.holdout_fraction``; a non-seed user
-is an evaluation negative below ``data.eval_negative_rate`` and a training negative in the next
-``data.negative_rate``. So adding or removing one user (with their seed membership) changes only
-that user's own example, as the DP-SGD neighbouring relation requires; a count-based rule
-("3 negatives per positive") would let one seed user move several negatives in or out.
+The secret is seed membership, so the training set is built so that one user joining or
+leaving the seed adds or removes exactly one training example (the add/remove relation that
+DP-SGD's accounting is for), never flips a label:
+
+- **positives**: every matched seed user not held out, one example per user whose target is the
+  user's membership over all audiences (multi-label);
+- **background**: the publisher users whose keyed-hash draw falls in
+  ``[eval_negative_rate, eval_negative_rate + negative_rate)``, with target 0, *whether or not
+  they are in the seed* (held-out seed users excepted, so that evaluation never scores users the
+  model was trained on). A background user who joins the seed keeps that example and gains a
+  positive one, or (if held out) loses it: one example either way.
+
+The model thus learns seed against population (positive-unlabelled learning), whose score
+ranks users by p(x | seed) / p(x), the odds of being in the seed. Every split is decided per
+user by a keyed hash of the id, never by counting ("3 negatives per positive" would let one seed
+user move several other users in or out of training).
+
+A user already in one audience who joins another changes their positive example's target: a
+replace-one change, covered at twice the epsilon (group privacy of add/remove).
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from lookalike.errors import DataError
 @dataclass
 class TrainingSet:
     audiences: list[str]
-    train_rows: np.ndarray  # rows of the publisher table used for training
+    train_rows: np.ndarray  # rows of the publisher table used for training: background, then positives
     train_labels: np.ndarray  # float32 [len(train_rows), n_audiences]
     holdout_rows: dict[str, np.ndarray]  # audience -> held-out seed rows
     eval_negative_rows: np.ndarray  # non-seed users outside the training set
@@ -70,13 +82,13 @@ def lay_out(publisher_ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], *, hol
     matched = {name: int(member[:, a].sum()) for a, name in enumerate(audiences)}
     is_seed = member.any(axis=1)
     held = is_seed & (draws[:, 0] < holdout_fraction)
-    train_pos = np.flatnonzero(is_seed & ~held)
+    positives = np.flatnonzero(is_seed & ~held)
     holdout_rows = {name: np.flatnonzero(held & member[:, a]) for a, name in enumerate(audiences)}
     other = draws[:, 1]
     eval_negatives = np.flatnonzero(~is_seed & (other < eval_negative_rate))
-    negatives = np.flatnonzero(~is_seed & (other >= eval_negative_rate) & (other < eval_negative_rate + negative_rate))
-    train_rows = np.union1d(train_pos, negatives)
-    labels = member[train_rows].astype(np.float32)
+    background = np.flatnonzero(~held & (other >= eval_negative_rate) & (other < eval_negative_rate + negative_rate))
+    train_rows = np.concatenate([background, positives])
+    labels = np.concatenate([np.zeros((background.size, len(audiences)), dtype=np.float32), member[positives].astype(np.float32)])
     return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, matched)
 
 

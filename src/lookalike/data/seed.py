@@ -6,6 +6,7 @@ a list of files (one audience per file, named by the file stem) or a mapping nam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,16 @@ from lookalike.data.features import is_text
 from lookalike.errors import ConfigError, DataError
 
 DEFAULT_AUDIENCE = "seed"
+# Audience names become folder names in exports (audience=<name>/) and MLflow keys: letters,
+# digits, '_', '-' and '.', starting with a letter or digit, so no name can climb out of a folder.
+AUDIENCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_audience_name(name: str, where: str) -> str:
+    """Refuse a name that is not a plain, safe identifier (``..``, ``/``, spaces, empty)."""
+    if not isinstance(name, str) or not AUDIENCE_NAME.fullmatch(name) or ".." in name:
+        raise DataError(f"{where}: audience name {name!r} is not allowed; use letters, digits, '_', '-' or '.' (up to 128, no '..')")
+    return name
 
 
 def seed_files(seed_path: Any) -> dict[str | None, Path]:
@@ -51,7 +62,9 @@ def read_seed(seed_path: Any, id_column: str, audience_column: str) -> dict[str,
             for group in pc.unique(groups).to_pylist():
                 audiences[group] = _unique_ids(ids.filter(pc.equal(groups, group)), path, id_column)
         else:
-            audiences[name or DEFAULT_AUDIENCE] = _unique_ids(ids, path, id_column)
+            audiences[DEFAULT_AUDIENCE if name is None else name] = _unique_ids(ids, path, id_column)
+    for name in audiences:
+        check_audience_name(name, f"seed '{seed_path}'")
     return dict(sorted(audiences.items()))
 
 

@@ -27,6 +27,7 @@ from lookalike.export.output import StagedOutput, check_output_dir
 from lookalike.export.report import ReleasePlan, audience_report, plot_report
 from lookalike.export.shards import load_parts, remove_parts, save_part
 from lookalike.privacy.ledger import Ledger
+import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.quiet import silence_known_warnings
 from lookalike.run_context import discard_run_directory, is_multirun
 from lookalike.tracking import setup_experiment
@@ -43,7 +44,7 @@ def run(cfg: DictConfig) -> dict:
     shard, out = cfg.export.shard, Path(str(cfg.export.output_dir))
     world = world_from_env(float(shard.get("collective_timeout_minutes", 120)))
     if shard.merge or shard.index is None:  # whoever writes the segments; under torchrun every rank, alike
-        check_output_dir(out, bool(cfg.export.overwrite))
+        check_output_dir(out, bool(cfg.export.overwrite), protected_paths(cfg))
     job = plan_export(cfg)
     parts = Path(str(shard.parts_dir))
     if world is not None:  # torchrun: the ranks are the shards, rank 0 merges and releases
@@ -65,11 +66,28 @@ def run(cfg: DictConfig) -> dict:
     return release(job, lambda: score(job))
 
 
+def protected_paths(cfg: DictConfig) -> dict[str, str]:
+    """What an export folder must never hold: the inputs, the ledger, the MLflow store, the runs."""
+    from lookalike.data.seed import seed_files
+    from lookalike.privacy.ledger_store import sqlite_file
+
+    kept = {"data.publisher_path": str(cfg.data.publisher_path), "paths.output_dir": str(cfg.paths.output_dir)}
+    kept |= {f"data.seed_path ({name or 'seed'})": str(file) for name, file in seed_files(cfg.data.seed_path).items()}
+    for key, location in (("ledger.path", str(cfg.ledger.path)), ("mlflow.tracking_uri", str(cfg.mlflow.tracking_uri))):
+        try:
+            file = sqlite_file(location)  # a file path or sqlite:/// URL; None for a server
+        except Exception:
+            file = None
+        if file is not None:
+            kept[key] = str(file)
+    return kept
+
+
 def check_budget(job: ExportJob) -> None:
     """Read-only: would the ledger cover this export's release now?"""
     if job.epsilon > 0:
         ledger = Ledger(job.cfg.ledger.path)
-        fits, remaining = ledger.runs_that_fit(job.fingerprint, job.epsilon, float(job.cfg.ledger.budget_epsilon))
+        fits, remaining = ledger.runs_that_fit(job.fingerprint, job.epsilon)
         if fits < 1:
             raise BudgetExceededError(f"privacy budget in ledger '{ledger.path}' for data {job.fingerprint[:12]}: this export needs "
                                       f"epsilon {job.epsilon:.3g} but only {remaining:.3g} remains; lower export.report_epsilon")
@@ -82,9 +100,8 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
     ledger = Ledger(cfg.ledger.path)
     entry = None
     if job.epsilon > 0:
-        entry = ledger.reserve(job.fingerprint, job.epsilon, job.delta, budget_epsilon=float(cfg.ledger.budget_epsilon),
-                               budget_delta=None if cfg.ledger.budget_delta is None else float(cfg.ledger.budget_delta),
-                               kind="export", description=f"lookalike-export {job.uri}")
+        entry = ledger.reserve(job.fingerprint, job.epsilon, job.delta, kind="export", description=f"lookalike-export {job.uri}",
+                               attach=job.budget.new_snapshot)
     experiment_id = setup_experiment(cfg)
     try:
         experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run
@@ -100,9 +117,10 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                              "lookalike.sharded": "true" if merged_from is not None else "false"})
             mlflow.log_params({"audience_size.type": job.kind, "audience_size.bins": str(job.bins), "seed_exclusion": e.seed_exclusion,
                                "include_seed_in_output": e.include_seed_in_output, "min_score": e.min_score,
-                               "report_epsilon": e.report_epsilon, "report_delta": e.report_delta, "allow_list_output": cfg.rules.allow_list_output})
+                               "report_epsilon": e.report_epsilon, "report_delta": e.report_delta, "allow_list_output": job.rules.allow_list_output,
+                               "min_aggregation_size": job.rules.min_aggregation_size})
             scored = produce()
-            report = _write(cfg, staged, scored.state, job.population, job.bins, job.sizes, plan)
+            report = _write(job.rules.allow_list_output, staged, scored.state, job.population, job.bins, job.sizes, plan)
             report |= {"model": {"uri": job.uri, "training_run_id": job.meta["run_id"], "private": bool(job.meta.get("private"))},
                        "population": job.population, "audience_size": {"type": job.kind, "bins": job.bins},
                        "privacy": {"trusted": trusted, "report_epsilon": None if trusted else float(e.report_epsilon),
@@ -136,8 +154,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                 ledger.release(entry)  # nothing left the room: the reservation goes back
 
 
-def _write(cfg, staged: StagedOutput, state, population: int, bins: list, sizes: list[int], plan: ReleasePlan) -> dict:
-    allow = bool(cfg.rules.allow_list_output)
+def _write(allow: bool, staged: StagedOutput, state, population: int, bins: list, sizes: list[int], plan: ReleasePlan) -> dict:
     audiences = {}
     for name, st in state.items():
         _, scores, ids = st.segment.result()

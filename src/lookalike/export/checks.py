@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lookalike.config_checks import check_outputs_outside_inputs
+from lookalike.config_checks import check_outputs_outside_inputs, check_rule_overrides
 from lookalike.data.features import FeatureSpec, is_list, is_number
 from lookalike.errors import ConfigError, DataError
 
@@ -57,8 +57,7 @@ def validate_export_config(cfg: Any) -> None:
             raise ConfigError("export.shard.index", f"{index} must be a whole number from 0 to count - 1 = {count - 1}")
     check_outputs_outside_inputs({"export.output_dir": e.output_dir, "ledger.path": cfg.ledger.path},
                                  {"data.publisher_path": cfg.data.publisher_path, "data.seed_path": cfg.data.seed_path})
-    if int(cfg.rules.min_aggregation_size) < 1:
-        raise ConfigError("rules.min_aggregation_size", f"{cfg.rules.min_aggregation_size} must be >= 1")
+    check_rule_overrides(cfg)
 
 
 def check_model_fits_publisher(spec: FeatureSpec, schema: pa.Schema, path: str, model_uri: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -19,14 +18,18 @@ import torch
 from omegaconf import DictConfig
 
 from lookalike.data.publisher import open_publisher, schema_mismatch, window_filter
-from lookalike.data.seed import read_seed
+from lookalike.data.seed import check_audience_name, read_seed
 from lookalike.errors import ConfigError, DataError, LookalikeError
 from lookalike.export.checks import check_model_fits_publisher
 from lookalike.export.release import gaussian_sigma
 from lookalike.export.report import ReleasePlan, bin_sizes
 from lookalike.export.scoring import AudienceScores, ExportOptions, score_population
 from lookalike.model.bundle import load_bundle
-from lookalike.privacy.fingerprint import data_fingerprint
+from lookalike.data.matching import check_publisher_ids
+from lookalike.privacy.budgets import BudgetMatch, find_budget
+from lookalike.privacy.fingerprint import users_key
+from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
 from lookalike.run_context import pick_device
 from lookalike.tracking import download_bundle, resolve_tracking_uri
 
@@ -69,8 +72,13 @@ class ExportJob:
     randomized: bool
     epsilon: float
     delta: float
-    fingerprint: str
+    budget: BudgetMatch
+    rules: Rules
     options: ExportOptions
+
+    @property
+    def fingerprint(self) -> str:
+        return self.budget.fingerprint
 
 
 @dataclass
@@ -88,7 +96,7 @@ def plan_export(cfg: DictConfig) -> ExportJob:
         model, spec, meta = load_bundle(download_bundle(uri))
     except LookalikeError as exc:
         raise ConfigError("export.model", str(exc)) from exc
-    audiences = {a: i for i, a in enumerate(meta["audiences"])}
+    audiences = {check_audience_name(a, f"model '{uri}'"): i for i, a in enumerate(meta["audiences"])}
     if e.audiences:
         unknown = [a for a in e.audiences if a not in audiences]
         if unknown:
@@ -106,24 +114,32 @@ def plan_export(cfg: DictConfig) -> ExportJob:
     missing = [a for a in audiences if a not in seeds]
     if missing:
         raise ConfigError("data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); export needs each audience's seed to exclude it")
-    population = dataset.count_rows(filter=row_filter)
+    ids = dataset.to_table(columns=[spec.id_column], filter=row_filter).column(spec.id_column)
+    check_publisher_ids(ids, spec.id_column, path)
+    population = len(ids)
+    # The owners' budget and rules for these users, before anything is scored or reserved.
+    trusted = bool(cfg.trusted_evaluation)
+    ledger = Ledger(cfg.ledger.path)
+    budget = find_budget(ledger, users_key(ids))
+    del ids
+    rules = effective_rules(budget.rules, cfg.rules, ledger.path)
+    check_run_allowed(rules, private=bool(meta.get("private")), trusted=trusted, epsilon=0.0, where=ledger.path)
     kind, bins = str(e.audience_size.type).upper(), list(e.audience_size.bins)
     sizes = bin_sizes(kind, bins, population)
 
-    trusted = bool(cfg.trusted_evaluation)
     randomized = e.seed_exclusion == "randomized" and not e.include_seed_in_output
-    plan = ReleasePlan(trusted=trusted, sigma=0.0, min_aggregation_size=int(cfg.rules.min_aggregation_size),
+    plan = ReleasePlan(trusted=trusted, sigma=0.0, min_aggregation_size=rules.min_aggregation_size,
                        noisy_segment_sizes=e.seed_exclusion == "exact" and not e.include_seed_in_output)
     sensitivity = (len(audiences) * plan.dims_per_audience(len(bins))) ** 0.5
     if not trusted:
         plan.sigma = gaussian_sigma(float(e.report_epsilon), float(e.report_delta), sensitivity)
     epsilon = (0.0 if trusted else float(e.report_epsilon)) + (float(e.seed_exclusion_epsilon) * len(audiences) if randomized else 0.0)
+    check_run_allowed(rules, private=True, trusted=False, epsilon=epsilon, where=ledger.path)
     options = ExportOptions(bool(e.include_seed_in_output), str(e.seed_exclusion), float(e.seed_exclusion_epsilon),
                             None if e.min_score is None else float(e.min_score),
                             float(meta.get("holdout_fraction", 0.0)), int(meta.get("split_seed", 0)))
     return ExportJob(cfg, uri, model, spec, meta, audiences, dataset, row_filter, path, seeds, population, kind, bins, sizes, plan,
-                     sensitivity, randomized, epsilon, 0.0 if trusted else float(e.report_delta),
-                     data_fingerprint(dataset.files, Path(path), seeds), options)
+                     sensitivity, randomized, epsilon, 0.0 if trusted else float(e.report_delta), budget, rules, options)
 
 
 def score(job: ExportJob, shard: tuple[int, int] | None = None) -> Scored:

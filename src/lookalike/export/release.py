@@ -19,7 +19,9 @@ def gaussian_delta(sigma: float, epsilon: float, sensitivity: float) -> float:
     """The exact delta of the Gaussian mechanism (Balle & Wang 2018, Theorem 8)."""
     a = sensitivity / (2.0 * sigma)
     b = epsilon * sigma / sensitivity
-    return _phi(a - b) - math.exp(epsilon) * _phi(-a - b)
+    tail = _phi(-a - b)
+    # e^eps * tail in log space: e^eps alone overflows for large epsilon while the product is tiny.
+    return _phi(a - b) - (math.exp(epsilon + math.log(tail)) if tail > 0 else 0.0)
 
 
 def gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:

@@ -23,6 +23,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 PRV_MAX_MECHANISMS = 8
+# Below this noise multiplier a mechanism protects next to nothing and the curves' numerics blow
+# up (PRV's grid grows as 1 / sigma: gigabytes at 1e-4): such an entry is charged at face value,
+# which is always valid.
+MIN_NOISE_MULTIPLIER = 0.3
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,9 @@ def face_value(entry: dict) -> float:
 
 
 def is_gaussian(entry: dict) -> bool:
-    return entry["status"] == "spent" and entry.get("events") not in (None, "", "[]")
+    if entry["status"] != "spent" or entry.get("events") in (None, "", "[]"):
+        return False
+    return all(float(sigma) >= MIN_NOISE_MULTIPLIER for sigma, _, _ in json.loads(entry["events"]))
 
 
 def gaussian_block(entries: list[dict]) -> GaussianBlock:

@@ -30,15 +30,18 @@ ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("fused", "hooks", "functorch")
 
 
-def resolve_delta(target_delta: float | None, n_examples: int) -> float:
-    """delta defaults to 1/(10 N); delta >= 1/N is refused (it would allow releasing a record)."""
+def resolve_delta(target_delta: float | None, publisher_rows: int) -> float:
+    """delta defaults to 1/(10 R) for the R publisher users in the window; delta >= 1/R is
+    refused. R is a public count of the publisher's own table and at least the number N of
+    training examples, so 1/(10 R) <= 1/(10 N) without releasing N (which is seed-derived)."""
     if target_delta is None:
-        return 1.0 / (10.0 * n_examples)
+        return 1.0 / (10.0 * publisher_rows)
     delta = float(target_delta)
-    if not 0 < delta < 1.0 / n_examples:
-        raise ConfigError("privacy.target_delta", f"{delta:g} must be in (0, 1/N) = (0, {1.0 / n_examples:.3g}) for N = {n_examples} training examples; leave it null for 1/(10 N)")
-    if delta > 1.0 / (10.0 * n_examples):
-        log.warning("privacy.target_delta %.3g is above 1/(10 N) = %.3g", delta, 1.0 / (10.0 * n_examples))
+    if not (math.isfinite(delta) and 0 < delta < 1.0 / publisher_rows):
+        raise ConfigError("privacy.target_delta", f"{delta:g} must be in (0, 1/R) = (0, {1.0 / publisher_rows:.3g}) for the R = {publisher_rows} "
+                          "publisher users in the window; leave it null for 1/(10 R)")
+    if delta > 1.0 / (10.0 * publisher_rows):
+        log.warning("privacy.target_delta %.3g is above 1/(10 R) = %.3g", delta, 1.0 / (10.0 * publisher_rows))
     return delta
 
 
@@ -62,7 +65,7 @@ class PrivateTraining:
 def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, privacy: Any, *,
                  epochs: int, delta: float, noise_multiplier: float | None = None,
                  accountant_state: dict | None = None, max_physical_batch: int = 512, world: World | None = None,
-                 examples: int | None = None) -> PrivateTraining:
+                 examples: int) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
     A fresh run calibrates the noise so that the accountant's epsilon for the steps the Poisson
@@ -71,6 +74,11 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
     PRV estimate for the real step count was seen to land above the target: 3.015 for 3.0.)
     A resumed run passes the checkpoint's ``noise_multiplier`` and ``accountant_state`` so that
     accounting continues instead of restarting.
+
+    ``examples`` is the training-set size the sample rate is a batch of: a DP estimate of it
+    (the exact size is seed-derived, and q = batch / N or the averaging by q N would release it).
+    Poisson sampling at any fixed q is accounted the same way, so the estimate's error moves the
+    real batch size, never the guarantee.
     """
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
@@ -78,7 +86,6 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=bool(privacy.secure_mode))
     clipping = None
     if privacy.grad_sample_mode == "fused":
-        examples = len(loader.dataset) if examples is None else examples
         model, optimizer, loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch,
                                                     world, examples)
     elif world is not None:
@@ -88,6 +95,7 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
         # fixes, unless given generators: OS-entropy ones here, as in fused mode (secure_mode
         # brings its own).
         secure = bool(privacy.secure_mode)
+        batch_size = loader.batch_size
         model, optimizer, loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=float(privacy.max_grad_norm),
             noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
@@ -95,6 +103,7 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
             noise_generator=None if secure else entropy_generator(next(model.parameters()).device))
         if not secure:
             loader.batch_sampler.generator = entropy_generator(torch.device("cpu"))
+        _sample_at(loader, optimizer, engine, math.ceil(examples / batch_size), examples)
     # Opacus' accountant hook records q = 1 / len(Poisson loader). Because the loader takes
     # int(1 / (1 / L)) steps per epoch, which float rounding can make L - 1, that q can sit a
     # little above the true sampling rate: conservative, and the rate the reported epsilon uses.
@@ -130,6 +139,18 @@ def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, 
     optimizer.expected_batch_size = int(examples * sample_rate) / (world.size if world else 1)
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     return model, optimizer, batches, FusedClipping(model, float(privacy.max_grad_norm))
+
+
+def _sample_at(loader: DataLoader, optimizer: Any, engine: PrivacyEngine, steps: int, examples: int) -> None:
+    """Make Opacus' Poisson loader sample at 1 / ``steps`` for ``steps`` steps an epoch, average
+    over ``examples`` x rate, and account at that rate. ``engine.make_private`` derives all three
+    from the exact dataset length, which is seed-derived."""
+    rate = 1.0 / steps
+    sampler = loader.batch_sampler
+    sampler.sample_rate, sampler.steps = rate, steps
+    loader.sample_rate = rate
+    optimizer.expected_batch_size = int(examples * rate)
+    optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=rate))
 
 
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
@@ -168,10 +189,11 @@ def epsilon_from_history(history: list[tuple[float, float, int]], delta: float, 
 def validate_privacy_config(privacy: Any) -> None:
     if not privacy.enabled:
         return
-    if privacy.target_epsilon is None or float(privacy.target_epsilon) <= 0:
-        raise ConfigError("privacy.target_epsilon", f"{privacy.target_epsilon} must be a positive number")
-    if float(privacy.max_grad_norm) <= 0:
-        raise ConfigError("privacy.max_grad_norm", f"{privacy.max_grad_norm} must be positive")
+    for key, upper in (("target_epsilon", math.inf), ("max_grad_norm", math.inf), ("size_epsilon", math.inf), ("size_delta", 1.0)):
+        value = privacy.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 < value < upper):
+            bound = "a positive, finite number" if upper == math.inf else f"a number in (0, {upper:g})"
+            raise ConfigError(f"privacy.{key}", f"'{value}' must be {bound}")
     if privacy.accountant not in ACCOUNTANTS:
         raise ConfigError("privacy.accountant", f"'{privacy.accountant}' is not one of {', '.join(ACCOUNTANTS)}")
     if privacy.secure_mode:

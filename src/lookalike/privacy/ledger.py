@@ -11,18 +11,30 @@ adds up at face value. Deltas add up.
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from lookalike.errors import BudgetExceededError, ConfigError, LookalikeError
 from lookalike.privacy.composition import charge, gaussian_block
-from lookalike.privacy.ledger_store import BUDGETS, ENTRIES, create_schema, exists, open_engine, without_password
+from lookalike.privacy.fingerprint import UsersKey
+from lookalike.privacy.ledger_store import BUDGETS, DATASETS, ENTRIES, create_schema, exists, open_engine, without_password
+from lookalike.privacy.rules import Rules
 
 TOLERANCE = 1e-9
+
+
+def check_amount(epsilon: float, delta: float) -> None:
+    """Refuse a non-finite or negative amount: ``charged + nan > budget`` is false, so a NaN
+    would pass every budget check."""
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ConfigError("privacy.target_epsilon", f"{epsilon} is not a finite, non-negative epsilon")
+    if not (math.isfinite(delta) and 0 <= delta < 1):
+        raise ConfigError("privacy.target_delta", f"{delta} is not a delta in [0, 1)")
 
 
 def runs_fitting(remaining: float, epsilon: float) -> int:
@@ -42,6 +54,7 @@ class BudgetStatus:
     runs: int
     charged_epsilon: float  # what the ledger enforces: finished Gaussian runs composed, the rest summed
     composition: str
+    rules: dict = field(default_factory=dict)  # the data owners' clean-room rules
 
     @property
     def remaining_epsilon(self) -> float:
@@ -86,16 +99,21 @@ class Ledger:
         create_schema(self.engine, self.location)  # creates a new ledger, or adds what an older one lacks
         self._schema_checked = True
 
-    def reserve(self, fingerprint: str, epsilon: float, delta: float, *, budget_epsilon: float,
-                budget_delta: float | None, kind: str, description: str) -> int:
-        """Atomically reserve ``epsilon`` (and ``delta``) or raise :class:`BudgetExceededError`."""
+    def reserve(self, fingerprint: str, epsilon: float, delta: float, *, kind: str, description: str,
+                attach: UsersKey | None = None) -> int:
+        """Atomically reserve ``epsilon`` (and ``delta``) on an existing budget or raise
+        :class:`BudgetExceededError`. ``attach``: a new snapshot of the budget's users, recorded
+        with the reservation so that later snapshots are recognised through it too."""
+        check_amount(epsilon, delta)
         now = time.time()
         # The slow part (a PRV composition) runs before the lock, on finished entries, which
         # never change again; whatever finishes meanwhile counts at face value below.
-        self._ready()
+        self._ready(create=False)
         block = gaussian_block(self.entries(fingerprint))
         with self.engine.begin() as conn:
-            budget = self._lock_budget(conn, fingerprint, budget_epsilon, budget_delta, now)
+            budget = conn.execute(select(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).with_for_update()).first()
+            if budget is None:
+                raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
             total_eps, total_delta = budget.budget_epsilon, budget.budget_delta
             current = charge(self._rows(conn, fingerprint), block)
             charged, charged_delta = current.charged_epsilon, current.delta
@@ -110,31 +128,29 @@ class Ledger:
                     f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: delta {delta:.3g} exceeds "
                     f"the remaining {max(total_delta - charged_delta, 0):.3g} of {total_delta:.3g}; lower privacy.target_delta"
                 )
+            if attach is not None and conn.execute(select(DATASETS.c.digest).where(DATASETS.c.digest == attach.digest)).first() is None:
+                conn.execute(insert(DATASETS).values(digest=attach.digest, fingerprint=fingerprint, users=attach.users,
+                                                     sketch=attach.to_json(), created_at=now))
             result = conn.execute(insert(ENTRIES).values(
                 fingerprint=fingerprint, kind=kind, description=description, status="reserved", reserved_epsilon=epsilon,
                 spent_epsilon=None, delta=delta, created_at=now, updated_at=now))
             return int(result.inserted_primary_key[0])
 
-    @staticmethod
-    def _lock_budget(conn, fingerprint: str, budget_epsilon: float, budget_delta: float | None, now: float):
-        """The budget row, locked until the transaction ends; created at first use."""
-        query = select(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).with_for_update()
-        row = conn.execute(query).first()
-        if row is None:
-            try:
-                with conn.begin_nested():  # another machine may create it at the same moment
-                    conn.execute(insert(BUDGETS).values(fingerprint=fingerprint, budget_epsilon=budget_epsilon,
-                                                        budget_delta=budget_delta, created_at=now))
-            except IntegrityError:
-                pass
-            row = conn.execute(query).first()
-        return row
-
     def record_spent(self, entry_id: int, epsilon: float, events: list | None = None) -> None:
         """Close a reservation with the epsilon actually spent (never below zero). ``events``:
         the mechanism as (noise multiplier, sample rate, steps) Gaussian steps, or None when it
-        is not only Gaussian; it lets runs be composed more tightly than by summing."""
-        self._close(entry_id, "spent", max(float(epsilon), 0.0), None if events is None else json.dumps([list(e) for e in events]))
+        is not only Gaussian; it lets runs be composed more tightly than by summing.
+
+        A spend above the reservation is a bug or a tampered run: it is recorded as spent (the
+        ledger must hold the truth) and raised, never passed over."""
+        epsilon = float(epsilon)
+        if not math.isfinite(epsilon):
+            raise LookalikeError(f"ledger '{self.path}': entry {entry_id} cannot record a spend of {epsilon}: the run's accounting failed")
+        reserved = float(self.entry(entry_id)["reserved_epsilon"])
+        self._close(entry_id, "spent", max(epsilon, 0.0), None if events is None else json.dumps([list(e) for e in events]))
+        if epsilon > reserved + TOLERANCE:
+            raise BudgetExceededError(f"ledger '{self.path}': entry {entry_id} spent epsilon {epsilon:.4g}, more than its reservation "
+                                      f"{reserved:.4g}; the spend is recorded and the budget may be overdrawn")
 
     def release(self, entry_id: int) -> None:
         """Give a reservation back; only for runs that never touched the data with a DP step."""
@@ -156,19 +172,20 @@ class Ledger:
             raise LookalikeError(f"ledger '{self.path}': no entry {entry_id}")
         return dict(row)
 
-    def remaining(self, fingerprint: str, default_budget: float) -> float:
-        """Epsilon still available on ``fingerprint`` (the default budget if the ledger is new)."""
-        if not self.exists():
-            return default_budget
+    def remaining(self, fingerprint: str) -> float:
+        """Epsilon still available on the budget ``fingerprint``."""
+        self._ready(create=False)
         with self.engine.connect() as conn:
             row = conn.execute(select(BUDGETS.c.budget_epsilon).where(BUDGETS.c.fingerprint == fingerprint)).first()
             entries = self._rows(conn, fingerprint)
-        return max((row[0] if row else default_budget) - charge(entries, gaussian_block(entries)).charged_epsilon, 0.0)
+        if row is None:
+            raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
+        return max(row[0] - charge(entries, gaussian_block(entries)).charged_epsilon, 0.0)
 
-    def runs_that_fit(self, fingerprint: str, epsilon: float, default_budget: float) -> tuple[int, float]:
+    def runs_that_fit(self, fingerprint: str, epsilon: float) -> tuple[int, float]:
         """Read-only: how many more reservations of ``epsilon`` the budget covers now (the
         same tolerance as :meth:`reserve`), and the epsilon remaining."""
-        remaining = self.remaining(fingerprint, default_budget)
+        remaining = self.remaining(fingerprint)
         return runs_fitting(remaining, epsilon), remaining
 
     def entries(self, fingerprint: str) -> list[dict]:
@@ -181,30 +198,19 @@ class Ledger:
         query = select(ENTRIES).where(ENTRIES.c.fingerprint == fingerprint).order_by(ENTRIES.c.id)
         return [dict(r) for r in conn.execute(query).mappings()]
 
-    def set_budget(self, fingerprint: str, budget_epsilon: float, budget_delta: float | None = None) -> None:
-        """Change a fingerprint's total budget: a deliberate act by the data owners."""
-        self._ready(create=False)
-        with self.engine.begin() as conn:
-            matches = conn.execute(select(BUDGETS.c.fingerprint).where(BUDGETS.c.fingerprint.startswith(fingerprint))).all()
-            if len(matches) == 1:
-                conn.execute(update(BUDGETS).where(BUDGETS.c.fingerprint == matches[0][0]).values(
-                    budget_epsilon=budget_epsilon, budget_delta=budget_delta))
-        if len(matches) != 1:
-            raise LookalikeError(f"ledger '{self.path}': fingerprint '{fingerprint}' matches {len(matches)} datasets; give more of it")
-
     def status(self) -> list[BudgetStatus]:
         self._ready(create=False)
         with self.engine.connect() as conn:
-            budgets = conn.execute(select(BUDGETS.c.fingerprint, BUDGETS.c.budget_epsilon, BUDGETS.c.budget_delta)
+            budgets = conn.execute(select(BUDGETS.c.fingerprint, BUDGETS.c.budget_epsilon, BUDGETS.c.budget_delta, BUDGETS.c.rules)
                                    .order_by(BUDGETS.c.created_at)).all()
-            entries = {fp: self._rows(conn, fp) for fp, _, _ in budgets}
+            entries = {b[0]: self._rows(conn, b[0]) for b in budgets}
         result = []
-        for fp, budget_epsilon, budget_delta in budgets:
+        for fp, budget_epsilon, budget_delta, rules in budgets:
             rows = entries[fp]
             cost = charge(rows, gaussian_block(rows))
             result.append(BudgetStatus(
                 fp, budget_epsilon, budget_delta,
                 sum(r["spent_epsilon"] for r in rows if r["status"] == "spent"),
                 sum(r["reserved_epsilon"] for r in rows if r["status"] == "reserved"),
-                cost.delta, len(rows), cost.charged_epsilon, cost.reason))
+                cost.delta, len(rows), cost.charged_epsilon, cost.reason, asdict(Rules.from_json(rules))))
         return result

@@ -40,6 +40,17 @@ BUDGETS = Table(
     Column("budget_epsilon", Float, nullable=False),
     Column("budget_delta", Float),
     Column("created_at", Float, nullable=False),
+    Column("rules", Text),  # JSON: the data owners' clean-room rules (rules.py)
+)
+# Each snapshot of publisher users a budget covers: the first is the one the owners created it
+# for; later ones joined because most of their users were already there (fingerprint.py).
+DATASETS = Table(
+    "datasets", METADATA,
+    Column("digest", String(64), primary_key=True),
+    Column("fingerprint", String(64), ForeignKey("budgets.fingerprint"), nullable=False),
+    Column("users", Integer, nullable=False),
+    Column("sketch", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 ENTRIES = Table(
     "entries", METADATA,
@@ -111,7 +122,9 @@ def create_schema(engine: Engine, location: str) -> None:
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
     METADATA.create_all(engine, checkfirst=True)
-    # Ledgers written before entries carried their mechanism get the column added.
-    if "events" not in {c["name"] for c in inspect(engine).get_columns("entries")}:
-        with engine.begin() as conn:
-            conn.execute(text("ALTER TABLE entries ADD COLUMN events TEXT"))
+    # Ledgers written before entries carried their mechanism, or budgets their rules, get the
+    # column added.
+    for table, column in (("entries", "events"), ("budgets", "rules")):
+        if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"))
