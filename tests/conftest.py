@@ -110,3 +110,23 @@ def open_budget(ledger, fingerprint: str, budget: float, budget_delta: float | N
     if not ledger.exists() or fingerprint not in {s.fingerprint for s in ledger.status()}:
         user = np.frombuffer(hashlib.sha256(fingerprint.encode()).digest()[:8], dtype="<u8")
         create_budget(ledger, UsersKey(fingerprint, 1, user), budget, budget_delta, Rules())
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the session (tests/postgres.py)."""
+    from tests.postgres import Server, binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed here (apt-get install -y postgresql, as .ci/run does)")
+    server = Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_location(request, tmp_path) -> str:
+    """A fresh, empty ledger location on each backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite")
+    return request.getfixturevalue("postgres_server").new_database()

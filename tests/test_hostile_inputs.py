@@ -100,3 +100,16 @@ def test_outputs_inside_inputs_are_refused(cfg_factory, demo_dir, tmp_path, key)
     with pytest.raises(LookalikeError, match=f"config '{key}': .* is inside data.publisher_path"):
         run(cfg)
     assert sorted(os.listdir(folder)) == ["a.parquet"]
+
+
+def test_a_file_lacking_a_feature_column_is_refused(cfg_factory, demo_dir, tmp_path):
+    """Half the users trained with a column silently null, and no warning."""
+    table = publisher_table(demo_dir)
+    folder = tmp_path / "pub"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 2000), folder / "a.parquet")
+    pq.write_table(table.slice(2000).drop_columns(["income_k"]), folder / "b.parquet")
+    out = tmp_path / "out"
+    cfg = cfg_factory(f"data.publisher_path={folder}", out=out, owner=False)
+    grant(cfg.ledger.path, folder)
+    refused(cfg, "b.parquet' has no column 'income_k', which the dataset has", out)

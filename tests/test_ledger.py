@@ -18,8 +18,8 @@ def reserve(ledger: Ledger, eps: float, budget: float = 3.0, delta: float = 1e-6
     return reserve_on(ledger, FP, eps, delta, budget=budget, budget_delta=None, kind="train", description="test")
 
 
-def test_reserve_spend_and_refuse(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_reserve_spend_and_refuse(ledger_location):
+    ledger = Ledger(ledger_location)
     first = reserve(ledger, 2.0)
     (status,) = ledger.status()
     assert (status.reserved_epsilon, status.spent_epsilon, status.remaining_epsilon) == (2.0, 0, 1.0)
@@ -34,8 +34,8 @@ def test_reserve_spend_and_refuse(tmp_path):
         ledger.record_spent(first, 0.1)
 
 
-def test_a_crashed_run_stays_charged_and_release_is_explicit(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_a_crashed_run_stays_charged_and_release_is_explicit(ledger_location):
+    ledger = Ledger(ledger_location)
     crashed = reserve(ledger, 1.0)  # never closed, as after a crash
     released = reserve(ledger, 1.0)
     ledger.release(released)
@@ -44,8 +44,8 @@ def test_a_crashed_run_stays_charged_and_release_is_explicit(tmp_path):
     assert ledger.entry(crashed)["status"] == "reserved" and ledger.entry(released)["status"] == "released"
 
 
-def test_budget_is_fixed_at_first_use_and_changed_only_deliberately(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_budget_is_fixed_at_first_use_and_changed_only_deliberately(ledger_location):
+    ledger = Ledger(ledger_location)
     reserve(ledger, 1.0, budget=1.5)
     with pytest.raises(BudgetExceededError):
         reserve(ledger, 1.0, budget=100.0)  # a bigger number in the config does not raise the budget
@@ -54,8 +54,8 @@ def test_budget_is_fixed_at_first_use_and_changed_only_deliberately(tmp_path):
     assert ledger.status()[0].budget_epsilon == 2.5
 
 
-def test_delta_budget_is_enforced(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_delta_budget_is_enforced(ledger_location):
+    ledger = Ledger(ledger_location)
     reserve_on(ledger, FP, 0.1, 6e-6, budget=10, budget_delta=1e-5, kind="train", description="t")
     with pytest.raises(BudgetExceededError, match="delta"):
         reserve_on(ledger, FP, 0.1, 6e-6, budget=10, budget_delta=1e-5, kind="train", description="t")
@@ -70,9 +70,12 @@ def _race(path: str, barrier, results) -> None:
         results.put("refused")
 
 
-@pytest.mark.parametrize("as_url", [False, True])  # a file path, or the same file by SQLAlchemy URL
-def test_processes_racing_for_the_last_budget_never_overspend(tmp_path, as_url):
-    path = f"sqlite:///{tmp_path / 'ledger.sqlite'}" if as_url else str(tmp_path / "ledger.sqlite")
+@pytest.mark.parametrize("as_url", [False, True])  # a file path, or by SQLAlchemy URL (SQLite or PostgreSQL)
+def test_processes_racing_for_the_last_budget_never_overspend(ledger_location, as_url):
+    postgres = ledger_location.startswith("postgresql")
+    if postgres and not as_url:
+        pytest.skip("a PostgreSQL ledger is only ever a URL")
+    path = f"sqlite:///{ledger_location}" if as_url and not postgres else ledger_location
     open_budget(Ledger(path), FP, 3.5)
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(8), ctx.Queue()
@@ -87,8 +90,8 @@ def test_processes_racing_for_the_last_budget_never_overspend(tmp_path, as_url):
     assert status.reserved_epsilon == 3.0 and status.remaining_epsilon == pytest.approx(0.5)
 
 
-def test_a_spend_above_the_reservation_is_recorded_and_raised(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_a_spend_above_the_reservation_is_recorded_and_raised(ledger_location):
+    ledger = Ledger(ledger_location)
     entry = reserve(ledger, 1.2, budget=1.3)
     with pytest.raises(BudgetExceededError, match="spent epsilon 2.7, more than its reservation 1.2"):
         ledger.record_spent(entry, 2.7)
@@ -96,8 +99,47 @@ def test_a_spend_above_the_reservation_is_recorded_and_raised(tmp_path):
 
 
 @pytest.mark.parametrize(("epsilon", "delta"), [(float("nan"), 1e-6), (float("inf"), 1e-6), (-1.0, 1e-6), (1.0, float("nan"))])
-def test_non_finite_amounts_are_refused_before_the_budget_check(tmp_path, epsilon, delta):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_non_finite_amounts_are_refused_before_the_budget_check(ledger_location, epsilon, delta):
+    ledger = Ledger(ledger_location)
     with pytest.raises(LookalikeError, match="privacy.target_"):
         reserve(ledger, epsilon, delta=delta)
     assert ledger.status()[0].runs == 0
+
+
+def test_one_reservation_is_resumed_by_one_process(ledger_location):
+    """The same checkpoint resumed twice at once trained twice and was charged once."""
+    ledger = Ledger(ledger_location)
+    entry = reserve_on(ledger, FP, 1.0, 1e-6, budget=3.0)
+    ledger._ready()
+    from lookalike.privacy.ledger_store import ENTRIES
+
+    with ledger.engine.begin() as conn:
+        conn.execute(ENTRIES.update().where(ENTRIES.c.id == entry).values(claim="run-a"))
+    ledger.take_over(entry, "run-a", "resume-1")  # the first resume takes the checkpoint's claim
+    with pytest.raises(LookalikeError, match="was resumed by another process"):
+        ledger.take_over(entry, "run-a", "resume-2")  # the second, from the same checkpoint, is refused
+    ledger.take_over(entry, "resume-1", "resume-3")  # a later checkpoint of the first resume may continue
+    ledger.record_spent(entry, 0.9)
+    with pytest.raises(LookalikeError):
+        ledger.take_over(entry, "resume-3", "resume-4")  # a finished reservation is resumed by nobody
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "folder", "deleted"])  # (read-only files do not stop root, who runs CI)
+def test_a_damaged_ledger_is_one_line_and_never_recreated(cfg_factory, tmp_path, damage):
+    """A deleted ledger was silently re-created empty (every budget reset); a corrupt or
+    read-only one raised tracebacks. Runs never create a ledger: only the owners' command does."""
+    from lookalike.train import run
+
+    cfg = cfg_factory(out=tmp_path / "out")
+    path = tmp_path / "out" / "privacy_ledger.sqlite"
+    if damage == "corrupt":
+        path.write_bytes(b"this is not a database" * 100)
+    elif damage == "folder":
+        path.unlink()
+        path.mkdir()
+    else:
+        path.unlink()
+    with pytest.raises(LookalikeError) as err:
+        run(cfg)
+    assert "\n" not in str(err.value) and "ledger" in str(err.value)
+    assert damage != "deleted" or not path.exists()

@@ -73,3 +73,11 @@ def test_unsafe_audience_names_are_refused_where_they_enter(tmp_path, name):
     with pytest.raises(DataError, match="is not allowed"):  # a model whose metadata was tampered with
         StagedOutput(tmp_path / "segments").write_segment(name, 1, pa.array(["u1"]), np.zeros(1))
     assert not list(tmp_path.parent.glob("escaped*")) and not (tmp_path / "segments").exists()
+
+
+def test_dropped_seed_rows_are_reported_without_their_count(tmp_path, caplog):
+    (tmp_path / "seed.jsonl").write_text('{"user_id": "u1"}\n{"user_id": null}\n{"user_id": ""}\n')
+    with caplog.at_level("WARNING", logger="lookalike.data.seed"):
+        assert read_seed(str(tmp_path / "seed.jsonl"), "user_id", "audience")["seed"].tolist() == ["u1"]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "rows with an empty 'user_id' were dropped" in message and not any(ch.isdigit() for ch in message.split("'")[-1])

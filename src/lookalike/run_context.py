@@ -84,6 +84,7 @@ class RunContext:
         self.budget: BudgetMatch | None = None
         self.rules: Rules | None = None
         self.entry_id: int | None = None
+        self.claim = uuid.uuid4().hex  # this process's hold on its reservation (a resume takes it over)
         self.resumed = False
         self.training_started = False
         self.result = None
@@ -119,7 +120,8 @@ class RunContext:
             return
         self.entry_id = self.ledger.reserve(
             self.budget.fingerprint, self.epsilon, float(self.delta) + self.size_delta + self.eval_delta,
-            kind="train", description=f"lookalike-train {self.cfg.mlflow.experiment_name}", attach=self.budget.new_snapshot)
+            kind="train", description=f"lookalike-train {self.cfg.mlflow.experiment_name}", attach=self.budget.new_snapshot,
+            claim=self.claim)
         log.info("ledger entry %d: reserved epsilon %.4g (training %.4g, size estimate %.4g, evaluation %.4g) on budget %s", self.entry_id,
                  self.epsilon, self.cfg.privacy.target_epsilon, self.size_epsilon, self.eval_epsilon, self.budget.fingerprint[:12])
 
@@ -134,6 +136,7 @@ class RunContext:
             raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
         if entry["fingerprint"] != self.budget.fingerprint:
             raise ConfigError("trainer.resume_from", "the checkpoint's reservation is on another budget; resume with the same data")
+        self.ledger.take_over(entry["id"], resume.meta.get("claim"), self.claim)
         self.entry_id, self.resumed = entry["id"], True
         self.size = SizeEstimate(**resume.meta["size"]) if resume.meta.get("size") else None
 
@@ -164,7 +167,7 @@ class RunContext:
             log.info("ledger entry %d released: the run failed before training", self.entry_id)
 
     def checkpoint_meta(self) -> dict:
-        return {"users": self.data.users.digest, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path),
+        return {"users": self.data.users.digest, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path), "claim": self.claim,
                 "plan": self.plan(), "size": asdict(self.size) if self.size is not None else None}
 
     def run_name(self) -> str:

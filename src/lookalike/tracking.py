@@ -44,7 +44,9 @@ def setup_experiment(cfg: DictConfig) -> str:
             location = Path(str(cfg.mlflow.artifact_location)).resolve().as_uri()
         return mlflow.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException as exc:
-        raise ConfigError("mlflow.tracking_uri", f"cannot use '{uri}': {str(exc).splitlines()[0]}") from exc
+        shown = without_password(uri)
+        reason = str(exc).splitlines()[0].replace(uri, shown) if str(exc).strip() else type(exc).__name__
+        raise ConfigError("mlflow.tracking_uri", f"cannot use '{shown}': {reason}") from exc
 
 
 def resume_run_id(checkpoint) -> str | None:

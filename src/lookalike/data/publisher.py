@@ -132,13 +132,18 @@ def _kind(t: pa.DataType) -> str:
 
 
 def schema_mismatch(dataset: ds.Dataset, columns: Sequence[str], fragments=None) -> str | None:
-    """Name the file and column whose stored type differs from the dataset's (first file's)."""
+    """Name the file and column whose stored type differs from the dataset's (first file's), or
+    that lacks a column the others have (its users would train with it silently null)."""
     for fragment in fragments if fragments is not None else dataset.get_fragments():
+        from_paths = set(ds.get_partition_keys(fragment.partition_expression))  # hive columns live in the path
         try:
             schema = fragment.physical_schema
         except (pa.ArrowInvalid, OSError):
             return f"file '{fragment.path}' is corrupt or truncated; replace it"
         for name in columns:
+            if name not in schema.names and name not in from_paths:
+                return (f"file '{fragment.path}' has no column '{name}', which the dataset has: its users would train with "
+                        "it missing; add the column to that file or leave the file out")
             if name in schema.names and _kind(schema.field(name).type) != _kind(dataset.schema.field(name).type):
                 return (f"file '{fragment.path}' stores column '{name}' as {schema.field(name).type} but the dataset as "
                         f"{dataset.schema.field(name).type}; rewrite the files with one schema")

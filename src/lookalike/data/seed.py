@@ -6,6 +6,7 @@ a list of files (one audience per file, named by the file stem) or a mapping nam
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,8 @@ import pyarrow.parquet as pq
 
 from lookalike.data.features import is_text
 from lookalike.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_AUDIENCE = "seed"
 # Audience names become folder names in exports (audience=<name>/) and MLflow keys: letters,
@@ -102,6 +105,9 @@ def _unique_ids(ids: pa.ChunkedArray, path: Path, id_column: str) -> np.ndarray:
     # Ids match exactly; normalise both sides first with `lookalike-hash` where formats differ.
     values = ids.drop_null()
     values = values.filter(pc.not_equal(values, ""))
+    if len(values) < len(ids):
+        # Said, never counted: the number of dropped rows is seed-derived.
+        log.warning("seed file '%s': rows with an empty '%s' were dropped", path, id_column)
     unique = np.unique(np.asarray(values.to_numpy(zero_copy_only=False), dtype=object))
     if unique.size == 0:
         raise DataError(f"seed file '{path}' has no ids in column '{id_column}': the seed is empty")

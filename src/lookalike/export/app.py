@@ -98,11 +98,12 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
     cfg, e, out = job.cfg, job.cfg.export, Path(str(job.cfg.export.output_dir))
     trusted, plan = bool(cfg.trusted_evaluation), job.plan
     ledger = Ledger(cfg.ledger.path)
+    # MLflow first: an unreachable tracking server must fail before anything is reserved.
+    experiment_id = setup_experiment(cfg)
     entry = None
     if job.epsilon > 0:
         entry = ledger.reserve(job.fingerprint, job.epsilon, job.delta, kind="export", description=f"lookalike-export {job.uri}",
                                attach=job.budget.new_snapshot)
-    experiment_id = setup_experiment(cfg)
     try:
         experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run
     except Exception:  # the model came from another tracking store

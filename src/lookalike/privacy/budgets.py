@@ -30,7 +30,7 @@ class BudgetMatch:
 
 
 def _datasets(ledger: Ledger) -> list[tuple[str, UsersKey]]:
-    with ledger.engine.connect() as conn:
+    with ledger.transaction(write=False) as conn:
         rows = conn.execute(select(DATASETS.c.digest, DATASETS.c.fingerprint, DATASETS.c.sketch)).all()
     return [(fp, UsersKey.from_json(digest, sketch)) for digest, fp, sketch in rows]
 
@@ -54,7 +54,7 @@ def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
                              f"({matches[0][1][:12]}, {matches[1][1][:12]}); the data owners must retire one before it is used")
     share, fingerprint = matches[0]
     known_digests = {k.digest for fp, k in _datasets(ledger) if fp == fingerprint}
-    with ledger.engine.connect() as conn:
+    with ledger.transaction(write=False) as conn:
         rules = conn.execute(select(BUDGETS.c.rules).where(BUDGETS.c.fingerprint == fingerprint)).scalar_one()
     return BudgetMatch(fingerprint, Rules.from_json(rules), share, None if key.digest in known_digests else key)
 
@@ -70,7 +70,7 @@ def create_budget(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | 
             raise LookalikeError(f"ledger '{ledger.path}': about {share:.0%} of these users are already covered by budget {fingerprint[:12]}; "
                                  "add this data to it with lookalike-budget attach, and renew it with set-budget")
     now = time.time()
-    with ledger.engine.begin() as conn:
+    with ledger.transaction() as conn:
         conn.execute(insert(BUDGETS).values(fingerprint=key.digest, budget_epsilon=epsilon, budget_delta=delta, created_at=now,
                                             rules=rules.to_json()))
         conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=key.digest, users=key.users, sketch=key.to_json(),
@@ -82,12 +82,12 @@ def attach_snapshot(ledger: Ledger, prefix: str, key: UsersKey) -> str:
     """Add a snapshot of users to an existing budget (a table that grew, say): runs on it then
     draw on that budget. Refused where the snapshot shares most users with another budget."""
     ledger._ready(create=False)
-    with ledger.engine.connect() as conn:
+    with ledger.transaction(write=False) as conn:
         fingerprint = _unique(ledger, prefix, conn)
     for other, known in _datasets(ledger):
         if other != fingerprint and max(key.share_in(known), known.share_in(key)) >= SHARED_USERS:
             raise LookalikeError(f"ledger '{ledger.path}': these users are mostly covered by budget {other[:12]} too; attach them there")
-    with ledger.engine.begin() as conn:
+    with ledger.transaction() as conn:
         if conn.execute(select(DATASETS.c.digest).where(DATASETS.c.digest == key.digest)).first() is None:
             conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=fingerprint, users=key.users, sketch=key.to_json(),
                                                  created_at=time.time()))
@@ -105,7 +105,7 @@ def set_budget(ledger: Ledger, prefix: str, epsilon: float, delta: float | None 
     """Change a budget's total (renew it): a deliberate act by the data owners."""
     _check_total(epsilon, delta)
     ledger._ready(create=False)
-    with ledger.engine.begin() as conn:
+    with ledger.transaction() as conn:
         fingerprint = _unique(ledger, prefix, conn)
         conn.execute(update(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).values(budget_epsilon=epsilon, budget_delta=delta))
     return fingerprint
@@ -114,7 +114,7 @@ def set_budget(ledger: Ledger, prefix: str, epsilon: float, delta: float | None 
 def set_rules(ledger: Ledger, prefix: str, **changes) -> Rules:
     """Change a budget's rules (None leaves a rule as it is)."""
     ledger._ready(create=False)
-    with ledger.engine.begin() as conn:
+    with ledger.transaction() as conn:
         fingerprint = _unique(ledger, prefix, conn)
         stored = conn.execute(select(BUDGETS.c.rules).where(BUDGETS.c.fingerprint == fingerprint)).scalar_one()
         rules = Rules.from_json(stored).with_changes(**changes)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from lookalike.errors import BudgetExceededError, ConfigError, LookalikeError
 from lookalike.privacy.composition import charge, gaussian_block
@@ -87,8 +88,19 @@ class Ledger:
     def exists(self) -> bool:
         try:
             return exists(self.engine, self.location)
-        except OperationalError as exc:
+        except DBAPIError as exc:
             raise LookalikeError(f"ledger '{self.path}' cannot be reached: {str(exc).splitlines()[0]}") from exc
+
+    @contextmanager
+    def transaction(self, write: bool = True):
+        """A connection in one transaction (write: holding the write lock); a database error (a
+        corrupt, read-only or vanished file, a lost server) becomes one line."""
+        try:
+            with (self.engine.begin() if write else self.engine.connect()) as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise LookalikeError(f"ledger '{self.path}' cannot be used: {str(exc.orig).splitlines()[0] if exc.orig else exc}; "
+                                 "nothing was recorded: check the file or server (lookalike-budget --ledger shows it)") from exc
 
     def _ready(self, create: bool = True) -> None:
         if self._schema_checked:
@@ -96,11 +108,15 @@ class Ledger:
         # exists() first even when creating: it turns an unreachable database into a one-line error.
         if not self.exists() and not create:
             raise LookalikeError(f"ledger '{self.path}' does not exist: set ledger.path (or --ledger) to an existing ledger")
-        create_schema(self.engine, self.location)  # creates a new ledger, or adds what an older one lacks
+        try:
+            create_schema(self.engine, self.location)  # creates a new ledger, or adds what an older one lacks
+        except (DBAPIError, OSError) as exc:
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise LookalikeError(f"ledger '{self.path}' cannot be opened for writing ({first}): check the path and its permissions") from exc
         self._schema_checked = True
 
     def reserve(self, fingerprint: str, epsilon: float, delta: float, *, kind: str, description: str,
-                attach: UsersKey | None = None) -> int:
+                attach: UsersKey | None = None, claim: str | None = None) -> int:
         """Atomically reserve ``epsilon`` (and ``delta``) on an existing budget or raise
         :class:`BudgetExceededError`. ``attach``: a new snapshot of the budget's users, recorded
         with the reservation so that later snapshots are recognised through it too."""
@@ -110,7 +126,7 @@ class Ledger:
         # never change again; whatever finishes meanwhile counts at face value below.
         self._ready(create=False)
         block = gaussian_block(self.entries(fingerprint))
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             budget = conn.execute(select(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).with_for_update()).first()
             if budget is None:
                 raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
@@ -133,7 +149,7 @@ class Ledger:
                                                      sketch=attach.to_json(), created_at=now))
             result = conn.execute(insert(ENTRIES).values(
                 fingerprint=fingerprint, kind=kind, description=description, status="reserved", reserved_epsilon=epsilon,
-                spent_epsilon=None, delta=delta, created_at=now, updated_at=now))
+                spent_epsilon=None, delta=delta, created_at=now, updated_at=now, claim=claim))
             return int(result.inserted_primary_key[0])
 
     def record_spent(self, entry_id: int, epsilon: float, events: list | None = None) -> None:
@@ -152,13 +168,26 @@ class Ledger:
             raise BudgetExceededError(f"ledger '{self.path}': entry {entry_id} spent epsilon {epsilon:.4g}, more than its reservation "
                                       f"{reserved:.4g}; the spend is recorded and the budget may be overdrawn")
 
+    def take_over(self, entry_id: int, expected: str | None, claim: str) -> None:
+        """Move an open reservation to a resuming process, atomically: only from the claim the
+        checkpoint carries, so the same checkpoint resumed twice trains once (the second finds
+        the claim already moved and is refused)."""
+        self._ready(create=False)
+        with self.transaction() as conn:
+            moved = conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved",
+                                                       ENTRIES.c.claim.is_(None) if expected is None else ENTRIES.c.claim == expected)
+                                 .values(claim=claim, updated_at=time.time())).rowcount
+        if moved != 1:
+            raise LookalikeError(f"ledger '{self.path}': entry {entry_id} was resumed by another process (or from a later checkpoint); "
+                                 "resume from that run's newest checkpoint")
+
     def release(self, entry_id: int) -> None:
         """Give a reservation back; only for runs that never touched the data with a DP step."""
         self._close(entry_id, "released", 0.0)
 
     def _close(self, entry_id: int, status: str, epsilon: float, events: str | None = None) -> None:
         self._ready(create=False)
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             updated = conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved").values(
                 status=status, spent_epsilon=epsilon, events=events, updated_at=time.time())).rowcount
         if updated != 1:
@@ -166,7 +195,7 @@ class Ledger:
 
     def entry(self, entry_id: int) -> dict:
         self._ready(create=False)
-        with self.engine.connect() as conn:
+        with self.transaction(write=False) as conn:
             row = conn.execute(select(ENTRIES).where(ENTRIES.c.id == entry_id)).mappings().first()
         if row is None:
             raise LookalikeError(f"ledger '{self.path}': no entry {entry_id}")
@@ -175,7 +204,7 @@ class Ledger:
     def remaining(self, fingerprint: str) -> float:
         """Epsilon still available on the budget ``fingerprint``."""
         self._ready(create=False)
-        with self.engine.connect() as conn:
+        with self.transaction(write=False) as conn:
             row = conn.execute(select(BUDGETS.c.budget_epsilon).where(BUDGETS.c.fingerprint == fingerprint)).first()
             entries = self._rows(conn, fingerprint)
         if row is None:
@@ -190,7 +219,7 @@ class Ledger:
 
     def entries(self, fingerprint: str) -> list[dict]:
         self._ready(create=False)
-        with self.engine.connect() as conn:
+        with self.transaction(write=False) as conn:
             return self._rows(conn, fingerprint)
 
     @staticmethod
@@ -200,7 +229,7 @@ class Ledger:
 
     def status(self) -> list[BudgetStatus]:
         self._ready(create=False)
-        with self.engine.connect() as conn:
+        with self.transaction(write=False) as conn:
             budgets = conn.execute(select(BUDGETS.c.fingerprint, BUDGETS.c.budget_epsilon, BUDGETS.c.budget_delta, BUDGETS.c.rules)
                                    .order_by(BUDGETS.c.created_at)).all()
             entries = {b[0]: self._rows(conn, b[0]) for b in budgets}

@@ -12,6 +12,7 @@ budget's row with ``SELECT ... FOR UPDATE`` before it reads what is charged.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sqlalchemy import (
@@ -65,6 +66,7 @@ ENTRIES = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("events", Text),  # JSON: the Gaussian mechanisms of a finished entry
+    Column("claim", String(64)),  # the process training under this reservation (one at a time)
 )
 
 
@@ -72,15 +74,22 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
+_SECRET_PARAM = re.compile(r"([?&][^=&]*(?:password|passwd|pwd|secret|token|key)[^=&]*=)[^&#]*", re.IGNORECASE)
+
+
 def without_password(value: str) -> str:
     """A database or server URL (ledger.path, mlflow.tracking_uri) as it may be shown or logged:
-    with its password masked. Anything else comes back unchanged."""
-    if is_url(value) and "@" in value:
-        try:
-            return make_url(value).render_as_string(hide_password=True)
-        except Exception:  # not a URL SQLAlchemy reads: mask everything before the host
-            return value.split("://", 1)[0] + "://***@" + value.rsplit("@", 1)[1]
-    return value
+    the password of its user part masked (also one holding '@' or '/'), and every query
+    parameter whose name says password, secret, token or key. Anything else is unchanged."""
+    if not is_url(value):
+        return value
+    scheme, rest = value.split("://", 1)
+    before_query = rest.split("?", 1)[0]
+    at = before_query.rfind("@")  # the user part ends at the last '@' before the query
+    if at >= 0:
+        user = before_query[:at].split(":", 1)[0]
+        rest = f"{user}:***" + rest[at:] if ":" in before_query[:at] else rest
+    return f"{scheme}://" + _SECRET_PARAM.sub(r"\1***", rest)
 
 
 def sqlite_file(location: str) -> Path | None:
@@ -124,7 +133,7 @@ def create_schema(engine: Engine, location: str) -> None:
     METADATA.create_all(engine, checkfirst=True)
     # Ledgers written before entries carried their mechanism, or budgets their rules, get the
     # column added.
-    for table, column in (("entries", "events"), ("budgets", "rules")):
+    for table, column in (("entries", "events"), ("entries", "claim"), ("budgets", "rules")):
         if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
             with engine.begin() as conn:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"))
