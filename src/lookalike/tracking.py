@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,27 @@ def setup_experiment(cfg: DictConfig) -> str:
     uri = resolve_tracking_uri(str(cfg.mlflow.tracking_uri))
     mlflow.set_tracking_uri(uri)
     name = str(cfg.mlflow.experiment_name)
+    with _store_lock(uri):
+        return _experiment(cfg, uri, name)
+
+
+@contextmanager
+def _store_lock(uri: str):
+    """Runs that open a fresh SQLite store at once all ran its schema migrations, and all but
+    one died in them: the first to arrive creates the store while the others wait."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _experiment(cfg: DictConfig, uri: str, name: str) -> str:
     try:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is not None:

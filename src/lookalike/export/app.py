@@ -145,6 +145,10 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                                 "privacy.export_epsilon": job.epsilon})
             log.info("scored %d users in %.1f s (%.0f users/s); segments and report in %s", scored.users, scored.seconds, rate, out)
             for name, a in report["audiences"].items():
+                if a["held_out_seed_users"] is None and all(b["segment_size"] is None and b["recall"] is None for b in a["bins"]):
+                    # The suppression was decided on the noisy counts, so it is a release too: charged.
+                    log.warning("audience '%s': every count in the report was suppressed (below rules.min_aggregation_size); the "
+                                "report's epsilon is charged all the same", name)
                 if a["seed_quality"]["verdict"] == "not distinctive":
                     log.warning("audience '%s': %s", name, a["seed_quality"]["detail"])
             return report
