@@ -90,3 +90,13 @@ def test_cli_prints_one_line_exits_2_and_leaves_no_run_folder(demo_dir, tmp_path
                      "(columns: user_id, age, income_k, sessions_30d, signal_00, signal_01, signal_02, signal_03, signal_04, signal_05, "
                      "signal_06, signal_07, signal_08, signal_09, signal_10, signal_11, signal_12, device, country, city, interests, cohort)"]
     assert files_under(out) == []
+
+
+def test_a_diverging_run_stops_in_one_line_and_stays_charged(cfg_factory):
+    """max_grad_norm=nan once trained NaN weights, logged the model, charged and exited 0."""
+    cfg = cfg_factory("trainer.optimizer.lr=1e30", "privacy.target_epsilon=1")
+    with pytest.raises(LookalikeError, match="training diverged in epoch 1: the loss or a weight is NaN/inf") as err:
+        run(cfg)
+    assert "\n" not in str(err.value)
+    (status,) = Ledger(cfg.ledger.path).status()
+    assert status.runs == 1 and status.reserved_epsilon > 0  # the data was touched: the reservation stays

@@ -56,6 +56,7 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
         ("privacy.size_epsilon=inf", "privacy.size_epsilon"),
         ("evaluation.epsilon=nan", "evaluation.epsilon"),
         ("rules.min_aggregation_size=nan", "rules.min_aggregation_size"),
+        ("trainer.optimizer.lr=nan", "trainer.optimizer.lr"),
     ],
 )
 def test_invalid_values_name_the_key(cfg_factory, override, key):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +273,16 @@ def test_a_killed_exports_staging_folder_is_cleaned_up(demo_dir, trained, tmp_pa
     export(export_cfg(demo_dir, trained, target, "export.audience_size.bins=[10]"))
     assert not stale.exists() and (target / ".lookalike-export").is_file()
     assert not list(tmp_path.glob(".segments.*"))
+
+
+def test_an_unreachable_tracking_server_shows_no_password_and_charges_nothing(demo_dir, trained, tmp_path):
+    out, run_id = trained
+    before = Ledger(out / "privacy_ledger.sqlite").status()
+    code = "import sys; from lookalike.export.app import cli; sys.argv = ['lookalike-export', *sys.argv[1:]]; cli()"
+    proc = subprocess.run([sys.executable, "-c", code, f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
+                           f"data.seed_path={demo_dir / 'seed.jsonl'}", f"export.model={run_id}", f"export.output_dir={tmp_path / 'seg'}",
+                           "mlflow.tracking_uri=http://alice:s3cret@127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    assert proc.returncode == 2 and "s3cret" not in proc.stdout + proc.stderr and "alice:***@" in proc.stderr
+    assert Ledger(out / "privacy_ledger.sqlite").status() == before and not (tmp_path / "seg").exists()

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from lookalike.budget_cli import main as budget_main
 from lookalike.errors import BudgetExceededError, ConfigError
 from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.ledger_store import without_password
 from tests.conftest import reserve_on
 from lookalike.tracking import flat_params
 
@@ -37,6 +38,10 @@ def test_passwords_are_never_shown_or_logged():
     assert Ledger(url).path == "postgresql+psycopg://alice:***@db.example:5432/ledger"
     params = flat_params(OmegaConf.create({"ledger": {"path": url}, "mlflow": {"tracking_uri": "https://bob:pw@mlflow.example"}}))
     assert "s3cret" not in str(params) and "pw@" not in str(params) and "alice" in params["ledger.path"]
+    # a password holding '@' or '/', and secrets passed as query parameters
+    assert without_password("postgresql+psycopg://alice:p@ss/w@db:5432/ledger") == "postgresql+psycopg://alice:***@db:5432/ledger"
+    assert without_password("postgresql://bob@db/ledger?sslpassword=hunter2&sslmode=require&api_token=t0k") == (
+        "postgresql://bob@db/ledger?sslpassword=***&sslmode=require&api_token=***")
 
 
 @pytest.mark.parametrize("url", ["nosuchdialect://x/y", "postgresql+nosuchdriver://u@localhost/ledger"])

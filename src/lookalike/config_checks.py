@@ -81,6 +81,8 @@ def validate_config(cfg: Any) -> None:
     _require(cfg, "trainer.batch_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "trainer.physical_batch_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "trainer.collective_timeout_minutes", lambda v: v > 0, "must be > 0")
+    if cfg.trainer.get("optimizer") is not None and cfg.trainer.optimizer.get("lr") is not None:
+        _require(cfg, "trainer.optimizer.lr", lambda v: v > 0, "must be > 0")
     if str(cfg.trainer.device) not in ("auto", "cpu") and not str(cfg.trainer.device).startswith("cuda"):
         raise ConfigError("trainer.device", f"'{cfg.trainer.device}' is not one of auto, cpu, cuda, cuda:N")
     kind = cfg.model.get("kind", "two_tower")

@@ -14,7 +14,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from lookalike.errors import ConfigError, LookalikeError
-from lookalike.privacy.ledger_store import without_password
+from lookalike.privacy.ledger_store import mask_urls, without_password
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
@@ -69,7 +69,7 @@ def _experiment(cfg: DictConfig, uri: str, name: str) -> str:
     except mlflow.exceptions.MlflowException as exc:
         shown = without_password(uri)
         reason = str(exc).splitlines()[0].replace(uri, shown) if str(exc).strip() else type(exc).__name__
-        raise ConfigError("mlflow.tracking_uri", f"cannot use '{shown}': {reason}") from exc
+        raise ConfigError("mlflow.tracking_uri", f"cannot use '{shown}': {mask_urls(reason)}") from exc
 
 
 def resume_run_id(checkpoint) -> str | None:
@@ -150,7 +150,7 @@ def download_bundle(model_uri: str) -> Path:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     except mlflow.exceptions.MlflowException as exc:
-        raise LookalikeError(f"model '{model_uri}' cannot be fetched: {str(exc).splitlines()[0]}") from exc
+        raise LookalikeError(f"model '{model_uri}' cannot be fetched: {mask_urls(str(exc).splitlines()[0])}") from exc
     mlmodel = local / "MLmodel"
     if not mlmodel.is_file():
         raise LookalikeError(f"'{model_uri}' is not an MLflow model (no MLmodel file)")

@@ -24,6 +24,7 @@ from lookalike.holdout_eval import evaluate_holdout
 from lookalike.model.bundle import save_bundle
 from lookalike.model.centroid import CentroidSimilarity
 from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.ledger_store import mask_urls
 import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.quiet import silence_known_warnings
 from lookalike.run_context import (
@@ -161,7 +162,7 @@ def main(cfg: DictConfig) -> float | None:
         return metric
     except LookalikeError as exc:
         # One line, no traceback; and no half-written run folder left behind.
-        print(f"lookalike-train: error: {exc}", file=sys.stderr)
+        print(f"lookalike-train: error: {mask_urls(str(exc))}", file=sys.stderr)
         discard_run_directory()
         if is_multirun():
             # One refused trial must not kill the sweep. None (not NaN, which Optuna's sweeper

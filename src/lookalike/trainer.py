@@ -6,6 +6,7 @@ Read top to bottom: build the loader, wrap it for DP, run epochs, checkpoint aft
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from lookalike.batches import TensorBatches, keep_batch
 from lookalike.checkpoint import Checkpoint
 from lookalike.distributed import World, broadcast_parameters
-from lookalike.errors import ConfigError
+from lookalike.errors import ConfigError, LookalikeError
 from lookalike.privacy.dp import make_private
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
                 bar.set_postfix(postfix, refresh=False)
             bar.close()
         losses.append(float(total) / max(count, 1))
+        if not math.isfinite(losses[-1]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            # Nothing a non-finite model scores means anything; its reservation stays charged.
+            raise LookalikeError(f"training diverged in epoch {epoch + 1}: the loss or a weight is NaN/inf; lower trainer.optimizer.lr "
+                                 "(or check the data's numeric columns)")
         if private is not None:
             epsilon = private.engine.get_epsilon(delta)
         metrics = {"steps": steps} | ({"epsilon": epsilon} if epsilon is not None else {})

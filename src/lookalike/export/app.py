@@ -27,6 +27,7 @@ from lookalike.export.output import StagedOutput, check_output_dir
 from lookalike.export.report import ReleasePlan, audience_report, plot_report
 from lookalike.export.shards import load_parts, remove_parts, save_part
 from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.ledger_store import mask_urls
 import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.quiet import silence_known_warnings
 from lookalike.run_context import discard_run_directory, is_multirun
@@ -183,7 +184,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except LookalikeError as exc:
-        print(f"lookalike-export: error: {exc}", file=sys.stderr)
+        print(f"lookalike-export: error: {mask_urls(str(exc))}", file=sys.stderr)
         discard_run_directory()
         if not is_multirun():
             sys.exit(2)

@@ -92,6 +92,14 @@ def without_password(value: str) -> str:
     return f"{scheme}://" + _SECRET_PARAM.sub(r"\1***", rest)
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@]+:)[^\s@]+@")
+
+
+def mask_urls(text: str) -> str:
+    """Any ``scheme://user:password@`` inside a message (a library's error quoting a URL), masked."""
+    return _SECRET_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
 def sqlite_file(location: str) -> Path | None:
     """The file behind a path or ``sqlite:///`` URL; None for other databases."""
     if not is_url(location):
