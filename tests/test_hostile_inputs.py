@@ -113,3 +113,15 @@ def test_a_file_lacking_a_feature_column_is_refused(cfg_factory, demo_dir, tmp_p
     cfg = cfg_factory(f"data.publisher_path={folder}", out=out, owner=False)
     grant(cfg.ledger.path, folder)
     refused(cfg, "b.parquet' has no column 'income_k', which the dataset has", out)
+
+
+def test_damaged_values_too_large_to_standardise_are_refused(cfg_factory, demo_dir, tmp_path):
+    """Random bytes in a data page decoded as values up to 6.9e306 and trained a model with AUC 0."""
+    table = publisher_table(demo_dir)
+    age = table.column("age").to_numpy().copy()
+    age[::97] = 6.9e306
+    pq.write_table(table.set_column(table.column_names.index("age"), "age", pa.array(age)), tmp_path / "pub.parquet")
+    out = tmp_path / "out"
+    cfg = cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", out=out, owner=False)
+    grant(cfg.ledger.path, tmp_path / "pub.parquet")
+    refused(cfg, "numeric column 'age' has values too large to standardise", out)

@@ -24,6 +24,7 @@ from lookalike.data.features import (
     as_strings,
     numeric_values,
 )
+from lookalike.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class NumericSummary:
 
     def feature(self, name: str) -> NumericFeature:
         std = float(np.sqrt(self.m2 / self.count)) if self.count else 1.0
+        if not (np.isfinite(self.mean) and np.isfinite(std)):
+            # Random bytes in a data page (footer intact) decoded as values up to 6.9e306.
+            raise DataError(f"publisher data: numeric column '{name}' has values too large to standardise (mean {self.mean:.3g}): "
+                            "the data is probably damaged; repair it or leave the column out (data.exclude_columns)")
         return NumericFeature(name, self.mean if self.count else 0.0, std if std > 0 else 1.0, self.has_missing)
 
 
