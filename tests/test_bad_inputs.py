@@ -73,7 +73,7 @@ def test_budget_exceeded_charges_nothing_and_logs_no_run(cfg_factory, tmp_path):
     with pytest.raises(LookalikeError, match="budget exhausted .* needs epsilon 3.25 but only 2 of 2 remains"):
         run(cfg)
     assert Ledger(cfg.ledger.path).status()[0].runs == 0  # the refused reservation rolled back whole
-    assert not [p for p in files_under(tmp_path / "out") if p.name not in ("privacy_ledger.sqlite", "mlflow.db")]
+    assert not [p for p in files_under(tmp_path / "out") if p.name not in ("privacy_ledger.sqlite", "mlflow.db", "mlflow.db.lock")]
 
 
 def test_cli_prints_one_line_exits_2_and_leaves_no_run_folder(demo_dir, tmp_path):
