@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from lookalike.budget_cli import main as budget_main
+from tests.ledger_helpers import open_budget, reserve_on  # noqa: F401  (re-exported for the tests)
 from lookalike.data.demo import write_demo
 from lookalike.train import CONFIG_DIR
 
@@ -78,38 +79,6 @@ def untouched(out: Path, ledger_path: str | Path) -> None:
 
     assert [p for p in files_under(out) if p != Path(ledger_path)] == [], "a refused run must leave no MLflow store or output behind"
     assert [s.runs for s in Ledger(ledger_path).status()] == [0], "a refused run must charge nothing"
-
-
-def reserve_on(ledger, fingerprint: str, epsilon: float, delta: float, *, budget: float, budget_delta: float | None = None,
-               kind: str = "train", description: str = "test") -> int:
-    """Reserve on budget ``fingerprint``, which the owners open first (at ``budget``) if the
-    ledger has none: the ledger-level tests' stand-in for ``lookalike-budget create``."""
-    import hashlib
-
-    import numpy as np
-
-    from lookalike.privacy.budgets import create_budget
-    from lookalike.privacy.fingerprint import UsersKey
-    from lookalike.privacy.rules import Rules
-
-    open_budget(ledger, fingerprint, budget, budget_delta)
-    return ledger.reserve(fingerprint, epsilon, delta, kind=kind, description=description)
-
-
-def open_budget(ledger, fingerprint: str, budget: float, budget_delta: float | None = None) -> None:
-    """A budget ``fingerprint`` for one made-up user (so no two test budgets share users),
-    unless the ledger has it already."""
-    import hashlib
-
-    import numpy as np
-
-    from lookalike.privacy.budgets import create_budget
-    from lookalike.privacy.fingerprint import UsersKey
-    from lookalike.privacy.rules import Rules
-
-    if not ledger.exists() or fingerprint not in {s.fingerprint for s in ledger.status()}:
-        user = np.frombuffer(hashlib.sha256(fingerprint.encode()).digest()[:8], dtype="<u8")
-        create_budget(ledger, UsersKey(fingerprint, 1, user), budget, budget_delta, Rules())
 
 
 @pytest.fixture(scope="session")

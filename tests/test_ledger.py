@@ -9,7 +9,7 @@ import pytest
 from lookalike.errors import BudgetExceededError, LookalikeError
 from lookalike.privacy.budgets import set_budget
 from lookalike.privacy.ledger import Ledger
-from tests.conftest import open_budget, reserve_on
+from tests.ledger_helpers import open_budget, reserve_on
 
 FP = "f" * 64
 
