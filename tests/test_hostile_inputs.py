@@ -122,6 +122,19 @@ def test_damaged_values_too_large_to_standardise_are_refused(cfg_factory, demo_d
     age[::97] = 6.9e306
     pq.write_table(table.set_column(table.column_names.index("age"), "age", pa.array(age)), tmp_path / "pub.parquet")
     out = tmp_path / "out"
-    cfg = cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", out=out, owner=False)
+    # the robust bound refuses these first; without it, the statistics' overflow still does
+    cfg = cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", "data.max_robust_z=null", out=out, owner=False)
     grant(cfg.ledger.path, tmp_path / "pub.parquet")
     refused(cfg, "numeric column 'age' has values too large to standardise", out)
+
+
+def test_an_implausible_value_is_refused_and_the_bound_is_configurable(cfg_factory, demo_dir, tmp_path):
+    table = publisher_table(demo_dir)
+    age = table.column("age").to_numpy().copy()
+    age[123] = 4.2e12  # one damaged value: finite, and its plain z-score is only about sqrt(n)
+    pq.write_table(table.set_column(table.column_names.index("age"), "age", pa.array(age)), tmp_path / "pub.parquet")
+    out = tmp_path / "out"
+    cfg = cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", out=out, owner=False)
+    grant(cfg.ledger.path, tmp_path / "pub.parquet")
+    refused(cfg, "numeric column 'age' holds 4.2e\\+12, .* robust standard deviations from its median \\(data.max_robust_z = 1e\\+06\\)", out)
+    run(cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", "data.max_robust_z=null", "model=centroid", out=out, owner=False))

@@ -74,6 +74,8 @@ def validate_config(cfg: Any) -> None:
     _require(cfg, "data.vocab.max_size", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "data.vocab.min_count", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
     _require(cfg, "data.max_multi_length", lambda v: v >= 1 and v == int(v), "must be a whole number >= 1")
+    if cfg.data.get("max_robust_z") is not None:
+        _require(cfg, "data.max_robust_z", lambda v: v > 0, "must be > 0 (or null: no check)")
     if cfg.data.non_finite not in ("refuse", "impute"):
         raise ConfigError("data.non_finite", f"'{cfg.data.non_finite}' is not one of refuse, impute")
     check_rule_overrides(cfg)

@@ -92,7 +92,7 @@ def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
         table, scan = scan_publisher(dataset, columns, row_filter, path, share)
         check_publisher_ids(table.column(data.id_column), data.id_column, path)
         draws = split_draws(table.column(data.id_column), int(cfg.seed))
-        stats = table_statistics(table, kinds, data.non_finite, path)
+        stats = table_statistics(table, kinds, data.non_finite, path, data.get("max_robust_z"))
         return (table, scan, draws), (table.num_rows, stats, users_part(table.column(data.id_column)))
 
     (table, scan, draws), parts = col.exchange(read_and_summarise)

@@ -66,16 +66,39 @@ class FeatureStatistics:
     counts: dict[str, pa.Table] = field(default_factory=dict)  # column -> (value, count), one row per value
 
 
-def table_statistics(table: pa.Table, kinds: dict[str, list[str]], non_finite: str, path: str) -> FeatureStatistics:
+def table_statistics(table: pa.Table, kinds: dict[str, list[str]], non_finite: str, path: str,
+                     max_robust_z: float | None = None) -> FeatureStatistics:
     """Summarise one table (or one rank's share of it); refuses bad columns as the spec would."""
     stats = FeatureStatistics(kinds)
     for name in kinds["numeric"]:
-        stats.numeric[name] = NumericSummary.of(*numeric_values(table.column(name), name, non_finite, path))
+        values, missing = numeric_values(table.column(name), name, non_finite, path)
+        if max_robust_z is not None:
+            check_plausible(values[~missing], name, path, float(max_robust_z))
+        stats.numeric[name] = NumericSummary.of(values, missing)
     for name in kinds["categorical"]:
         stats.counts[name] = _value_counts(as_strings(table.column(name), name, path, multi=False))
     for name in kinds["multi_categorical"]:
         stats.counts[name] = _value_counts(pc.list_flatten(as_strings(table.column(name), name, path, multi=True)))
     return stats
+
+
+def check_plausible(values: np.ndarray, name: str, path: str, bound: float) -> None:
+    """Refuse a value implausibly far from the rest: more than ``bound`` robust standard
+    deviations (1.4826 x the median absolute deviation) from the median. Robust on purpose: one
+    wild value inflates the plain standard deviation until it hides itself (its z is at most
+    sqrt(n)). Columns with no spread around the median (flags, mostly-zero counts) are skipped."""
+    if values.size < 2:
+        return
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median)))
+    if spread == 0 or not np.isfinite(spread):
+        return
+    worst = int(np.argmax(np.abs(values - median)))
+    distance = abs(float(values[worst]) - median) / spread
+    if distance > bound:
+        raise DataError(f"publisher data '{path}': numeric column '{name}' holds {values[worst]:.3g}, {distance:.3g} robust standard "
+                        f"deviations from its median (data.max_robust_z = {bound:g}): the data may be damaged; repair it, leave the "
+                        "column out (data.exclude_columns) or raise data.max_robust_z")
 
 
 def merge_statistics(parts: Sequence[FeatureStatistics]) -> FeatureStatistics:
