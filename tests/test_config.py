@@ -90,6 +90,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
         hydra_cfg = compose(config_name="train", return_hydra_config=True).hydra
     # the time stamp alone is shared within a second: an id of the process follows it
     assert re.fullmatch(r".*/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{8}", str(hydra_cfg.run.dir))
+    assert hydra_cfg.output_subdir is None  # no .hydra/ copies holding a ledger URL's password
     show = "import lookalike.resolvers; from omegaconf import OmegaConf; c = OmegaConf.create({'a': '${run_id:}', 'b': '${run_id:}'}); print(c.a, c.b)"
     first, second = (subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, timeout=60).stdout.split() for _ in range(2))
     assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0] and len(first[0]) == 8

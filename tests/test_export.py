@@ -286,3 +286,11 @@ def test_an_unreachable_tracking_server_shows_no_password_and_charges_nothing(de
                           env=os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
     assert proc.returncode == 2 and "s3cret" not in proc.stdout + proc.stderr and "alice:***@" in proc.stderr
     assert Ledger(out / "privacy_ledger.sqlite").status() == before and not (tmp_path / "seg").exists()
+
+
+def test_a_fully_suppressed_report_says_its_epsilon_is_charged(demo_dir, trained, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="lookalike.export"):
+        report = export(export_cfg(demo_dir, trained, tmp_path / "seg", "rules.min_aggregation_size=1000000"))
+    assert all(a["held_out_seed_users"] is None for a in report["audiences"].values())
+    assert "every count in the report was suppressed" in caplog.text and "charged all the same" in caplog.text
+    assert Ledger(trained[0] / "privacy_ledger.sqlite").entry(report["privacy"]["ledger_entry_id"])["spent_epsilon"] == 0.5
