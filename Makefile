@@ -32,7 +32,7 @@ $(DEMO_DATA)/.done: $(VENV)/.installed
 demo-data: $(DEMO_DATA)/.done
 
 ADULT_DATA ?= data/adult_lookalike
-$(ADULT_DATA)/.done: $(VENV)/.installed data/adult/adult.parquet
+$(ADULT_DATA)/.done: $(VENV)/.installed src/lookalike/data/uci_adult.parquet
 	$(BIN)/lookalike-demo-data --dataset adult --output-dir $(ADULT_DATA)
 	touch $@
 

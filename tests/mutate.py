@@ -66,7 +66,7 @@ MUTATIONS = [
 
 def mutated_tree(file: str, old: str, new: str) -> Path:
     tree = Path(tempfile.mkdtemp(prefix="mutant-"))
-    for part in ("src", "tests", "configs", "pyproject.toml"):
+    for part in ("src", "tests", "pyproject.toml"):
         source = ROOT / part
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tree / part)
     target = tree / SRC / file

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import sys
-from pathlib import Path
 
 import hydra
 import mlflow
@@ -23,6 +22,7 @@ from lookalike.errors import ConfigError, LookalikeError
 from lookalike.holdout_eval import evaluate_holdout
 from lookalike.model.bundle import save_bundle
 from lookalike.model.centroid import CentroidSimilarity
+from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
 import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
@@ -48,7 +48,6 @@ from lookalike.trainer import train
 from lookalike.training_inputs import gather_inputs
 
 log = logging.getLogger("lookalike.train")
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def run(cfg: DictConfig) -> float | None:

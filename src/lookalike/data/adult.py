@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SOURCE = Path(__file__).resolve().parents[3] / "data" / "adult" / "adult.parquet"
+from lookalike.paths import ADULT_TABLE
+
 AUDIENCE = "high_income"
 
 
-def write_adult(output_dir: Path, source: Path = SOURCE) -> tuple[int, int]:
+def write_adult(output_dir: Path, source: Path = ADULT_TABLE) -> tuple[int, int]:
     """Write ``publisher.parquet`` and ``seed.jsonl``; return (users, seed users)."""
     table = pq.read_table(source)
     ids = pa.array([f"adult-{i:05d}" for i in range(table.num_rows)])

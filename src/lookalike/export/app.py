@@ -26,6 +26,7 @@ from lookalike.export.job import ExportJob, Scored, plan_export, score
 from lookalike.export.output import StagedOutput, check_output_dir
 from lookalike.export.report import ReleasePlan, audience_report, plot_report
 from lookalike.export.shards import load_parts, remove_parts, save_part
+from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
 import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
@@ -34,7 +35,6 @@ from lookalike.run_context import discard_run_directory, is_multirun
 from lookalike.tracking import setup_experiment
 
 log = logging.getLogger("lookalike.export")
-CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "configs")
 
 
 def run(cfg: DictConfig) -> dict:

@@ -1,0 +1,65 @@
+"""Checkpoints that carry the privacy accounting with the weights.
+
+A resumed DP run must continue the accountant, not restart it: the checkpoint stores the
+accountant history, the noise multiplier and the ledger reservation it trains under.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lookalike.errors import LookalikeError
+
+
+@dataclass
+class Checkpoint:
+    epoch: int  # epochs completed
+    steps: int  # optimizer steps taken (each one an accountant step under DP)
+    losses: list[float]
+    model_state: dict
+    optimizer_state: dict
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    accountant_state: dict | None = None
+    # Filled in by the caller: what the run trains on and under which ledger reservation.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, epoch: int, steps: int, losses: list[float], model, optimizer, private) -> "Checkpoint":
+        plain = private.plain_model if private is not None else model
+        inner = optimizer.original_optimizer if private is not None else optimizer
+        return cls(
+            epoch=epoch,
+            steps=steps,
+            losses=list(losses),
+            model_state={k: v.detach().cpu().clone() for k, v in plain.state_dict().items()},
+            optimizer_state=inner.state_dict(),
+            noise_multiplier=private.noise_multiplier if private is not None else None,
+            sample_rate=private.sample_rate if private is not None else None,
+            accountant_state=dict(private.engine.accountant.state_dict()) if private is not None else None,
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a crash mid-save never leaves a truncated checkpoint behind."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(asdict(self), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Checkpoint":
+        path = Path(path)
+        if not path.is_file():
+            raise LookalikeError(f"checkpoint '{path}' does not exist: set trainer.resume_from to a last.pt written by a run")
+        try:
+            # weights_only: tensors and plain types only; unpickling a planted file would run its code.
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(**raw)
+        except Exception as exc:  # a foreign or corrupt file: say so in one line
+            raise LookalikeError(f"checkpoint '{path}' is not a lookalike checkpoint ({type(exc).__name__})") from exc

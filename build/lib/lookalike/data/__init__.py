@@ -1,0 +1,1 @@
+"""Reading, validating and encoding the publisher table and the advertiser's seed."""

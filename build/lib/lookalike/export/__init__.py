@@ -1,0 +1,1 @@
+"""Export: score every publisher user, write thresholded segments, release a DP report."""

@@ -1,0 +1,152 @@
+"""Everything an export decides before it scores anyone: the model, the publisher data and its
+window, the seeds, the bins and their sizes, the release plan and its privacy cost.
+
+Every process of a sharded export builds the same job from the same config, so the shards and
+the merge agree on sizes, options and fingerprint without talking to each other.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import pyarrow as pa
+import torch
+from omegaconf import DictConfig
+
+from lookalike.data.publisher import open_publisher, schema_mismatch, window_filter
+from lookalike.data.seed import check_audience_name, read_seed
+from lookalike.errors import ConfigError, DataError, LookalikeError
+from lookalike.export.checks import check_model_fits_publisher
+from lookalike.export.release import gaussian_sigma
+from lookalike.export.report import ReleasePlan, bin_sizes
+from lookalike.export.scoring import AudienceScores, ExportOptions, score_population
+from lookalike.model.bundle import load_bundle
+from lookalike.data.matching import check_publisher_ids
+from lookalike.privacy.budgets import BudgetMatch, find_budget
+from lookalike.privacy.fingerprint import users_key
+from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
+from lookalike.run_context import pick_device
+from lookalike.tracking import download_bundle, resolve_tracking_uri
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def model_uri(value: str, experiment_name: str) -> str:
+    """A bare MLflow run id means that run's logged model; ``latest`` the newest finished
+    training run of ``mlflow.experiment_name``."""
+    value = str(value).strip()
+    if value == "latest":
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        runs = [] if experiment is None else mlflow.search_runs(
+            [experiment.experiment_id], "tags.`lookalike.kind` = 'train' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        if not runs:
+            raise ConfigError("export.model", f"'latest': experiment '{experiment_name}' has no finished training run; train first or give a run id")
+        return f"runs:/{runs[0].info.run_id}/model"
+    return f"runs:/{value}/model" if RUN_ID.match(value) else value
+
+
+@dataclass
+class ExportJob:
+    cfg: DictConfig
+    uri: str
+    model: torch.nn.Module
+    spec: Any
+    meta: dict
+    audiences: dict[str, int]  # audience -> the model's output column
+    dataset: Any
+    row_filter: Any
+    path: str
+    seeds: dict[str, list[str]]
+    population: int
+    kind: str
+    bins: list
+    sizes: list[int]
+    plan: ReleasePlan
+    sensitivity: float
+    randomized: bool
+    epsilon: float
+    delta: float
+    budget: BudgetMatch
+    rules: Rules
+    options: ExportOptions
+
+    @property
+    def fingerprint(self) -> str:
+        return self.budget.fingerprint
+
+
+@dataclass
+class Scored:
+    state: dict[str, AudienceScores]
+    users: int
+    seconds: float
+
+
+def plan_export(cfg: DictConfig) -> ExportJob:
+    e = cfg.export
+    mlflow.set_tracking_uri(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
+    uri = model_uri(e.model, str(cfg.mlflow.experiment_name))
+    try:
+        model, spec, meta = load_bundle(download_bundle(uri))
+    except LookalikeError as exc:
+        raise ConfigError("export.model", str(exc)) from exc
+    audiences = {check_audience_name(a, f"model '{uri}'"): i for i, a in enumerate(meta["audiences"])}
+    if e.audiences:
+        unknown = [a for a in e.audiences if a not in audiences]
+        if unknown:
+            raise ConfigError("export.audiences", f"'{unknown[0]}' is not an audience of model '{uri}' ({', '.join(audiences)})")
+        audiences = {a: audiences[a] for a in e.audiences}
+
+    path = str(cfg.data.publisher_path)
+    dataset = open_publisher(path)
+    check_model_fits_publisher(spec, dataset.schema, path, uri)
+    row_filter = window_filter(dataset, cfg.data.get("window"), path)
+    mismatch = schema_mismatch(dataset, spec.columns, list(dataset.get_fragments(filter=row_filter)))
+    if mismatch:
+        raise DataError(f"publisher data '{path}': {mismatch}")
+    seeds = read_seed(cfg.data.seed_path, spec.id_column, cfg.data.audience_column)
+    missing = [a for a in audiences if a not in seeds]
+    if missing:
+        raise ConfigError("data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); export needs each audience's seed to exclude it")
+    ids = dataset.to_table(columns=[spec.id_column], filter=row_filter).column(spec.id_column)
+    check_publisher_ids(ids, spec.id_column, path)
+    population = len(ids)
+    # The owners' budget and rules for these users, before anything is scored or reserved.
+    trusted = bool(cfg.trusted_evaluation)
+    ledger = Ledger(cfg.ledger.path)
+    budget = find_budget(ledger, users_key(ids))
+    del ids
+    rules = effective_rules(budget.rules, cfg.rules, ledger.path)
+    check_run_allowed(rules, private=bool(meta.get("private")), trusted=trusted, epsilon=0.0, where=ledger.path)
+    kind, bins = str(e.audience_size.type).upper(), list(e.audience_size.bins)
+    sizes = bin_sizes(kind, bins, population)
+
+    randomized = e.seed_exclusion == "randomized" and not e.include_seed_in_output
+    plan = ReleasePlan(trusted=trusted, sigma=0.0, min_aggregation_size=rules.min_aggregation_size,
+                       noisy_segment_sizes=e.seed_exclusion == "exact" and not e.include_seed_in_output)
+    sensitivity = (len(audiences) * plan.dims_per_audience(len(bins))) ** 0.5
+    if not trusted:
+        plan.sigma = gaussian_sigma(float(e.report_epsilon), float(e.report_delta), sensitivity)
+    epsilon = (0.0 if trusted else float(e.report_epsilon)) + (float(e.seed_exclusion_epsilon) * len(audiences) if randomized else 0.0)
+    check_run_allowed(rules, private=True, trusted=False, epsilon=epsilon, where=ledger.path)
+    options = ExportOptions(bool(e.include_seed_in_output), str(e.seed_exclusion), float(e.seed_exclusion_epsilon),
+                            None if e.min_score is None else float(e.min_score),
+                            float(meta.get("holdout_fraction", 0.0)), int(meta.get("split_seed", 0)))
+    return ExportJob(cfg, uri, model, spec, meta, audiences, dataset, row_filter, path, seeds, population, kind, bins, sizes, plan,
+                     sensitivity, randomized, epsilon, 0.0 if trusted else float(e.report_delta), budget, rules, options)
+
+
+def score(job: ExportJob, shard: tuple[int, int] | None = None) -> Scored:
+    """Score the whole population, or shard ``(index, count)`` of its row groups."""
+    device = pick_device(str(job.cfg.get("trainer", {}).get("device", "auto")))
+    start = time.perf_counter()
+    state, users = score_population(job.dataset, job.row_filter, job.spec, job.model.to(device), device, job.audiences,
+                                    {a: pa.array(job.seeds[a], type=pa.string()) for a in job.audiences}, max(job.sizes),
+                                    job.options, int(job.cfg.export.batch_rows), job.path, shard)
+    return Scored(state, users, time.perf_counter() - start)

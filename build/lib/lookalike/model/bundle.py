@@ -1,0 +1,43 @@
+"""The model bundle: weights, feature spec and hyperparameters in one folder.
+
+This is everything export needs to rebuild inputs and score users. Conversion is pure and
+tested: ``load_bundle(save_bundle(...))`` gives back a model with identical outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lookalike.data.features import FeatureSpec
+from lookalike.errors import LookalikeError
+from lookalike.model.factory import build_model
+from lookalike.model.towers import ModelConfig
+
+WEIGHTS, SPEC, META = "state_dict.pt", "feature_spec.json", "model.json"
+
+
+def save_bundle(folder: str | Path, model: torch.nn.Module, spec: FeatureSpec, audiences: list[str], extra: dict | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS)
+    (folder / SPEC).write_text(spec.to_json())
+    meta = {"format": "lookalike-two-tower/1", "model": model.config.to_dict(), "audiences": audiences} | (extra or {})
+    (folder / META).write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def load_bundle(folder: str | Path) -> tuple[torch.nn.Module, FeatureSpec, dict]:
+    """Rebuild the model (on CPU, in eval mode), its feature spec and its metadata."""
+    folder = Path(folder)
+    missing = [name for name in (WEIGHTS, SPEC, META) if not (folder / name).is_file()]
+    if missing:
+        raise LookalikeError(f"model folder '{folder}' is not a lookalike model: {missing[0]} is missing")
+    meta = json.loads((folder / META).read_text())
+    spec = FeatureSpec.from_json((folder / SPEC).read_text())
+    model = build_model(spec, len(meta["audiences"]), ModelConfig(**meta["model"]))
+    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    model.eval()
+    return model, spec, meta

@@ -1,0 +1,153 @@
+"""From config to model inputs: scan the publisher, fit features, read and match the seed.
+
+Everything here only reads; it is all done (and all bad input refused) before the ledger is
+touched, so a run that fails here costs no budget and leaves nothing behind.
+
+Under torchrun every rank reads only its share of the Parquet row groups and the statistics that
+must describe the whole table are combined across ranks (collective.py): the feature spec, the
+seed match counts and the duplicate-id check. Each rank keeps its own training rows; rank 0 also
+gets every rank's held-out users, since it alone evaluates. One process runs the same code with
+itself as the only rank.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from lookalike.collective import Collective
+from lookalike.data.encode import EncodedFeatures, concat, encode
+from lookalike.data.feature_stats import (
+    merge_statistics,
+    spec_from_statistics,
+    table_statistics,
+)
+from lookalike.data.features import FeatureSpec, declared_feature_kinds
+from lookalike.data.matching import (
+    TrainingSet,
+    check_publisher_ids,
+    lay_out,
+    refuse_duplicates,
+    split_draws,
+)
+from lookalike.data.publisher import (
+    ScanStats,
+    open_publisher,
+    scan_publisher,
+    window_filter,
+)
+from lookalike.data.seed import read_seed
+from lookalike.errors import DataError
+from lookalike.privacy.fingerprint import UsersKey, merge_parts, users_part
+
+log = logging.getLogger(__name__)
+TRAIN_COUNT = "\0training examples"  # beside the audience names in the counts summed over ranks
+
+
+@dataclass
+class PreparedData:
+    spec: FeatureSpec
+    training: TrainingSet  # this process's rows; its ``matched`` counts are the whole table's
+    train_features: EncodedFeatures  # this process's training examples
+    holdout_features: dict[str, EncodedFeatures]  # every rank's, on rank 0 (empty elsewhere)
+    eval_negative_features: EncodedFeatures  # likewise
+    scan: ScanStats  # the whole scan
+    publisher_rows: int  # in the window, over all ranks
+    n_train: int  # training examples over all ranks: exact, seed-derived; never released outside trusted mode
+    users: UsersKey  # who the publisher users in the window are: what the ledger's budget covers
+
+
+def data_users(cfg: Any) -> UsersKey:
+    """The users key of the configured data, without preparing it (used to check a sweep's
+    budget before its first trial)."""
+    path = str(cfg.data.publisher_path)
+    dataset = open_publisher(path)
+    row_filter = window_filter(dataset, cfg.data.get("window"), path)
+    ids = dataset.to_table(columns=[cfg.data.id_column], filter=row_filter).column(cfg.data.id_column)
+    check_publisher_ids(ids, cfg.data.id_column, path)
+    return merge_parts([users_part(ids)])
+
+
+def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
+    col = collective or Collective()
+    data = cfg.data
+    path = str(data.publisher_path)
+    dataset = open_publisher(path)
+    if data.id_column not in dataset.schema.names:
+        raise DataError(f"publisher data '{path}' has no id column '{data.id_column}': set data.id_column (columns: {', '.join(dataset.schema.names)})")
+    window = data.get("window")
+    row_filter = window_filter(dataset, window, path)
+    exclude = {data.id_column, *(data.get("exclude_columns") or [])}
+    if window is not None and window.get("column"):
+        exclude.add(window["column"])
+    kinds = declared_feature_kinds(data.features, dataset.schema, exclude, path)
+    columns = [data.id_column] + [c for names in kinds.values() for c in names]
+    share = (col.rank, col.size) if col.size > 1 else None
+
+    def read_and_summarise():
+        table, scan = scan_publisher(dataset, columns, row_filter, path, share)
+        check_publisher_ids(table.column(data.id_column), data.id_column, path)
+        draws = split_draws(table.column(data.id_column), int(cfg.seed))
+        stats = table_statistics(table, kinds, data.non_finite, path, data.get("max_robust_z"))
+        return (table, scan, draws), (table.num_rows, stats, users_part(table.column(data.id_column)))
+
+    (table, scan, draws), parts = col.exchange(read_and_summarise)
+    ids = table.column(data.id_column)
+    rows = sum(n for n, _, _ in parts)
+    if rows == 0:
+        raise DataError(f"publisher data '{path}' has no rows in the training window (data.window)")
+    if col.size > 1:
+        # A user in two ranks' row groups: each rank receives the ids of one hash bucket.
+        bucket = np.minimum((draws[:, 1] * col.size).astype(np.int64), col.size - 1)
+        received = col.route(bucket, ids.combine_chunks())
+        col.each(lambda: refuse_duplicates(received, data.id_column, path))
+    spec = spec_from_statistics(merge_statistics([stats for _, stats, _ in parts]), data)
+    log.info("features: %d numeric, %d categorical, %d multi-categorical", len(spec.numeric), len(spec.categorical), len(spec.multi_categorical))
+
+    seeds = read_seed(data.seed_path, data.id_column, data.audience_column)
+    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))
+    n_train = totals.pop(TRAIN_COUNT)
+    training.matched = totals  # checked against the owners' minimum once their rules are read
+
+    def encode_mine():
+        train = encode(table.take(training.train_rows), spec, path)
+        holdout = {a: encode(table.take(r), spec, path) for a, r in training.holdout_rows.items()}
+        return train, (holdout, encode(table.take(training.eval_negative_rows), spec, path))
+
+    train_features, evaluation = col.collect(encode_mine)
+    holdout, eval_negatives = _joined(evaluation, training.audiences) if evaluation else _nothing(train_features, training.audiences)
+    return PreparedData(
+        spec=spec,
+        training=training,
+        train_features=train_features,
+        holdout_features=holdout,
+        eval_negative_features=eval_negatives,
+        scan=replace(scan, rows_in_window=rows),
+        publisher_rows=rows,
+        n_train=n_train,
+        users=merge_parts([users for _, _, users in parts]),
+    )
+
+
+def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray) -> tuple[TrainingSet, dict[str, int]]:
+    training = lay_out(ids, seeds, holdout_fraction=float(data.holdout_fraction), negative_rate=float(data.negative_rate),
+                       eval_negative_rate=float(data.eval_negative_rate), draws=draws)
+    return training, training.matched | {TRAIN_COUNT: training.n_train}
+
+
+def _joined(parts: list, audiences: list[str]) -> tuple[dict[str, EncodedFeatures], EncodedFeatures]:
+    """Rank 0's view of every rank's held-out users and evaluation negatives."""
+    holdout, negatives = parts[0]
+    for more_holdout, more_negatives in parts[1:]:
+        holdout = {a: concat(holdout[a], more_holdout[a]) for a in audiences}
+        negatives = concat(negatives, more_negatives)
+    return holdout, negatives
+
+
+def _nothing(like: EncodedFeatures, audiences: list[str]) -> tuple[dict[str, EncodedFeatures], EncodedFeatures]:
+    empty = like.take(np.zeros(0, dtype=np.int64))
+    return {a: empty for a in audiences}, empty

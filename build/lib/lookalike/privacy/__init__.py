@@ -1,0 +1,1 @@
+"""Differential privacy: the budget ledger, dataset fingerprints and DP-SGD set-up."""

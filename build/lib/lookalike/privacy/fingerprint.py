@@ -1,0 +1,101 @@
+"""The ledger's key: which publisher users a run touches, not how their table is stored.
+
+What DP protects is each publisher user (one user, one example) and their seed membership, so a
+budget belongs to a set of users. The key is computed from the user ids alone: file bytes, names,
+compression, partitioning and row order do not change it, and neither does the seed (every seed
+matched against these users draws on their budget, so adding, dropping or reordering seed ids,
+matched or not, never opens a fresh budget).
+
+A new snapshot of the table is not the same set of ids, but it is mostly the same people: it
+must draw on the same budget. Each key therefore carries a bottom-k sketch (the ``SKETCH_SIZE``
+smallest 64-bit hashes of the ids), from which the share of one set's users that are also in
+another is estimated (Broder's bottom-k / KMV estimator). A run whose users lie mostly
+(``SHARED_USERS``) in a dataset the ledger knows is charged to that dataset's budget.
+
+The sketch holds hashes of publisher ids only, never of seed ids: the ledger may be read by the
+operator, who must not learn from it who is in the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+SKETCH_SIZE = 2048
+SHARED_USERS = 0.5  # a run whose users lie at least this much in a known dataset is charged there
+_KEY = b"lookalike-users-v1"
+_MASK = (1 << 64) - 1
+
+
+def user_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A keyed 64-bit BLAKE2b hash of every id (uint64), the same on every machine."""
+    raw = b"".join(hashlib.blake2b(u.encode(), digest_size=8, key=_KEY).digest() for u in ids.to_pylist())
+    return np.frombuffer(raw, dtype="<u8")
+
+
+@dataclass(frozen=True)
+class UsersPart:
+    """What one process knows of its share of the users; parts merge into a :class:`UsersKey`."""
+
+    users: int
+    total: int  # sum of the hashes mod 2^64
+    xor: int
+    smallest: np.ndarray  # up to SKETCH_SIZE smallest hashes, sorted
+
+
+def users_part(ids: pa.Array | pa.ChunkedArray) -> UsersPart:
+    hashes = user_hashes(ids)
+    smallest = np.sort(np.partition(hashes, SKETCH_SIZE - 1)[:SKETCH_SIZE]) if hashes.size > SKETCH_SIZE else np.sort(hashes)
+    total = int(hashes.sum(dtype=np.uint64)) if hashes.size else 0  # wraps mod 2^64, as wanted
+    xor = int(np.bitwise_xor.reduce(hashes)) if hashes.size else 0
+    return UsersPart(int(hashes.size), total, xor, smallest)
+
+
+@dataclass(frozen=True)
+class UsersKey:
+    digest: str  # the exact set of users (order-free)
+    users: int
+    sketch: np.ndarray  # the SKETCH_SIZE smallest hashes, sorted
+
+    def share_in(self, other: "UsersKey") -> float:
+        """Estimated share of this key's users that are also ``other``'s users.
+
+        Among the hashes of this set below ``other``'s largest sketched hash, those in ``other``'s
+        sketch are exactly those in ``other`` (a bottom-k sketch holds every hash below its
+        maximum): a uniform sample of this set, tested exactly. Exact while a set has at most
+        SKETCH_SIZE users."""
+        if other.users == 0 or self.users == 0:
+            return 0.0
+        limit = other.sketch[-1] if other.users > SKETCH_SIZE else np.uint64(_MASK)
+        mine = self.sketch[self.sketch <= limit]
+        if mine.size == 0:
+            return 0.0
+        return float(np.isin(mine, other.sketch, assume_unique=True).mean())
+
+    def to_json(self) -> str:
+        return json.dumps({"users": self.users, "sketch": [int(h) for h in self.sketch]})
+
+    @classmethod
+    def from_json(cls, digest: str, text: str) -> "UsersKey":
+        raw = json.loads(text)
+        return cls(digest, int(raw["users"]), np.array(raw["sketch"], dtype=np.uint64))
+
+
+def merge_parts(parts: list[UsersPart]) -> UsersKey:
+    """The key of the union of disjoint parts (the torchrun ranks' shares, or one process)."""
+    users = sum(p.users for p in parts)
+    total = sum(p.total for p in parts) & _MASK
+    xor = 0
+    for p in parts:
+        xor ^= p.xor
+    smallest = np.sort(np.concatenate([p.smallest for p in parts]))[:SKETCH_SIZE] if parts else np.zeros(0, np.uint64)
+    digest = hashlib.sha256(f"lookalike-users-v1:{users}:{total}:{xor}".encode()).hexdigest()
+    return UsersKey(digest, users, smallest.astype(np.uint64))
+
+
+def users_key(ids: pa.Array | pa.ChunkedArray) -> UsersKey:
+    return merge_parts([users_part(ids)])

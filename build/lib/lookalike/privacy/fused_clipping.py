@@ -1,0 +1,149 @@
+"""Fused ghost clipping: the clipped sum of per-example gradients in one backward pass, without
+ever materialising a per-example gradient of a large table.
+
+A forward hook keeps the input and output of every layer whose parameters train. One
+``autograd.grad`` call then gives dLoss_b/dOutput_b for all of them (example b's loss depends on
+row b only, so the gradient of the summed loss is the per-example backprop). From those:
+
+- ``nn.Linear`` (input a_b, backprop g_b): |dW_b|^2 = |a_b|^2 |g_b|^2 and |db_b|^2 = |g_b|^2.
+- ``nn.Embedding`` (ids [B] or a bag [B, T], backprop G): example b's gradient puts G_bt on row
+  id_bt, so |dE_b|^2 = sum over t, t' with id_bt = id_bt' of <G_bt, G_bt'> (repeated ids in one
+  bag add up before squaring).
+- ``AudienceTower``: closed forms in batch x audiences (model/audience.py).
+
+The clip factor c_b = min(1, C / (|grad_b| + 1e-6)) (Opacus' formula) then reweights the same
+backprops into the clipped sum directly: dW = (c g)^T a, dE = index_add(c G). Opacus' ghost mode
+needs a second backward pass for that step and its hooks mode builds [B, vocab, dim] tensors for
+embeddings; here neither happens. Noise, scaling and accounting stay with Opacus'
+``DPOptimizerFastGradientClipping`` and accountant, which take exactly this clipped sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lookalike.errors import ConfigError
+from lookalike.model.audience import (
+    AudienceTower,
+    audience_clipped_sum,
+    audience_norm_squared,
+)
+
+SUPPORTED = (nn.Linear, nn.Embedding, AudienceTower)
+STABILITY = 1e-6  # Opacus adds this to the norm before dividing
+
+
+class FusedClipping:
+    """Attach to a plain module; call :meth:`backward` with per-example losses instead of
+    ``loss.backward()``: it leaves the clipped (not yet noised) gradient sum in ``p.grad``."""
+
+    def __init__(self, model: nn.Module, max_grad_norm: float):
+        self.max_grad_norm = float(max_grad_norm)
+        self.records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        self.handles = []
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        for name, module in model.named_modules():
+            if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                continue
+            if not isinstance(module, SUPPORTED) or (isinstance(module, nn.Embedding) and module.max_norm is not None):
+                raise ConfigError("privacy.grad_sample_mode", f"fused clipping does not cover {type(module).__name__} "
+                                  f"('{name}'); use grad_sample_mode=hooks for this model")
+            self.handles.append(module.register_forward_hook(self._keep))
+
+    def _keep(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if torch.is_grad_enabled() and module.training:
+            self.records.append((module, inputs[0], output))
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.records = []
+
+    def backward(self, example_loss: torch.Tensor) -> torch.Tensor:
+        """Accumulate the clipped gradient sum of ``example_loss`` ([B]) into ``p.grad``; return
+        the per-example gradient norms (before clipping)."""
+        records, self.records = self.records, []
+        modules = [r[0] for r in records]
+        if len(set(map(id, modules))) != len(modules):
+            # A layer used twice in one forward gets one gradient per example from both uses,
+            # whose norm is not the sum of the two; refuse rather than under-clip.
+            raise ConfigError("privacy.grad_sample_mode", "fused clipping needs each layer used once per forward; use hooks")
+        if example_loss.shape[0] == 0 or not records:
+            self._fill_missing()  # an empty Poisson batch: a zero sum, still noised by the optimizer
+            return example_loss.detach()
+        backprops = torch.autograd.grad(example_loss.sum(), [r[2] for r in records], allow_unused=True)
+        backprops = [torch.zeros_like(r[2]) if g is None else g for r, g in zip(records, backprops)]
+        squared = torch.zeros(example_loss.shape[0], device=example_loss.device, dtype=backprops[0].dtype)
+        saved = []  # what a layer's norm computed and its clipped sum reuses
+        for (module, inputs, _), g in zip(records, backprops):
+            norm_sq, kept = _norm_squared(module, inputs, g)
+            squared += norm_sq
+            saved.append(kept)
+        norms = squared.sqrt()
+        coef = (self.max_grad_norm / (norms + STABILITY)).clamp(max=1.0)
+        for (module, inputs, _), g, kept in zip(records, backprops, saved):
+            _add_clipped(module, inputs, g, coef, kept)
+        self._fill_missing()
+        return norms
+
+    def _fill_missing(self) -> None:
+        # Opacus' optimizer expects a gradient on every parameter, unused ones included.
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+
+def _norm_squared(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Per-example squared gradient norm of ``module``'s trainable parameters."""
+    if isinstance(module, nn.Linear):
+        if inputs.dim() != 2:
+            raise ConfigError("privacy.grad_sample_mode", "fused clipping covers nn.Linear on [batch, features] inputs only; use hooks")
+        g_sq = g.pow(2).sum(1)
+        total = inputs.pow(2).sum(1) * g_sq if module.weight.requires_grad else torch.zeros_like(g_sq)
+        if module.bias is not None and module.bias.requires_grad:
+            total = total + g_sq
+        return total, None
+    if isinstance(module, nn.Embedding):
+        g = _mask_padding(module, inputs, g)  # kept: the clipped sum uses the same masked backprops
+        if not module.weight.requires_grad:
+            return torch.zeros_like(g[:, 0] if g.dim() == 2 else g[:, 0, 0]), g
+        if inputs.dim() == 1:
+            return g.pow(2).sum(1), g
+        same = (inputs.unsqueeze(2) == inputs.unsqueeze(1)).to(g.dtype)  # [B, T, T]
+        return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2)), g
+    return audience_norm_squared(module, inputs, g)
+
+
+def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef: torch.Tensor, kept: Any) -> None:
+    if isinstance(module, nn.Linear):
+        weighted = g * coef.unsqueeze(1)
+        if module.weight.requires_grad:
+            _accumulate(module.weight, weighted.t() @ inputs)
+        if module.bias is not None and module.bias.requires_grad:
+            _accumulate(module.bias, weighted.sum(0))
+    elif isinstance(module, nn.Embedding):
+        if module.weight.requires_grad:
+            g = kept * coef.view(-1, *([1] * (g.dim() - 1)))
+            table = torch.zeros_like(module.weight).index_add_(0, inputs.reshape(-1), g.reshape(-1, g.shape[-1]))
+            _accumulate(module.weight, table)
+    else:
+        for param, total in audience_clipped_sum(module, inputs, g, coef, kept).items():
+            _accumulate(param, total)
+
+
+def _mask_padding(module: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The padding row of an embedding never trains: its positions carry no gradient."""
+    if module.padding_idx is None:
+        return g
+    return g * (ids != module.padding_idx).unsqueeze(-1).to(g.dtype)
+
+
+def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
+    # Physical batches of one logical batch add up; the optimizer clears p.grad after each step.
+    if param.grad is None:
+        param.grad = grad.detach()
+    else:
+        param.grad.add_(grad)

@@ -1,0 +1,245 @@
+"""The privacy ledger: a persistent, per-dataset epsilon budget in SQLite or any SQL database.
+
+A run reserves its target epsilon before training inside a transaction that holds the budget's
+lock (ledger_store.py), so two processes can never both read the same remaining budget and
+overspend it. When it finishes it records what the accountant says it spent. A crash leaves the
+reservation charged: no crash ever makes budget reappear. Finished runs whose mechanisms are
+Gaussian are charged by their composed privacy curve (see composition.py); everything else
+adds up at face value. Deltas add up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from lookalike.errors import BudgetExceededError, ConfigError, LookalikeError
+from lookalike.privacy.composition import charge, gaussian_block
+from lookalike.privacy.fingerprint import UsersKey
+from lookalike.privacy.ledger_store import BUDGETS, DATASETS, ENTRIES, create_schema, exists, open_engine, without_password
+from lookalike.privacy.rules import Rules
+
+TOLERANCE = 1e-9
+
+
+def check_amount(epsilon: float, delta: float) -> None:
+    """Refuse a non-finite or negative amount: ``charged + nan > budget`` is false, so a NaN
+    would pass every budget check."""
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ConfigError("privacy.target_epsilon", f"{epsilon} is not a finite, non-negative epsilon")
+    if not (math.isfinite(delta) and 0 <= delta < 1):
+        raise ConfigError("privacy.target_delta", f"{delta} is not a delta in [0, 1)")
+
+
+def runs_fitting(remaining: float, epsilon: float) -> int:
+    """How many reservations of ``epsilon`` fit in ``remaining`` (with :meth:`Ledger.reserve`'s
+    tolerance, so an exactly fitting run counts); -1 when ``epsilon`` is not positive."""
+    return int((remaining + TOLERANCE) // epsilon) if epsilon > 0 else -1
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    fingerprint: str
+    budget_epsilon: float
+    budget_delta: float | None
+    spent_epsilon: float  # finished entries, summed
+    reserved_epsilon: float  # open reservations
+    spent_delta: float
+    runs: int
+    charged_epsilon: float  # what the ledger enforces: finished Gaussian runs composed, the rest summed
+    composition: str
+    rules: dict = field(default_factory=dict)  # the data owners' clean-room rules
+
+    @property
+    def remaining_epsilon(self) -> float:
+        return max(self.budget_epsilon - self.charged_epsilon, 0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"remaining_epsilon": self.remaining_epsilon}
+
+
+class Ledger:
+    """One ledger (a file path or a SQLAlchemy URL); every method runs its own transaction, so
+    processes and machines may share it."""
+
+    def __init__(self, path: str | Path):
+        self.location = str(path)
+        self.path = without_password(self.location)  # what messages and tags show
+        self._engine = None
+        self._schema_checked = False
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            try:
+                self._engine = open_engine(self.location)
+            except (ArgumentError, ImportError) as exc:  # a malformed URL, or its driver is not installed
+                raise ConfigError("ledger.path", f"'{self.path}' is not a usable ledger: {str(exc).splitlines()[0]}; "
+                                  "give a file path or a SQLAlchemy URL whose driver is installed") from exc
+        return self._engine
+
+    def exists(self) -> bool:
+        try:
+            return exists(self.engine, self.location)
+        except DBAPIError as exc:
+            raise LookalikeError(f"ledger '{self.path}' cannot be reached: {str(exc).splitlines()[0]}") from exc
+
+    @contextmanager
+    def transaction(self, write: bool = True):
+        """A connection in one transaction (write: holding the write lock); a database error (a
+        corrupt, read-only or vanished file, a lost server) becomes one line."""
+        try:
+            with (self.engine.begin() if write else self.engine.connect()) as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise LookalikeError(f"ledger '{self.path}' cannot be used: {str(exc.orig).splitlines()[0] if exc.orig else exc}; "
+                                 "nothing was recorded: check the file or server (lookalike-budget --ledger shows it)") from exc
+
+    def _ready(self, create: bool = True) -> None:
+        if self._schema_checked:
+            return
+        # exists() first even when creating: it turns an unreachable database into a one-line error.
+        if not self.exists() and not create:
+            raise LookalikeError(f"ledger '{self.path}' does not exist: set ledger.path (or --ledger) to an existing ledger")
+        try:
+            create_schema(self.engine, self.location)  # creates a new ledger, or adds what an older one lacks
+        except (DBAPIError, OSError) as exc:
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise LookalikeError(f"ledger '{self.path}' cannot be opened for writing ({first}): check the path and its permissions") from exc
+        self._schema_checked = True
+
+    def reserve(self, fingerprint: str, epsilon: float, delta: float, *, kind: str, description: str,
+                attach: UsersKey | None = None, claim: str | None = None) -> int:
+        """Atomically reserve ``epsilon`` (and ``delta``) on an existing budget or raise
+        :class:`BudgetExceededError`. ``attach``: a new snapshot of the budget's users, recorded
+        with the reservation so that later snapshots are recognised through it too."""
+        check_amount(epsilon, delta)
+        now = time.time()
+        # The slow part (a PRV composition) runs before the lock, on finished entries, which
+        # never change again; whatever finishes meanwhile counts at face value below.
+        self._ready(create=False)
+        block = gaussian_block(self.entries(fingerprint))
+        with self.transaction() as conn:
+            budget = conn.execute(select(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).with_for_update()).first()
+            if budget is None:
+                raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
+            total_eps, total_delta = budget.budget_epsilon, budget.budget_delta
+            current = charge(self._rows(conn, fingerprint), block)
+            charged, charged_delta = current.charged_epsilon, current.delta
+            if charged + epsilon > total_eps + TOLERANCE:
+                raise BudgetExceededError(
+                    f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: this run needs epsilon {epsilon:.3g} "
+                    f"but only {max(total_eps - charged, 0):.3g} of {total_eps:.3g} remains ({current.reason}); lower privacy.target_epsilon or "
+                    "ask the data owners for more budget (lookalike-budget set-budget)"
+                )
+            if total_delta is not None and charged_delta + delta > total_delta * (1 + 1e-9):
+                raise BudgetExceededError(
+                    f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: delta {delta:.3g} exceeds "
+                    f"the remaining {max(total_delta - charged_delta, 0):.3g} of {total_delta:.3g}; lower privacy.target_delta"
+                )
+            if attach is not None and conn.execute(select(DATASETS.c.digest).where(DATASETS.c.digest == attach.digest)).first() is None:
+                conn.execute(insert(DATASETS).values(digest=attach.digest, fingerprint=fingerprint, users=attach.users,
+                                                     sketch=attach.to_json(), created_at=now))
+            result = conn.execute(insert(ENTRIES).values(
+                fingerprint=fingerprint, kind=kind, description=description, status="reserved", reserved_epsilon=epsilon,
+                spent_epsilon=None, delta=delta, created_at=now, updated_at=now, claim=claim))
+            return int(result.inserted_primary_key[0])
+
+    def record_spent(self, entry_id: int, epsilon: float, events: list | None = None) -> None:
+        """Close a reservation with the epsilon actually spent (never below zero). ``events``:
+        the mechanism as (noise multiplier, sample rate, steps) Gaussian steps, or None when it
+        is not only Gaussian; it lets runs be composed more tightly than by summing.
+
+        A spend above the reservation is a bug or a tampered run: it is recorded as spent (the
+        ledger must hold the truth) and raised, never passed over."""
+        epsilon = float(epsilon)
+        if not math.isfinite(epsilon):
+            raise LookalikeError(f"ledger '{self.path}': entry {entry_id} cannot record a spend of {epsilon}: the run's accounting failed")
+        reserved = float(self.entry(entry_id)["reserved_epsilon"])
+        self._close(entry_id, "spent", max(epsilon, 0.0), None if events is None else json.dumps([list(e) for e in events]))
+        if epsilon > reserved + TOLERANCE:
+            raise BudgetExceededError(f"ledger '{self.path}': entry {entry_id} spent epsilon {epsilon:.4g}, more than its reservation "
+                                      f"{reserved:.4g}; the spend is recorded and the budget may be overdrawn")
+
+    def take_over(self, entry_id: int, expected: str | None, claim: str) -> None:
+        """Move an open reservation to a resuming process, atomically: only from the claim the
+        checkpoint carries, so the same checkpoint resumed twice trains once (the second finds
+        the claim already moved and is refused)."""
+        self._ready(create=False)
+        with self.transaction() as conn:
+            moved = conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved",
+                                                       ENTRIES.c.claim.is_(None) if expected is None else ENTRIES.c.claim == expected)
+                                 .values(claim=claim, updated_at=time.time())).rowcount
+        if moved != 1:
+            raise LookalikeError(f"ledger '{self.path}': entry {entry_id} was resumed by another process (or from a later checkpoint); "
+                                 "resume from that run's newest checkpoint")
+
+    def release(self, entry_id: int) -> None:
+        """Give a reservation back; only for runs that never touched the data with a DP step."""
+        self._close(entry_id, "released", 0.0)
+
+    def _close(self, entry_id: int, status: str, epsilon: float, events: str | None = None) -> None:
+        self._ready(create=False)
+        with self.transaction() as conn:
+            updated = conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved").values(
+                status=status, spent_epsilon=epsilon, events=events, updated_at=time.time())).rowcount
+        if updated != 1:
+            raise LookalikeError(f"ledger '{self.path}': entry {entry_id} is not an open reservation")
+
+    def entry(self, entry_id: int) -> dict:
+        self._ready(create=False)
+        with self.transaction(write=False) as conn:
+            row = conn.execute(select(ENTRIES).where(ENTRIES.c.id == entry_id)).mappings().first()
+        if row is None:
+            raise LookalikeError(f"ledger '{self.path}': no entry {entry_id}")
+        return dict(row)
+
+    def remaining(self, fingerprint: str) -> float:
+        """Epsilon still available on the budget ``fingerprint``."""
+        self._ready(create=False)
+        with self.transaction(write=False) as conn:
+            row = conn.execute(select(BUDGETS.c.budget_epsilon).where(BUDGETS.c.fingerprint == fingerprint)).first()
+            entries = self._rows(conn, fingerprint)
+        if row is None:
+            raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
+        return max(row[0] - charge(entries, gaussian_block(entries)).charged_epsilon, 0.0)
+
+    def runs_that_fit(self, fingerprint: str, epsilon: float) -> tuple[int, float]:
+        """Read-only: how many more reservations of ``epsilon`` the budget covers now (the
+        same tolerance as :meth:`reserve`), and the epsilon remaining."""
+        remaining = self.remaining(fingerprint)
+        return runs_fitting(remaining, epsilon), remaining
+
+    def entries(self, fingerprint: str) -> list[dict]:
+        self._ready(create=False)
+        with self.transaction(write=False) as conn:
+            return self._rows(conn, fingerprint)
+
+    @staticmethod
+    def _rows(conn, fingerprint: str) -> list[dict]:
+        query = select(ENTRIES).where(ENTRIES.c.fingerprint == fingerprint).order_by(ENTRIES.c.id)
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+    def status(self) -> list[BudgetStatus]:
+        self._ready(create=False)
+        with self.transaction(write=False) as conn:
+            budgets = conn.execute(select(BUDGETS.c.fingerprint, BUDGETS.c.budget_epsilon, BUDGETS.c.budget_delta, BUDGETS.c.rules)
+                                   .order_by(BUDGETS.c.created_at)).all()
+            entries = {b[0]: self._rows(conn, b[0]) for b in budgets}
+        result = []
+        for fp, budget_epsilon, budget_delta, rules in budgets:
+            rows = entries[fp]
+            cost = charge(rows, gaussian_block(rows))
+            result.append(BudgetStatus(
+                fp, budget_epsilon, budget_delta,
+                sum(r["spent_epsilon"] for r in rows if r["status"] == "spent"),
+                sum(r["reserved_epsilon"] for r in rows if r["status"] == "reserved"),
+                cost.delta, len(rows), cost.charged_epsilon, cost.reason, asdict(Rules.from_json(rules))))
+        return result

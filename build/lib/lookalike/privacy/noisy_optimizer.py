@@ -1,0 +1,69 @@
+"""Opacus' optimizer for pre-clipped gradient sums, without its per-step copies.
+
+``DPOptimizerFastGradientClipping`` (what Opacus' ghost mode uses) deep-copies every gradient
+into ``summed_grad`` at each step and builds each noise tensor as zeros + normal, then adds it
+out of place: three full-size allocations per parameter per step, which on a small model cost
+as much as the model's own backward pass. Here the clipped sum moves into ``summed_grad``
+without a copy and each parameter's noise is added in place. The arithmetic is the same:
+grad = (sum of clipped per-example gradients + N(0, (sigma C)^2)) / expected batch size. In
+secure mode Opacus' own noise path runs unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+from lookalike.distributed import all_reduce_mean_
+
+
+class NoisySumOptimizer(DPOptimizerFastGradientClipping):
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is None:
+                p.summed_grad = p.grad.detach()
+            else:
+                p.summed_grad.add_(p.grad)
+            # p.grad now lives on in summed_grad: drop the name so that nothing (a
+            # zero_grad(set_to_none=False)) can zero the accumulated sum through it.
+            p.grad = None
+
+    def noise_std(self) -> float:
+        return getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+
+    def add_noise(self) -> None:
+        std = self.noise_std()
+        if self.secure_mode and std > 0:
+            return super().add_noise()
+        sums = [p.summed_grad for p in self.params]
+        _check_processed_flag(sums)
+        for p, g in zip(self.params, sums):
+            if std > 0:
+                g.add_(torch.empty_like(g).normal_(0.0, std, generator=self.generator))
+            p.grad = g.view_as(p)
+        _mark_as_processed(sums)
+
+
+class DistributedNoisySumOptimizer(NoisySumOptimizer):
+    """Under torchrun: each rank holds the clipped sum of its own examples; rank 0 alone adds
+    the noise, then the sums are all-reduced (Opacus' DistributedDPOptimizerFastGradientClipping
+    does the same). ``expected_batch_size`` is per rank, so sum / world / per-rank size is the
+    global average."""
+
+    def __init__(self, *args, world, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.world = world
+
+    def noise_std(self) -> float:
+        return super().noise_std() if self.world.primary else 0.0
+
+    def step(self, closure=None):
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        if not self.pre_step():
+            return None
+        for p in self.params:
+            all_reduce_mean_(p.grad, self.world)
+        return self.original_optimizer.step()

@@ -1,0 +1,89 @@
+"""The clean-room rules: set by the data owners with their budget, enforced on every run.
+
+The rules live in the ledger beside the budget they protect (``lookalike-budget create`` and
+``set-rules``), never in the operator's config. A config value may only tighten a rule: a
+looser one refuses the run with one line naming the rule, before any budget is reserved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from lookalike.errors import ConfigError
+
+# As in AWS Clean Rooms ML's minimumMatchingSeedSize.
+MIN_SEED_RANGE = (25, 500_000)
+
+
+@dataclass(frozen=True)
+class Rules:
+    min_matching_seed_size: int = 500
+    min_aggregation_size: int = 100
+    allow_list_output: bool = True
+    max_epsilon_per_run: float | None = None  # None: the budget is the only limit
+    allow_trusted_evaluation: bool = False  # exact seed-derived metrics: synthetic or public data only
+    allow_non_private: bool = False  # privacy.enabled=false
+
+    def __post_init__(self) -> None:
+        lo, hi = MIN_SEED_RANGE
+        if not lo <= self.min_matching_seed_size <= hi:
+            raise ConfigError("rules.min_matching_seed_size", f"{self.min_matching_seed_size} must be a whole number in [{lo}, {hi}]")
+        if self.min_aggregation_size < 1:
+            raise ConfigError("rules.min_aggregation_size", f"{self.min_aggregation_size} must be a whole number >= 1")
+        if self.max_epsilon_per_run is not None and not self.max_epsilon_per_run > 0:
+            raise ConfigError("rules.max_epsilon_per_run", f"{self.max_epsilon_per_run} must be > 0 or unset")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Rules":
+        raw = json.loads(text) if text else {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def with_changes(self, **changes: Any) -> "Rules":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def effective_rules(stored: Rules, overrides: Any, where: str) -> Rules:
+    """The stored rules, tightened by the config's ``rules`` section (null keeps the stored
+    value). A looser override is refused: the rules are the data owners'."""
+    def looser(key: str, value: Any, stricter_is_larger: bool) -> None:
+        current = getattr(stored, key)
+        if (value < current) if stricter_is_larger else (value > current):
+            raise ConfigError(f"rules.{key}", f"{value} is looser than the data owners' rule ({current}) in ledger '{where}': "
+                              "only the owners change it (lookalike-budget set-rules); leave it unset to use theirs")
+
+    changes: dict[str, Any] = {}
+    size = overrides.get("min_matching_seed_size")
+    if size is not None:
+        looser("min_matching_seed_size", int(size), True)
+        changes["min_matching_seed_size"] = int(size)
+    size = overrides.get("min_aggregation_size")
+    if size is not None:
+        looser("min_aggregation_size", int(size), True)
+        changes["min_aggregation_size"] = int(size)
+    lists = overrides.get("allow_list_output")
+    if lists is not None:
+        if bool(lists) and not stored.allow_list_output:
+            raise ConfigError("rules.allow_list_output", f"true is looser than the data owners' rule (false) in ledger '{where}': "
+                              "only the owners change it (lookalike-budget set-rules)")
+        changes["allow_list_output"] = bool(lists)
+    return replace(stored, **changes)
+
+
+def check_run_allowed(rules: Rules, *, private: bool, trusted: bool, epsilon: float, where: str) -> None:
+    """Refuse what the owners do not allow: trusted evaluation, non-private runs, an epsilon
+    above their per-run maximum."""
+    if trusted and not rules.allow_trusted_evaluation:
+        raise ConfigError("trusted_evaluation", f"true is not allowed by the data owners' rules in ledger '{where}' (exact seed-derived "
+                          "numbers would leave the room); the owners allow it with lookalike-budget set-rules --allow-trusted-evaluation")
+    if not private and not rules.allow_non_private:
+        raise ConfigError("privacy.enabled", f"false is not allowed by the data owners' rules in ledger '{where}'; "
+                          "the owners allow it with lookalike-budget set-rules --allow-non-private")
+    if rules.max_epsilon_per_run is not None and epsilon > rules.max_epsilon_per_run + 1e-9:
+        raise ConfigError("privacy.target_epsilon", f"this run needs epsilon {epsilon:.4g}, above the data owners' maximum per run "
+                          f"({rules.max_epsilon_per_run:g}) in ledger '{where}'")

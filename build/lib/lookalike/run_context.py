@@ -1,0 +1,231 @@
+"""What one training run knows about itself: its ledger reservation, tags, metrics and folder.
+
+Keeps the bookkeeping out of the training script so that ``train.run`` reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from lookalike.checkpoint import Checkpoint
+from lookalike.data.matching import check_matched
+from lookalike.errors import ConfigError, LookalikeError
+from lookalike.privacy.budgets import BudgetMatch, find_budget
+from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.ledger_store import is_url
+from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
+from lookalike.privacy.size_release import SizeEstimate, release_size
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", f"'{name}' asked for but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def run_directory(cfg: Any) -> Path:
+    """Hydra's output folder for this job, or a fresh one under ``paths.output_dir/runs``."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    path = Path(str(cfg.paths.output_dir)) / "runs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def discard_run_directory() -> None:
+    """Remove Hydra's job folder if it holds nothing but Hydra's own config and log."""
+    if not HydraConfig.initialized():
+        return
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# What a resumed run must keep from its original plan: its reservation covers only that plan.
+PLAN_KEYS = {"trainer.epochs": int, "trainer.batch_size": int, "privacy.target_epsilon": float, "privacy.max_grad_norm": float,
+             "privacy.accountant": str, "privacy.grad_sample_mode": str, "privacy.size_epsilon": float, "evaluation.epsilon": float,
+             "trusted_evaluation": bool, "model.kind": str}
+
+
+class RunContext:
+    def __init__(self, cfg: Any, data: Any, delta: float | None, ledger: Ledger):
+        self.cfg, self.data, self.delta, self.ledger = cfg, data, delta, ledger
+        self.private = bool(cfg.privacy.enabled)
+        # Held-out metrics are released with DP unless the run is trusted (then they are exact).
+        dp_eval = self.private and not cfg.trusted_evaluation
+        self.eval_epsilon = float(cfg.evaluation.epsilon) if dp_eval else 0.0
+        self.eval_delta = float(cfg.evaluation.delta) if dp_eval else 0.0
+        self.eval_noise_multiplier = 0.0  # noise std / L2 sensitivity of the evaluation release
+        # DP-SGD's sample rate is a batch of a DP estimate of the training-set size (size_release.py);
+        # the centroid baseline is one full-batch release and needs none.
+        sized = self.private and cfg.model.get("kind", "two_tower") != "centroid"
+        self.size_epsilon = float(cfg.privacy.size_epsilon) if sized else 0.0
+        self.size_delta = float(cfg.privacy.size_delta) if sized else 0.0
+        self.size: SizeEstimate | None = None
+        self.budget: BudgetMatch | None = None
+        self.rules: Rules | None = None
+        self.entry_id: int | None = None
+        self.claim = uuid.uuid4().hex  # this process's hold on its reservation (a resume takes it over)
+        self.resumed = False
+        self.training_started = False
+        self.result = None
+
+    @property
+    def epsilon(self) -> float:
+        """What the run reserves: training, the size estimate and the evaluation release."""
+        return float(self.cfg.privacy.target_epsilon) + self.size_epsilon + self.eval_epsilon if self.private else 0.0
+
+    def check_rules(self) -> Rules:
+        """Read-only, before anything is reserved or logged: the budget covering these users and
+        the data owners' rules, tightened by the config, and the seed's minimum size."""
+        self.budget = find_budget(self.ledger, self.data.users)
+        self.rules = effective_rules(self.budget.rules, self.cfg.rules, self.ledger.path)
+        check_run_allowed(self.rules, private=self.private, trusted=bool(self.cfg.trusted_evaluation), epsilon=self.epsilon,
+                          where=self.ledger.path)
+        check_matched(self.data.training.matched, self.data.n_train, self.rules.min_matching_seed_size, bool(self.cfg.trusted_evaluation))
+        if self.budget.new_snapshot is not None:
+            log.info("publisher data: about %.0f%% of its users are in budget %s's data; charged there", 100 * self.budget.share,
+                     self.budget.fingerprint[:12])
+        return self.rules
+
+    def plan(self) -> dict:
+        return {key: _get(self.cfg, key) for key in PLAN_KEYS}
+
+    def open_reservation(self, resume: Checkpoint | None) -> None:
+        """Reserve the run's epsilon, or adopt the reservation of the run being resumed, which
+        must keep its plan (more epochs or another sigma would spend beyond its reservation)."""
+        if not self.private:
+            return
+        if resume is not None:
+            self._adopt(resume)
+            return
+        self.entry_id = self.ledger.reserve(
+            self.budget.fingerprint, self.epsilon, float(self.delta) + self.size_delta + self.eval_delta,
+            kind="train", description=f"lookalike-train {self.cfg.mlflow.experiment_name}", attach=self.budget.new_snapshot,
+            claim=self.claim)
+        log.info("ledger entry %d: reserved epsilon %.4g (training %.4g, size estimate %.4g, evaluation %.4g) on budget %s", self.entry_id,
+                 self.epsilon, self.cfg.privacy.target_epsilon, self.size_epsilon, self.eval_epsilon, self.budget.fingerprint[:12])
+
+    def _adopt(self, resume: Checkpoint) -> None:
+        planned = resume.meta.get("plan") or {}
+        for key, value in self.plan().items():
+            if key not in planned or planned[key] != value:
+                raise ConfigError(key, f"is {value} but the checkpoint's run planned {planned.get(key)}: a resumed run keeps its plan, "
+                                  "which its ledger reservation covers; resume with the original settings")
+        entry = self.ledger.entry(int(resume.meta["ledger_entry_id"]))
+        if entry["status"] != "reserved":
+            raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
+        if entry["fingerprint"] != self.budget.fingerprint:
+            raise ConfigError("trainer.resume_from", "the checkpoint's reservation is on another budget; resume with the same data")
+        self.ledger.take_over(entry["id"], resume.meta.get("claim"), self.claim)
+        self.entry_id, self.resumed = entry["id"], True
+        self.size = SizeEstimate(**resume.meta["size"]) if resume.meta.get("size") else None
+
+    def release_size(self) -> int | None:
+        """The DP estimate of the training-set size that sets the sample rate (once per run: a
+        resumed run keeps its own)."""
+        if self.size is None and self.size_epsilon > 0:
+            self.size = release_size(self.data.n_train, self.size_epsilon, self.size_delta)
+        return self.size.value if self.size is not None else None
+
+    def trained(self, result: Any) -> None:
+        self.result = result
+
+    def finish(self) -> None:
+        if self.private and self.entry_id is not None:
+            events = list(self.result.history) + ([(self.eval_noise_multiplier, 1.0, 1)] if self.eval_epsilon else [])
+            events += [(self.size.noise_multiplier, 1.0, 1)] if self.size is not None else []
+            self.ledger.record_spent(self.entry_id, self.result.epsilon + self.size_epsilon + self.eval_epsilon, events)
+
+    def begin_training(self) -> None:
+        """From here on the data has been touched by DP steps: a failure keeps the charge."""
+        self.training_started = True
+
+    def abort(self) -> None:
+        """On failure a reservation stays charged, unless training never began."""
+        if self.private and self.entry_id is not None and not self.training_started and not self.resumed:
+            self.ledger.release(self.entry_id)
+            log.info("ledger entry %d released: the run failed before training", self.entry_id)
+
+    def checkpoint_meta(self) -> dict:
+        return {"users": self.data.users.digest, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path), "claim": self.claim,
+                "plan": self.plan(), "size": asdict(self.size) if self.size is not None else None}
+
+    def run_name(self) -> str:
+        return ("dp" if self.private else "NON-PRIVATE") + f"-{self.cfg.model.get('kind', 'two_tower')}-" + time.strftime("%H%M%S")
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "lookalike.kind": "train",
+            "lookalike.privacy": "dp" if self.private else "non-private",
+            "lookalike.trusted_evaluation": str(bool(self.cfg.trusted_evaluation)).lower(),
+            "lookalike.fingerprint": self.budget.fingerprint if self.budget else "none",
+            "lookalike.users": self.data.users.digest,
+            "lookalike.audiences": ",".join(self.data.training.audiences),
+            "privacy.accountant": str(self.cfg.privacy.accountant) if self.private else "none",
+            "ledger.entry_id": str(self.entry_id) if self.entry_id is not None else "none",
+            "ledger.path": self.ledger.path if is_url(self.ledger.location) else str(Path(self.ledger.location).resolve()),
+        }
+
+    def data_metrics(self) -> dict[str, float]:
+        scan = self.data.scan
+        # Publisher-side counts are public; the training-set size and match counts are seed-derived.
+        metrics = {"scan.files_scanned": scan.files_scanned, "scan.rows_scanned": scan.rows_scanned,
+                   "scan.bytes_scanned": scan.bytes_scanned, "scan.rows_in_window": scan.rows_in_window}
+        if self.cfg.trusted_evaluation:
+            metrics |= {f"trusted.{name}.matched_seed_users": n for name, n in self.data.training.matched.items()}
+            metrics["trusted.training_examples"] = self.data.n_train
+        return metrics
+
+    def privacy_metrics(self) -> dict[str, float]:
+        r = self.result
+        if not self.private:
+            return {"privacy.steps": r.steps}
+        size = {"privacy.size_epsilon": self.size_epsilon, "data.training_examples_dp": self.size.value} if self.size is not None else {}
+        return size | {"privacy.epsilon_spent": r.epsilon, "privacy.eval_epsilon": self.eval_epsilon,
+                "privacy.total_epsilon": r.epsilon + self.size_epsilon + self.eval_epsilon, "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
+                "privacy.delta": self.delta, "privacy.noise_multiplier": r.noise_multiplier,
+                "privacy.sample_rate": r.sample_rate, "privacy.steps": r.steps}
+
+    def model_meta(self, run_id: str) -> dict:
+        # The split parameters let export find the same held-out seed users (hash-based split).
+        return {"private": self.private, "run_id": run_id, "fingerprint": self.budget.fingerprint if self.budget else None,
+                "id_column": str(self.cfg.data.id_column), "split_seed": int(self.cfg.seed),
+                "holdout_fraction": float(self.cfg.data.holdout_fraction)} | {k: v for k, v in self.privacy_metrics().items()}
+
+    def summary(self, model_uri: str) -> dict:
+        return {"model_uri": model_uri, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path),
+                "accountant": str(self.cfg.privacy.accountant) if self.private else None,
+                "history": self.result.history} | self.privacy_metrics()
+
+    def describe(self) -> str:
+        r = self.result
+        if not self.private:
+            return f"NON-PRIVATE model, {r.steps} steps"
+        return f"epsilon {r.epsilon:.4f} of target {self.cfg.privacy.target_epsilon} (delta {self.delta:.3g}), {r.steps} steps"
+
+
+def _get(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+    return PLAN_KEYS[key](node) if node is not None else None

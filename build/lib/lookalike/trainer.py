@@ -1,0 +1,154 @@
+"""The training loop: DP-SGD (Opacus, Poisson sampling, logical vs physical batches) or plain SGD.
+
+Read top to bottom: build the loader, wrap it for DP, run epochs, checkpoint after each one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from lookalike.batches import TensorBatches, keep_batch
+from lookalike.checkpoint import Checkpoint
+from lookalike.distributed import World, broadcast_parameters
+from lookalike.errors import ConfigError, LookalikeError
+from lookalike.privacy.dp import make_private
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the plain module (Opacus wrapper removed)
+    steps: int
+    epochs: int
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    history: list = field(default_factory=list)  # accountant history: (sigma, q, steps)
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multi-label BCE averaged over audiences: one number per user, independent of the batch."""
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
+
+
+def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: float, device: torch.device,
+          on_epoch_end: Callable[[int, dict], None] | None = None, resume: Checkpoint | None = None,
+          save_checkpoint: Callable[[Checkpoint], None] | None = None, world: World | None = None,
+          examples: int | None = None) -> TrainResult:
+    """Train ``model`` on ``tensors`` (inputs..., labels last). DP when ``cfg.privacy.enabled``.
+
+    ``examples`` is what the sample rate is one batch of: the run's DP estimate of the training
+    examples over all ranks (run_context.py). None takes ``len(tensors[0])``, which is exact and
+    seed-derived: for trusted callers (tests, benchmarks) only."""
+    trainer, privacy = cfg.trainer, cfg.privacy
+    model.to(device)
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+    if world is not None:
+        if not privacy.enabled:
+            raise ConfigError("privacy.enabled", "false runs in one process only; torchrun training is for DP runs")
+        broadcast_parameters(model)
+    optimizer = instantiate(trainer.optimizer)(params=model.parameters())
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer_state)
+    # The training set is small next to any accelerator's memory: put it there once, not per batch.
+    tensors = [t.to(device) for t in tensors]
+    # A torchrun rank may hold no examples (fewer row groups than ranks): nothing to shuffle.
+    loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=len(tensors[0]) > 0, collate_fn=keep_batch)
+
+    private = None
+    if privacy.enabled:
+        private = make_private(model, optimizer, loader, privacy, epochs=int(trainer.epochs), delta=delta,
+                               noise_multiplier=resume.noise_multiplier if resume else None,
+                               accountant_state=resume.accountant_state if resume else None,
+                               max_physical_batch=int(trainer.physical_batch_size), world=world,
+                               examples=len(tensors[0]) if examples is None else int(examples))
+        model, optimizer, loader = private.model, private.optimizer, private.loader
+        log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
+
+    start_epoch = resume.epoch if resume else 0
+    steps = resume.steps if resume else 0
+    losses = list(resume.losses) if resume else []
+    show_loss = bool(cfg.trusted_evaluation) or not privacy.enabled
+    epsilon = None
+    for epoch in range(start_epoch, int(trainer.epochs)):
+        model.train()
+        total, count = torch.zeros((), device=device), 0
+        with _physical_batches(loader, optimizer, private, trainer) as batches:
+            # The bar counts logical steps (one per accountant step), not physical batches.
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not trainer.progress_bar, leave=False)
+            for batch in batches:
+                *inputs, labels = (t.to(device, non_blocking=True) for t in batch)
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(*inputs)
+                example_loss = per_example_loss(logits, labels)
+                if private is not None and private.clipping is not None:
+                    private.clipping.backward(example_loss)  # clipped sum into p.grad; the optimizer noises it
+                else:
+                    # Sum / max(n, 1) is the mean, and stays finite on an empty Poisson batch.
+                    (example_loss.sum() / max(labels.shape[0], 1)).backward()
+                optimizer.step()
+                stepped = private is None or not optimizer._is_last_step_skipped
+                steps += int(stepped)
+                bar.update(int(stepped))
+                total += example_loss.detach().sum()
+                count += labels.shape[0]
+                postfix = {"step": steps} | ({"eps": f"{epsilon:.3f}"} if epsilon is not None else {})
+                if show_loss:
+                    postfix["loss"] = f"{example_loss.mean().item():.4f}" if labels.shape[0] else "-"
+                bar.set_postfix(postfix, refresh=False)
+            bar.close()
+        losses.append(float(total) / max(count, 1))
+        if not math.isfinite(losses[-1]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            # Nothing a non-finite model scores means anything; its reservation stays charged.
+            raise LookalikeError(f"training diverged in epoch {epoch + 1}: the loss or a weight is NaN/inf; lower trainer.optimizer.lr "
+                                 "(or check the data's numeric columns)")
+        if private is not None:
+            epsilon = private.engine.get_epsilon(delta)
+        metrics = {"steps": steps} | ({"epsilon": epsilon} if epsilon is not None else {})
+        log.info("epoch %d/%d: steps %d%s", epoch + 1, trainer.epochs, steps, f", epsilon {epsilon:.4f}" if epsilon is not None else "")
+        if on_epoch_end:
+            on_epoch_end(epoch + 1, metrics | ({"train_loss": losses[-1]} if show_loss else {}))
+        if save_checkpoint:
+            save_checkpoint(Checkpoint.capture(epoch + 1, steps, losses, model, optimizer, private))
+
+    plain = private.plain_model if private is not None else model
+    if private is not None and private.clipping is not None:
+        private.clipping.detach()
+    result = TrainResult(plain, steps, int(trainer.epochs), losses=losses)
+    if private is not None:
+        result.epsilon = float(private.engine.get_epsilon(delta))
+        result.noise_multiplier, result.sample_rate = private.noise_multiplier, private.sample_rate
+        result.history = list(private.engine.accountant.history)
+    return result
+
+
+def _physical_batches(loader, optimizer, private, trainer):
+    """DP: split each Poisson-sampled logical batch into physical ones (BatchMemoryManager)."""
+    if private is None or private.clipping is not None:  # fused mode: PoissonBatches splits itself
+        return _Passthrough(loader)
+    return BatchMemoryManager(data_loader=loader, max_physical_batch_size=int(trainer.physical_batch_size), optimizer=optimizer)
+
+
+class _Passthrough:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __enter__(self):
+        return self.loader
+
+    def __exit__(self, *exc):
+        return False

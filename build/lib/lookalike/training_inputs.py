@@ -1,0 +1,77 @@
+"""What every training process computes before training: device, checkpoint, data, canaries,
+delta, the model and its training tensors (rank 0 and, under torchrun, every rank on its share)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lookalike.checkpoint import Checkpoint
+from lookalike.collective import collective_for
+from lookalike.data.encode import concat
+from lookalike.distributed import World
+from lookalike.errors import ConfigError
+from lookalike.model.factory import build_model
+from lookalike.model.towers import ModelConfig
+from lookalike.prepare import prepare
+from lookalike.privacy.audit import plant_canaries
+from lookalike.privacy.dp import resolve_delta
+from lookalike.run_context import pick_device
+
+
+@dataclass
+class Inputs:
+    device: torch.device
+    resume: Checkpoint | None
+    data: Any
+    canaries: Any
+    delta: float | None
+    primary: bool = True  # rank 0 (or the only process): it alone trains on the canaries
+
+    def training_tensors(self) -> list[torch.Tensor]:
+        """This process's training examples, the canaries included on rank 0 (inputs..., labels)."""
+        features, labels = self.data.train_features, self.data.training.train_labels
+        if self.canaries is not None and self.primary:
+            extra, extra_labels = self.canaries.training_rows(len(self.data.training.audiences))
+            features, labels = concat(features, extra), np.concatenate([labels, extra_labels])
+        return features.tensors() + [torch.from_numpy(labels)]
+
+    def examples(self, estimate: int) -> int:
+        """What the sample rate is one batch of: the DP estimate of the training examples over
+        all processes, plus the planted canaries (synthetic, so counted exactly)."""
+        planted = self.canaries.planted if self.canaries is not None else 0
+        return estimate + planted
+
+    def build_model(self, cfg: DictConfig) -> torch.nn.Module:
+        model = build_model(self.data.spec, len(self.data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+        if self.canaries is not None:
+            self.canaries.zero_tokens(model)
+        return model
+
+
+def gather_inputs(cfg: DictConfig, world: World | None) -> Inputs:
+    """What every rank computes alike; an error on any rank is raised on all of them."""
+    torch.manual_seed(int(cfg.seed))
+    device = pick_device(str(cfg.trainer.device))
+    if world is not None:
+        if cfg.model.get("kind") == "centroid":
+            raise ConfigError("model.kind", "centroid is one release, not a training loop: run it without torchrun")
+        device = world.device(device)
+    resume = Checkpoint.load(cfg.trainer.resume_from) if cfg.trainer.resume_from else None
+    collective = collective_for(world)
+    data = prepare(cfg, collective)
+    canaries = None
+    if cfg.get("audit", {}).get("enabled"):
+        # The same canary tokens on every rank, so every rank builds the same model; which are
+        # included is drawn from OS entropy (not the logged seed) and only rank 0's draw is used:
+        # it alone trains on them, counts them in the sample rate and audits.
+        canaries = plant_canaries(data, int(cfg.audit.canaries), float(cfg.audit.guess_fraction), np.random.default_rng(secrets.randbits(128)))
+    delta = resolve_delta(cfg.privacy.target_delta, data.publisher_rows) if cfg.privacy.enabled else None
+    if resume is not None and resume.meta.get("users") != data.users.digest:
+        raise ConfigError("trainer.resume_from", "the checkpoint was trained on other data; resume with the same data.* settings")
+    return Inputs(device, resume, data, canaries, delta, collective.primary)
