@@ -85,7 +85,7 @@ def train_model(data: Path, out: Path, device: str) -> None:
 
 def export(publisher: Path, seed: Path, out: Path, bins: list[str], kind: str, device: str) -> dict:
     owner_budget(out / "privacy_ledger.sqlite", publisher)
-    args = ["experiment=demo", f"+trainer.device={device}", "trusted_evaluation=false", "export.model=latest", "export.overwrite=true", f"paths.output_dir={out}",
+    args = ["experiment=demo", f"export.device={device}", "trusted_evaluation=false", "export.model=latest", "export.overwrite=true", f"paths.output_dir={out}",
             f"data.publisher_path={publisher}", f"data.seed_path={seed}",
             f"export.audience_size.type={kind}", f"export.audience_size.bins=[{','.join(bins)}]",
             f"export.output_dir={out / 'segments' / publisher.name}"]

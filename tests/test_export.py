@@ -294,3 +294,12 @@ def test_a_fully_suppressed_report_says_its_epsilon_is_charged(demo_dir, trained
     assert all(a["held_out_seed_users"] is None for a in report["audiences"].values())
     assert "every count in the report was suppressed" in caplog.text and "charged all the same" in caplog.text
     assert Ledger(trained[0] / "privacy_ledger.sqlite").entry(report["privacy"]["ledger_entry_id"])["spent_epsilon"] == 0.5
+
+
+def test_export_picks_its_own_device(demo_dir, trained, tmp_path):
+    before = Ledger(trained[0] / "privacy_ledger.sqlite").status()
+    with pytest.raises(ConfigError, match="export.device"):
+        export(export_cfg(demo_dir, trained, tmp_path / "seg", "export.device=tpu"))
+    assert Ledger(trained[0] / "privacy_ledger.sqlite").status() == before and not (tmp_path / "seg").exists()
+    report = export(export_cfg(demo_dir, trained, tmp_path / "seg", "export.device=cpu", "export.audience_size.bins=[5]"))
+    assert report["audiences"]["luxury"]["bins"][0]["segment"] == "written"

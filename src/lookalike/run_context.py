@@ -29,12 +29,14 @@ from lookalike.privacy.size_release import SizeEstimate, release_size
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when present, else the CPU."""
+def pick_device(name: str, key: str = "trainer.device") -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU (``key``: the setting, for the error)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ConfigError(key, f"'{name}' is not one of auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", f"'{name}' asked for but no CUDA device is visible; use auto or cpu")
+        raise ConfigError(key, f"'{name}' asked for but no CUDA device is visible; use auto or cpu")
     return torch.device(name)
 
 

@@ -42,6 +42,9 @@ def validate_export_config(cfg: Any) -> None:
         raise ConfigError("export.report_delta", f"{e.report_delta} must be in (0, 1)")
     if e.min_score is not None and not 0 <= float(e.min_score) <= 1:
         raise ConfigError("export.min_score", f"{e.min_score} must be a probability in [0, 1] or null")
+    device = str(e.get("device", "auto"))
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError("export.device", f"'{device}' is not one of auto, cpu, cuda, cuda:N")
     if int(e.batch_rows) < 1:
         raise ConfigError("export.batch_rows", f"{e.batch_rows} must be >= 1")
     shard = e.get("shard") or {}

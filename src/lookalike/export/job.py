@@ -144,7 +144,7 @@ def plan_export(cfg: DictConfig) -> ExportJob:
 
 def score(job: ExportJob, shard: tuple[int, int] | None = None) -> Scored:
     """Score the whole population, or shard ``(index, count)`` of its row groups."""
-    device = pick_device(str(job.cfg.get("trainer", {}).get("device", "auto")))
+    device = pick_device(str(job.cfg.export.device), "export.device")
     start = time.perf_counter()
     state, users = score_population(job.dataset, job.row_filter, job.spec, job.model.to(device), device, job.audiences,
                                     {a: pa.array(job.seeds[a], type=pa.string()) for a in job.audiences}, max(job.sizes),
