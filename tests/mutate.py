@@ -43,6 +43,8 @@ MUTATIONS = [
      ["tests/test_noise_scale.py"]),
     ("randomised exclusion at half its epsilon", "export/release.py", "keep_truth = math.exp(epsilon) / (1.0 + math.exp(epsilon))",
      "keep_truth = math.exp(epsilon / 2) / (1.0 + math.exp(epsilon / 2))", ["tests/test_noise_scale.py"]),
+    ("hooks/functorch sample at the exact size", "privacy/dp.py", "        _sample_at(loader, optimizer, engine, math.ceil(examples / batch_size), examples)",
+     "        pass", ["tests/test_fused_training.py::test_fused_and_hooks_account_alike_and_both_learn"]),
     ("training-set size released exactly", "privacy/size_release.py", "noisy = n + ", "noisy = n + 0 * ",
      ["tests/test_relation.py"]),
     ("label-flip relation (background without seed users)", "data/matching.py", "background = np.flatnonzero(~held &",

@@ -3,6 +3,8 @@ noise once per logical batch and Poisson batches at Opacus' rate."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -15,21 +17,24 @@ from lookalike.privacy.dp import epsilon_from_history
 from lookalike.trainer import train
 
 
-def train_with(cfg, mode: str):
+def train_with(cfg, mode: str, extra_examples: int = 0):
+    """``extra_examples``: what a DP size estimate is off by (the sample rate follows it)."""
     cfg.privacy.grad_sample_mode = mode
     data = prepare(cfg)
     torch.manual_seed(0)
     model = build_model(data.spec, 2, ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
     tensors = data.train_features.tensors() + [torch.from_numpy(data.training.train_labels)]
-    return train(model, tensors, cfg, delta=1e-5, device=torch.device("cpu")), data
+    return train(model, tensors, cfg, delta=1e-5, device=torch.device("cpu"), examples=data.n_train + extra_examples), data
 
 
 def test_fused_and_hooks_account_alike_and_both_learn(cfg_factory):
     cfg = cfg_factory("privacy.target_epsilon=4.0", "trainer.epochs=4", "trainer.batch_size=64", "trainer.physical_batch_size=16")
-    fused, data = train_with(cfg, "fused")
-    hooks, _ = train_with(cfg, "hooks")
-    # Same sampler rate, step count and calibrated noise: the accountant sees identical mechanisms.
+    fused, data = train_with(cfg, "fused", extra_examples=150)
+    hooks, _ = train_with(cfg, "hooks", extra_examples=150)
+    # Same sampler rate, step count and calibrated noise: the accountant sees identical mechanisms,
+    # at the rate of the size estimate (here 150 above the exact size), not of the exact size.
     assert fused.history == hooks.history and fused.steps == hooks.steps and fused.noise_multiplier == hooks.noise_multiplier
+    assert fused.sample_rate == hooks.sample_rate == pytest.approx(1 / math.ceil((data.n_train + 150) / 64))
     assert fused.epsilon == pytest.approx(hooks.epsilon) and fused.epsilon <= 4.0
     assert fused.epsilon == pytest.approx(epsilon_from_history(fused.history, 1e-5, "prv"))
     # Both models rank the training seed above non-seed users (random ranking: 0.5).
