@@ -67,9 +67,11 @@ mlflow-ui: $(VENV)/.installed
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Performance benchmarks (README, "Performance"): DP vs non-private training throughput, then

@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from lookalike.budget_cli import main as budget_main
 from lookalike.data.adult import write_adult
-from lookalike.train import CONFIG_DIR, run
 from lookalike.tracking import resolve_tracking_uri
+from lookalike.train import CONFIG_DIR, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

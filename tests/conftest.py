@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from lookalike.budget_cli import main as budget_main
-from tests.ledger_helpers import open_budget, reserve_on  # noqa: F401  (re-exported for the tests)
 from lookalike.data.demo import write_demo
 from lookalike.train import CONFIG_DIR
+from tests.ledger_helpers import open_budget, reserve_on  # noqa: F401  (re-exported for the tests)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 SMALL_USERS = 4000

@@ -17,11 +17,12 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from lookalike.errors import ConfigError, DataError
-from lookalike.export.app import CONFIG_DIR, run as export
+from lookalike.export.app import CONFIG_DIR
+from lookalike.export.app import run as export
 from lookalike.export.release import gaussian_sigma
 from lookalike.privacy.ledger import Ledger
-from lookalike.train import run as train
 from lookalike.tracking import resolve_tracking_uri
+from lookalike.train import run as train
 from tests.conftest import files_under, make_cfg
 
 
@@ -223,8 +224,9 @@ def test_reports_for_seeds_one_user_apart_differ_only_within_the_noise(demo_dir,
     every difference between the two reports is of the size of the DP noise."""
     rows = [json.loads(line) for line in (demo_dir / "seed.jsonl").read_text().splitlines()]
     report = export(export_cfg(demo_dir, trained, tmp_path / "a", "export.audience_size.bins=[5,10,50]"))
-    from lookalike.data.matching import split_draws
     import pyarrow as pa
+
+    from lookalike.data.matching import split_draws
 
     publisher = set(ds.dataset(demo_dir / "publisher", partitioning="hive").to_table(columns=["user_id"]).column("user_id").to_pylist())
     luxury = [r["user_id"] for r in rows if r["audience"] == "luxury" and r["user_id"] in publisher]

@@ -12,8 +12,8 @@ import pytest
 
 from lookalike.data.seed import read_seed
 from lookalike.errors import LookalikeError
-from lookalike.train import run
 from lookalike.privacy.ledger import Ledger
+from lookalike.train import run
 from tests.conftest import grant, untouched
 
 
@@ -74,7 +74,8 @@ def test_unicode_and_very_long_ids_train_end_to_end(cfg_factory, demo_dir, tmp_p
 
     rows = [json.loads(line) for line in lines]
     seed = tmp_path / "seed.jsonl"
-    seed.write_text("".join(json.dumps({"user_id": mapping.get(r["user_id"], r["user_id"]), "audience": r["audience"]}, ensure_ascii=False) + "\n" for r in rows))
+    renamed = [{"user_id": mapping.get(r["user_id"], r["user_id"]), "audience": r["audience"]} for r in rows]
+    seed.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in renamed))
     cfg = cfg_factory(f"data.publisher_path={tmp_path / 'pub.parquet'}", f"data.seed_path={seed}", out=tmp_path / "out", owner=False)
     grant(cfg.ledger.path, tmp_path / "pub.parquet")
     run(cfg)

@@ -10,8 +10,8 @@ from lookalike.budget_cli import main as budget_main
 from lookalike.errors import BudgetExceededError, ConfigError
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import without_password
-from tests.conftest import reserve_on
 from lookalike.tracking import flat_params
+from tests.conftest import reserve_on
 
 FP = "a" * 64
 

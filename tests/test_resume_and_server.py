@@ -20,8 +20,8 @@ from lookalike.checkpoint import Checkpoint
 from lookalike.errors import ConfigError
 from lookalike.privacy.dp import epsilon_from_history
 from lookalike.privacy.ledger import Ledger
-from lookalike.train import run
 from lookalike.tracking import resolve_tracking_uri
+from lookalike.train import run
 from tests.conftest import grant
 
 TRAIN = "import sys; from lookalike.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
@@ -129,7 +129,8 @@ def test_training_logs_to_a_real_mlflow_server(cfg_factory, mlflow_server, tmp_p
     # logged beside the training run on the server, the segments written locally.
     from hydra import compose, initialize_config_dir
 
-    from lookalike.export.app import CONFIG_DIR as EXPORT_CONFIGS, run as export
+    from lookalike.export.app import CONFIG_DIR as EXPORT_CONFIGS
+    from lookalike.export.app import run as export
 
     target = tmp_path / "segments"
     with initialize_config_dir(config_dir=EXPORT_CONFIGS, version_base="1.3"):

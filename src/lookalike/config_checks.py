@@ -12,7 +12,6 @@ from lookalike.privacy.dp import validate_privacy_config
 from lookalike.privacy.rules import MIN_SEED_RANGE
 
 
-
 def _number(cfg: Any, key: str) -> float:
     node: Any = cfg
     for part in key.split("."):

@@ -14,6 +14,7 @@ import hydra
 import mlflow
 from omegaconf import DictConfig
 
+import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.centroid_fit import fit_centroid
 from lookalike.checkpoint import Checkpoint
 from lookalike.config_checks import validate_config
@@ -25,7 +26,6 @@ from lookalike.model.centroid import CentroidSimilarity
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
-import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.quiet import silence_known_warnings
 from lookalike.run_context import (
     RunContext,
@@ -58,7 +58,8 @@ def run(cfg: DictConfig) -> float | None:
     silence_known_warnings()
     validate_config(cfg)
     if not cfg.privacy.enabled and not cfg.trusted_evaluation:
-        raise ConfigError("privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true (synthetic or self-owned data)")
+        raise ConfigError("privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true "
+                          "(synthetic or self-owned data)")
     world = world_from_env(float(cfg.trainer.collective_timeout_minutes))
     signal = StartSignal(world)
     try:

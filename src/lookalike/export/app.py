@@ -19,6 +19,7 @@ import hydra
 import mlflow
 from omegaconf import DictConfig
 
+import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.distributed import barrier, finish, world_from_env
 from lookalike.errors import BudgetExceededError, LookalikeError
 from lookalike.export.checks import validate_export_config
@@ -29,7 +30,6 @@ from lookalike.export.shards import load_parts, remove_parts, save_part
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
-import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.quiet import silence_known_warnings
 from lookalike.run_context import discard_run_directory, is_multirun
 from lookalike.tracking import setup_experiment

@@ -17,6 +17,7 @@ import pyarrow as pa
 import torch
 from omegaconf import DictConfig
 
+from lookalike.data.matching import check_publisher_ids
 from lookalike.data.publisher import open_publisher, schema_mismatch, window_filter
 from lookalike.data.seed import check_audience_name, read_seed
 from lookalike.errors import ConfigError, DataError, LookalikeError
@@ -25,7 +26,6 @@ from lookalike.export.release import gaussian_sigma
 from lookalike.export.report import ReleasePlan, bin_sizes
 from lookalike.export.scoring import AudienceScores, ExportOptions, score_population
 from lookalike.model.bundle import load_bundle
-from lookalike.data.matching import check_publisher_ids
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger
@@ -113,7 +113,8 @@ def plan_export(cfg: DictConfig) -> ExportJob:
     seeds = read_seed(cfg.data.seed_path, spec.id_column, cfg.data.audience_column)
     missing = [a for a in audiences if a not in seeds]
     if missing:
-        raise ConfigError("data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); export needs each audience's seed to exclude it")
+        raise ConfigError("data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); "
+                          "export needs each audience's seed to exclude it")
     ids = dataset.to_table(columns=[spec.id_column], filter=row_filter).column(spec.id_column)
     check_publisher_ids(ids, spec.id_column, path)
     population = len(ids)

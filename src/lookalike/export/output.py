@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 from lookalike.data.seed import check_audience_name
 from lookalike.errors import ConfigError
 
-
 MARKER = ".lookalike-export"  # written into every export: overwrite replaces only folders holding it
 
 

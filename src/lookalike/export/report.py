@@ -126,7 +126,8 @@ def plot_report(report: dict, path) -> None:
         axes[1].plot(share, [r["relevance"] if r["relevance"] is not None else np.nan for r in a["bins"]], "o-", label=name)
     top = max((100 * r["population_share"] for a in audiences.values() for r in a["bins"]), default=1)
     axes[0].plot([0, top], [0, top / 100], "k:", label="random")
-    axes[0].set(xlabel="segment size (% of users)", ylabel="held-out seed recall", title="Recall (DP)" if not report["privacy"]["trusted"] else "Recall (trusted, exact)")
+    title = "Recall (DP)" if not report["privacy"]["trusted"] else "Recall (trusted, exact)"
+    axes[0].set(xlabel="segment size (% of users)", ylabel="held-out seed recall", title=title)
     axes[1].set(xlabel="segment size (% of users)", ylabel="mean score / population mean", title="Relevance")
     for ax in axes:
         ax.grid(alpha=0.3)
