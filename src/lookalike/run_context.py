@@ -9,6 +9,7 @@ import logging
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ class RunContext:
         self.claim = uuid.uuid4().hex  # this process's hold on its reservation (a resume takes it over)
         self.resumed = False
         self.training_started = False
+        self.finished = False
         self.result = None
 
     @property
@@ -152,7 +154,24 @@ class RunContext:
     def trained(self, result: Any) -> None:
         self.result = result
 
+    @contextmanager
+    def reservation(self, resume: Checkpoint | None):
+        """The run's hold on the budget, from reservation to record. Entering reserves (or adopts
+        the resumed run's reservation); an exception releases it while no DP step has touched the
+        data and keeps it charged once one has; leaving normally requires the spend recorded."""
+        self.open_reservation(resume)
+        try:
+            yield self
+        except BaseException:
+            self.abort()
+            raise
+        if self.private and not self.finished:
+            raise RuntimeError("the run left its reservation without recording its spend (RunContext.finish)")
+
     def finish(self) -> None:
+        if self.result is None or not self.training_started:
+            raise RuntimeError("RunContext.finish before training: the spend is recorded after begin_training and trained")
+        self.finished = True
         if self.private and self.entry_id is not None:
             events = list(self.result.history) + ([(self.eval_noise_multiplier, 1.0, 1)] if self.eval_epsilon else [])
             events += [(self.size.noise_multiplier, 1.0, 1)] if self.size is not None else []

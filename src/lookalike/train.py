@@ -96,58 +96,57 @@ def _run(cfg: DictConfig, world: World | None, signal: StartSignal) -> float | N
     if cfg.trusted_evaluation:
         log.warning("TRUSTED EVALUATION: seed-derived metrics are logged exactly; use only on synthetic or self-owned data")
     experiment_id = setup_experiment(cfg)
-    ctx.open_reservation(resume)
-    model = inputs.build_model(cfg)
-    run_dir = run_directory(cfg)
-    # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
-    resumed_run_id = resume_run_id(resume)
-    with mlflow.start_run(run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id,
-                          run_name=None if resumed_run_id else ctx.run_name()) as active:
-        try:
-            if resumed_run_id is None:
-                log_params(flat_params(cfg))
-                if os.environ.get(PARENT_ENV):
-                    mlflow.set_tag("mlflow.parentRunId", os.environ[PARENT_ENV])  # a sweep trial
-            mlflow.set_tags(ctx.tags())
-            mlflow.log_metrics(ctx.data_metrics())
+    with ctx.reservation(resume):  # released on failure before training, kept charged after
+        model = inputs.build_model(cfg)
+        run_dir = run_directory(cfg)
+        # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
+        resumed_run_id = resume_run_id(resume)
+        with mlflow.start_run(run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id,
+                              run_name=None if resumed_run_id else ctx.run_name()) as active:
+            try:
+                if resumed_run_id is None:
+                    log_params(flat_params(cfg))
+                    if os.environ.get(PARENT_ENV):
+                        mlflow.set_tag("mlflow.parentRunId", os.environ[PARENT_ENV])  # a sweep trial
+                mlflow.set_tags(ctx.tags())
+                mlflow.log_metrics(ctx.data_metrics())
 
-            def save(ckpt: Checkpoint) -> None:
-                ckpt.meta = ctx.checkpoint_meta() | {"mlflow_run_id": active.info.run_id}
-                ckpt.save(run_dir / "checkpoints" / "last.pt")
+                def save(ckpt: Checkpoint) -> None:
+                    ckpt.meta = ctx.checkpoint_meta() | {"mlflow_run_id": active.info.run_id}
+                    ckpt.save(run_dir / "checkpoints" / "last.pt")
 
-            ctx.begin_training()
-            estimate = ctx.release_size()
-            examples = inputs.examples(estimate) if estimate is not None else None
-            tensors = inputs.training_tensors()
-            signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
-            if isinstance(model, CentroidSimilarity):  # the non-learned baseline: one release, no loop
-                result = fit_centroid(model, tensors, cfg, delta or 0.0)
-            else:
-                result = train(model, tensors, cfg, delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
-                               on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), world=world,
-                               examples=examples)
-            ctx.trained(result)
-            if canaries is not None:
-                found = canaries.audit(result.model, device, delta or 0.0)
-                mlflow.log_metrics(found)
-                mlflow.set_tag("lookalike.audit", "one_run")
-                log.info("one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)", found["audit.correct"],
-                         found["audit.guesses"], found["audit.epsilon_lower_bound"], f"{result.epsilon:.3f}" if result.epsilon else "non-private")
-            metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
-            bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences,
-                                 extra=ctx.model_meta(active.info.run_id))
-            model_uri = log_model(bundle, cfg.mlflow.get("registered_model_name"), model_signature(data.spec, data.training.audiences),
-                                  synthetic_input_example(data.spec))
-            ctx.finish()
-            mlflow.log_metrics(ctx.privacy_metrics())
-            mlflow.set_tag("lookalike.model_uri", model_uri)
-            log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
-            log.info("run %s done: %s", active.info.run_id, ctx.describe())
-            return metric
-        except BaseException:
-            ctx.abort()
-            mlflow.set_tag("lookalike.status", "failed")
-            raise
+                ctx.begin_training()
+                estimate = ctx.release_size()
+                examples = inputs.examples(estimate) if estimate is not None else None
+                tensors = inputs.training_tensors()
+                signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
+                if isinstance(model, CentroidSimilarity):  # the non-learned baseline: one release, no loop
+                    result = fit_centroid(model, tensors, cfg, delta or 0.0)
+                else:
+                    result = train(model, tensors, cfg, delta=delta or 0.0, device=device, resume=resume, save_checkpoint=save,
+                                   on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), world=world,
+                                   examples=examples)
+                ctx.trained(result)
+                if canaries is not None:
+                    found = canaries.audit(result.model, device, delta or 0.0)
+                    mlflow.log_metrics(found)
+                    mlflow.set_tag("lookalike.audit", "one_run")
+                    log.info("one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)", found["audit.correct"],
+                             found["audit.guesses"], found["audit.epsilon_lower_bound"], f"{result.epsilon:.3f}" if result.epsilon else "non-private")
+                metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
+                bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences,
+                                     extra=ctx.model_meta(active.info.run_id))
+                model_uri = log_model(bundle, cfg.mlflow.get("registered_model_name"), model_signature(data.spec, data.training.audiences),
+                                      synthetic_input_example(data.spec))
+                ctx.finish()
+                mlflow.log_metrics(ctx.privacy_metrics())
+                mlflow.set_tag("lookalike.model_uri", model_uri)
+                log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
+                log.info("run %s done: %s", active.info.run_id, ctx.describe())
+                return metric
+            except BaseException:
+                mlflow.set_tag("lookalike.status", "failed")
+                raise
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -1,0 +1,42 @@
+"""A run's hold on the budget is one context manager: released when it fails before any DP step
+touches the data, kept charged when it fails after, and never left without its spend recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+from lookalike.prepare import prepare
+from lookalike.privacy.dp import resolve_delta
+from lookalike.privacy.ledger import Ledger
+from lookalike.run_context import RunContext
+
+
+def _context(cfg, data) -> RunContext:
+    ctx = RunContext(cfg, data, resolve_delta(None, data.publisher_rows), Ledger(cfg.ledger.path))
+    ctx.check_rules()
+    return ctx
+
+
+def test_abort_paths_release_before_training_and_keep_the_charge_after(cfg_factory):
+    cfg = cfg_factory("privacy.target_epsilon=1")
+    data = prepare(cfg)
+    ledger = Ledger(cfg.ledger.path)
+
+    before = _context(cfg, data)
+    with pytest.raises(RuntimeError, match="mlflow is down"), before.reservation(None):
+        raise RuntimeError("mlflow is down")  # e.g. the tracking server, before any DP step
+    after = _context(cfg, data)
+    with pytest.raises(RuntimeError, match="out of memory"), after.reservation(None):
+        after.begin_training()
+        raise RuntimeError("out of memory")
+    unrecorded = _context(cfg, data)
+    with pytest.raises(RuntimeError, match="without recording its spend"), unrecorded.reservation(None):
+        unrecorded.begin_training()  # and then forgets to record what it spent
+    early = _context(cfg, data)
+    with pytest.raises(RuntimeError, match="finish before training"), early.reservation(None):
+        early.finish()
+
+    statuses = {e["id"]: e["status"] for e in ledger.entries(before.budget.fingerprint)}
+    assert statuses == {before.entry_id: "released", after.entry_id: "reserved", unrecorded.entry_id: "reserved",
+                        early.entry_id: "released"}
+    assert ledger.entry(after.entry_id)["reserved_epsilon"] == pytest.approx(1.0 + 0.05 + 0.2)
