@@ -27,12 +27,8 @@ from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
 from lookalike.quiet import silence_known_warnings
-from lookalike.run_context import (
-    RunContext,
-    discard_run_directory,
-    is_multirun,
-    run_directory,
-)
+from lookalike.run_context import RunContext
+from lookalike.runtime import discard_run_directory, is_multirun, run_directory
 from lookalike.sweep import PARENT_ENV
 from lookalike.tracking import (
     flat_params,

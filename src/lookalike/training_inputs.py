@@ -21,7 +21,7 @@ from lookalike.model.towers import ModelConfig
 from lookalike.prepare import prepare
 from lookalike.privacy.audit import plant_canaries
 from lookalike.privacy.dp import resolve_delta
-from lookalike.run_context import pick_device
+from lookalike.runtime import pick_device
 
 
 @dataclass

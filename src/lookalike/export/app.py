@@ -31,7 +31,7 @@ from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
 from lookalike.quiet import silence_known_warnings
-from lookalike.run_context import discard_run_directory, is_multirun
+from lookalike.runtime import discard_run_directory, is_multirun
 from lookalike.tracking import setup_experiment
 
 log = logging.getLogger("lookalike.export")

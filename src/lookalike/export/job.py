@@ -30,7 +30,7 @@ from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
-from lookalike.run_context import pick_device
+from lookalike.runtime import pick_device
 from lookalike.tracking import download_bundle, resolve_tracking_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
