@@ -96,12 +96,13 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
     assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0] and len(first[0]) == 8
 
 
-def test_five_runs_opening_a_fresh_mlflow_store_at_once(tmp_path):
-    """Four of five died in the store's schema migrations (alembic tracebacks)."""
+def test_runs_opening_a_fresh_mlflow_store_at_once(tmp_path):
+    """Of five such runs, four died in the store's schema migrations (alembic tracebacks); three
+    show it as well."""
     code = ("import sys; from omegaconf import OmegaConf; from lookalike.tracking import setup_experiment; "
             f"print(setup_experiment(OmegaConf.create({{'mlflow': {{'tracking_uri': 'sqlite:///{tmp_path}/mlflow.db', "
             f"'experiment_name': 'x', 'artifact_location': '{tmp_path}/art'}}}})))")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 5, outs[0][1][-2000:]
+    assert [p.returncode for p in procs] == [0] * 3, outs[0][1][-2000:]
     assert len({o.strip() for o, _ in outs}) == 1  # one experiment, the same id for all
