@@ -1,1 +1,0 @@
-"""Reading, validating and encoding the publisher table and the advertiser's seed."""

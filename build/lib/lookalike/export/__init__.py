@@ -1,1 +1,0 @@
-"""Export: score every publisher user, write thresholded segments, release a DP report."""

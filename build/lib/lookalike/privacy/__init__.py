@@ -1,1 +1,0 @@
-"""Differential privacy: the budget ledger, dataset fingerprints and DP-SGD set-up."""
