@@ -29,7 +29,9 @@ class AudienceTower(nn.Module):
         if similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be 'dot' or 'cosine', not {similarity!r}")
         self.similarity = similarity
-        self.weight = nn.Parameter(torch.randn(n_audiences, dim) / math.sqrt(dim))
+        # Weight initialisation, seeded on purpose (the run's `seed` makes it reproducible): the
+        # global generator, named. Privacy noise never comes from it (distributed.entropy_generator).
+        self.weight = nn.Parameter(torch.randn(n_audiences, dim, generator=torch.default_generator) / math.sqrt(dim))
         self.bias = nn.Parameter(torch.zeros(n_audiences))
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale))) if similarity == "cosine" else None
 
