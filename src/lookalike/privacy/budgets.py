@@ -42,7 +42,8 @@ def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
                              "with lookalike-budget create (or set ledger.path to theirs)")
     ledger._ready(create=False)
     best: dict[str, float] = {}
-    for fingerprint, known in _datasets(ledger):
+    datasets = _datasets(ledger)
+    for fingerprint, known in datasets:
         share = 1.0 if known.digest == key.digest else key.share_in(known)
         best[fingerprint] = max(best.get(fingerprint, 0.0), share)
     matches = sorted(((share, fp) for fp, share in best.items() if share >= SHARED_USERS), reverse=True)
@@ -53,7 +54,7 @@ def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
         raise LookalikeError(f"ledger '{ledger.path}': this publisher data shares most of its users with two budgets "
                              f"({matches[0][1][:12]}, {matches[1][1][:12]}); the data owners must retire one before it is used")
     share, fingerprint = matches[0]
-    known_digests = {k.digest for fp, k in _datasets(ledger) if fp == fingerprint}
+    known_digests = {k.digest for fp, k in datasets if fp == fingerprint}
     with ledger.transaction(write=False) as conn:
         rules = conn.execute(select(BUDGETS.c.rules).where(BUDGETS.c.fingerprint == fingerprint)).scalar_one()
     return BudgetMatch(fingerprint, Rules.from_json(rules), share, None if key.digest in known_digests else key)
