@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OUT ?= outputs
 DEMO_DATA ?= data/demo
 
-.PHONY: install install-dev demo demo-data adult adult-data test test-fast budget mlflow-ui bench gpu-check mutate clean
+.PHONY: install install-dev lint demo demo-data adult adult-data test test-fast budget mlflow-ui bench gpu-check mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,12 +66,17 @@ budget: $(VENV)/.installed
 mlflow-ui: $(VENV)/.installed
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db
 
-test: $(VENV)/.installed-dev
+# Lint, format, types and the layer contracts (import-linter, [tool.importlinter] in pyproject.toml).
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q --durations=15
 
-test-fast: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Performance benchmarks (README, "Performance"): DP vs non-private training throughput, then

@@ -22,10 +22,10 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from lookalike.budget_cli import main as budget_main
+from lookalike.cli.budget import main as budget_main
 from lookalike.data.adult import write_adult
-from lookalike.tracking import resolve_tracking_uri
-from lookalike.train import CONFIG_DIR, run
+from lookalike.runtime.tracking import resolve_tracking_uri
+from lookalike.training.train import CONFIG_DIR, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

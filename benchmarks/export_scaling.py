@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hydra import compose, initialize_config_dir
 
-from lookalike.budget_cli import main as budget_main
+from lookalike.cli.budget import main as budget_main
 from lookalike.data.demo import COHORTS, COUNTRIES, DEVICES, N_CITIES, N_TOPICS, write_demo
 from lookalike.privacy.ledger import Ledger
-from lookalike.train import CONFIG_DIR, run
+from lookalike.training.train import CONFIG_DIR, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 1_000_000

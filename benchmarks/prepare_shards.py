@@ -25,19 +25,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
-from lookalike.collective import Collective, GroupCollective
 from lookalike.data.demo import write_demo
-from lookalike.prepare import prepare
-from lookalike.train import CONFIG_DIR
+from lookalike.parallel.collective import Collective, GroupCollective
+from lookalike.training.config import train_config
+from lookalike.training.prepare import prepare
+from lookalike.training.train import CONFIG_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _config(folder: Path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=[
+        return train_config(compose(config_name="train", overrides=[
             "experiment=demo", f"paths.output_dir={folder / 'out'}", f"data.publisher_path={folder / 'data' / 'publisher'}",
-            f"data.seed_path={folder / 'data' / 'seed.jsonl'}"])
+            f"data.seed_path={folder / 'data' / 'seed.jsonl'}"]))
 
 
 def _worker(rank: int, size: int, folder: Path) -> None:

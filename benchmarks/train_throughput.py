@@ -1,5 +1,5 @@
 """Training throughput, DP vs non-private, in one process: examples per second of the product's
-own training loop (``lookalike.trainer.train``) on the demo's feature mix (16 numeric, device,
+own training loop (``lookalike.training.loop.train``) on the demo's feature mix (16 numeric, device,
 country, a 100k-value city vocabulary, multi-categorical interests), then the same with one more
 categorical of 1,000,000 values.
 
@@ -25,16 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from lookalike.data.demo import write_demo
 from lookalike.data.features import CategoricalFeature
-from lookalike.model.factory import build_model
-from lookalike.model.towers import ModelConfig
-from lookalike.prepare import prepare
-from lookalike.quiet import silence_known_warnings
-from lookalike.train import CONFIG_DIR
-from lookalike.trainer import train
+from lookalike.model.registry import build_model
+from lookalike.runtime.quiet import silence_known_warnings
+from lookalike.training.config import train_config
+from lookalike.training.loop import train
+from lookalike.training.prepare import prepare
+from lookalike.training.train import CONFIG_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EPOCHS = 4  # the first warms up; the other three are timed
@@ -51,7 +50,7 @@ def config(data: Path, out: Path, batch: int, extra: list[str], device: str = "c
                  f"trainer.batch_size={batch}", f"trainer.physical_batch_size={4 * batch}", "privacy.accountant=rdp",
                  "privacy.target_epsilon=3"] + extra
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return train_config(compose(config_name="train", overrides=overrides))
 
 
 def with_big_categorical(spec, tensors: list[torch.Tensor], size: int, seed: int = 0):
@@ -65,7 +64,7 @@ def with_big_categorical(spec, tensors: list[torch.Tensor], size: int, seed: int
 
 def examples_per_second(cfg, spec, audiences: int, tensors: list[torch.Tensor]) -> float:
     torch.manual_seed(0)
-    model = build_model(spec, audiences, ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+    model = build_model(spec, audiences, cfg.model)
     ends: list[float] = []
     device = torch.device(str(cfg.trainer.device))
 

@@ -9,9 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lookalike.budget_cli import main as budget_main
+from lookalike.cli.budget import main as budget_main
 from lookalike.data.demo import write_demo
-from lookalike.train import CONFIG_DIR
+from lookalike.training.train import CONFIG_DIR
 from tests.ledger_helpers import open_budget, reserve_on  # noqa: F401  (re-exported for the tests)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

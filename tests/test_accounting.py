@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lookalike.errors import ConfigError, LookalikeError
-from lookalike.privacy.dp import calibrate_noise, epsilon_from_history, resolve_delta
+from lookalike.privacy.accounting import calibrate_noise, epsilon_from_history, resolve_delta
+from lookalike.training.config import train_config
 
 
 @pytest.mark.parametrize(("accountant", "target", "q", "steps"), [("prv", 3.0, 1 / 93, 460), ("rdp", 1.0, 0.02, 250), ("prv", 8.0, 0.1, 30)])
@@ -40,14 +41,14 @@ def test_dp_training_spends_at_most_its_target(cfg_factory):
     import torch
 
     from lookalike.model.towers import ModelConfig, TwoTower
-    from lookalike.prepare import prepare
-    from lookalike.trainer import train
+    from lookalike.training.loop import train
+    from lookalike.training.prepare import prepare
 
-    data = prepare(cfg_factory())
+    data = prepare(train_config(cfg_factory()))
     n, batch = 465, 5  # L = 93 batches, and int(1 / (1 / 93)) == 92
     assert data.training.n_train >= n and int(1 / (1 / math.ceil(n / batch))) == math.ceil(n / batch) - 1
     rows = np.arange(n)
-    cfg = cfg_factory("privacy.target_epsilon=3.0", "trainer.epochs=2", f"trainer.batch_size={batch}", f"trainer.physical_batch_size={batch}")
+    cfg = train_config(cfg_factory("privacy.target_epsilon=3.0", "trainer.epochs=2", f"trainer.batch_size={batch}", f"trainer.physical_batch_size={batch}"))
     model = TwoTower(data.spec, 2, ModelConfig(embedding_dim=4, hidden_dims=[8], output_dim=4))
     delta = resolve_delta(None, n)
     result = train(model, data.train_features.take(rows).tensors() + [torch.from_numpy(data.training.train_labels[rows])], cfg,

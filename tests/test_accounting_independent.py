@@ -9,7 +9,7 @@ import dp_accounting as dpa
 import pytest
 from opacus.accountants.rdp import RDPAccountant
 
-from lookalike.privacy.dp import epsilon_from_history
+from lookalike.privacy.accounting import epsilon_from_history
 
 GRID = list(itertools.product([0.001, 0.02, 0.2, 1.0], [0.8, 2.0], [1, 300], [1e-5, 1e-7]))
 

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from lookalike.data.adult import write_adult
-from lookalike.train import CONFIG_DIR, run
+from lookalike.training.train import CONFIG_DIR, run
 from tests.conftest import grant
 
 

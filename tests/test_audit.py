@@ -8,9 +8,9 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lookalike.privacy.audit import binomial_tail, epsilon_lower_bound
-from lookalike.tracking import resolve_tracking_uri
-from lookalike.train import run
+from lookalike.privacy.audit_bound import binomial_tail, epsilon_lower_bound
+from lookalike.runtime.tracking import resolve_tracking_uri
+from lookalike.training.train import run
 
 
 def test_binomial_tail_and_bound():

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lookalike.data.encode import EncodedFeatures
-from lookalike.privacy.audit import Canaries, epsilon_lower_bound
+from lookalike.privacy.audit_bound import epsilon_lower_bound
+from lookalike.training.canaries import Canaries
 
 ALPHA = 0.05
 

@@ -15,7 +15,7 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.privacy.ledger import Ledger
-from lookalike.train import run
+from lookalike.training.train import run
 from tests.conftest import files_under, untouched
 
 
@@ -78,7 +78,7 @@ def test_budget_exceeded_charges_nothing_and_logs_no_run(cfg_factory, tmp_path):
 
 def test_cli_prints_one_line_exits_2_and_leaves_no_run_folder(demo_dir, tmp_path):
     out = tmp_path / "out"
-    code = "import sys; from lookalike.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
+    code = "import sys; from lookalike.training.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
     proc = subprocess.run(
         [sys.executable, "-c", code, "debug=default", f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
          f"data.seed_path={demo_dir / 'seed.jsonl'}", "data.id_column=uid"],

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from lookalike.checkpoint import Checkpoint
 from lookalike.errors import LookalikeError
+from lookalike.training.checkpoint import Checkpoint
 
 
 class Planted:

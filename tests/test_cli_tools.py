@@ -9,7 +9,7 @@ import sys
 import pyarrow.dataset as ds
 import pytest
 
-from lookalike.budget_cli import main as budget_main
+from lookalike.cli.budget import main as budget_main
 from lookalike.data.hashing import hash_file, hash_id, normalise, read_salt
 from lookalike.errors import DataError, LookalikeError
 from lookalike.privacy.ledger import Ledger

@@ -30,7 +30,7 @@ def pld_of(runs, delta: float) -> float:
 
 
 def test_composed_is_below_the_sum_and_matches_dp_accounting(tmp_path):
-    from lookalike.privacy.dp import epsilon_from_history
+    from lookalike.privacy.accounting import epsilon_from_history
 
     ledger = Ledger(tmp_path / "l.sqlite")
     for run in RUNS:
@@ -62,7 +62,7 @@ def test_non_gaussian_and_open_entries_are_added_at_face_value(tmp_path):
 def test_the_ledger_enforces_the_composed_charge(tmp_path):
     """Two runs that summing would refuse fit once the first one is charged by its curve; the
     refusal names the composed figure; a run reserved meanwhile still counts at face value."""
-    from lookalike.privacy.dp import epsilon_from_history
+    from lookalike.privacy.accounting import epsilon_from_history
 
     ledger = Ledger(tmp_path / "l.sqlite")
     run = [(0.8, 0.01, 2000), (3.0, 1.0, 1)]  # a training run and its evaluation release
@@ -79,7 +79,7 @@ def test_the_ledger_enforces_the_composed_charge(tmp_path):
 
 
 def test_a_real_training_run_records_its_mechanisms(cfg_factory):
-    from lookalike.train import run
+    from lookalike.training.train import run
 
     cfg = cfg_factory("privacy.target_epsilon=1.0", "evaluation.epsilon=1.0")
     run(cfg)
@@ -88,7 +88,7 @@ def test_a_real_training_run_records_its_mechanisms(cfg_factory):
     c = compose(ledger, entry["fingerprint"])
     import json
 
-    from lookalike.privacy.dp import epsilon_from_history
+    from lookalike.privacy.accounting import epsilon_from_history
 
     events = [tuple(e) for e in json.loads(entry["events"])]
     # DP-SGD steps, then the evaluation release and the training-set size estimate

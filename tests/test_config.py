@@ -9,8 +9,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from lookalike.config_checks import validate_config
 from lookalike.errors import ConfigError
+from lookalike.training.config import train_config
 
 USER_FACING = [
     "data.publisher_path", "data.seed_path", "data.id_column", "privacy.enabled", "privacy.target_epsilon",
@@ -28,7 +28,7 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
     assert cfg.privacy.enabled is True and cfg.privacy.accountant == "prv"
     assert cfg.rules.min_aggregation_size is None and cfg.trusted_evaluation is False
     assert str(cfg.mlflow.tracking_uri).startswith("sqlite:///") and str(cfg.mlflow.tracking_uri).endswith("/mlflow.db")
-    validate_config(cfg)
+    train_config(cfg)
 
 
 @pytest.mark.parametrize(
@@ -57,18 +57,47 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
         ("evaluation.epsilon=nan", "evaluation.epsilon"),
         ("rules.min_aggregation_size=nan", "rules.min_aggregation_size"),
         ("trainer.optimizer.lr=nan", "trainer.optimizer.lr"),
+        # types come from the dataclasses (training/config.py and each layer's config.py)
+        ("trainer.epochs=abc", "trainer.epochs"),
+        ("trainer.epochs=2.5", "trainer.epochs"),
+        ("model.hidden_dims=[8,x]", "model.hidden_dims[1]"),
+        ("privacy.enabled=maybe", "privacy.enabled"),
+        ("+trainer.epoch=3", "trainer.epoch"),  # a typo of a real key is not silently ignored
+        ("seed=nan", "seed"),
     ],
 )
 def test_invalid_values_name_the_key(cfg_factory, override, key):
     with pytest.raises(ConfigError) as err:
-        validate_config(cfg_factory(override))
+        train_config(cfg_factory(override))
     assert err.value.key == key
     assert str(err.value).startswith(f"config '{key}':")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from lookalike.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
+    code = "import sys; from lookalike.training.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_typed_config_is_what_library_code_gets(cfg_factory):
+    from hydra.core.config_store import ConfigStore
+
+    from lookalike.export.config import ExportConfig
+    from lookalike.training.config import TrainConfig, TrainerConfig
+
+    typed = train_config(cfg_factory("trainer.epochs=3", "model.hidden_dims=[8,4]"))
+    assert isinstance(typed, TrainConfig) and isinstance(typed.trainer, TrainerConfig)
+    assert typed.trainer.epochs == 3 and typed.model.hidden_dims == [8, 4] and isinstance(typed.privacy.target_epsilon, float)
+    assert "${" not in typed.ledger.path  # interpolations resolved once, here
+    schemas = ConfigStore.instance().repo["lookalike_schema"]
+    assert schemas["train.yaml"].node._metadata.object_type is TrainConfig
+    assert schemas["export.yaml"].node._metadata.object_type is ExportConfig
+
+
+def test_a_wrong_type_on_the_command_line_is_one_line_naming_the_key():
+    bad = _cli("trainer.epochs=abc")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]  # one line, no traceback
+    assert bad.stderr.startswith("lookalike-train: error: config 'trainer.epochs':") and "abc" in bad.stderr
 
 
 def test_cli_help_and_cfg_job_work_as_in_hydra():
@@ -84,14 +113,14 @@ def test_cli_help_and_cfg_job_work_as_in_hydra():
 def test_runs_started_in_the_same_second_get_their_own_folders():
     from hydra import compose, initialize_config_dir
 
-    from lookalike.train import CONFIG_DIR
+    from lookalike.training.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         hydra_cfg = compose(config_name="train", return_hydra_config=True).hydra
     # the time stamp alone is shared within a second: an id of the process follows it
     assert re.fullmatch(r".*/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{8}", str(hydra_cfg.run.dir))
     assert hydra_cfg.output_subdir is None  # no .hydra/ copies holding a ledger URL's password
-    show = "import lookalike.resolvers; from omegaconf import OmegaConf; c = OmegaConf.create({'a': '${run_id:}', 'b': '${run_id:}'}); print(c.a, c.b)"
+    show = "import lookalike.runtime.resolvers; from omegaconf import OmegaConf; c = OmegaConf.create({'a': '${run_id:}', 'b': '${run_id:}'}); print(c.a, c.b)"
     first, second = (subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, timeout=60).stdout.split() for _ in range(2))
     assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0] and len(first[0]) == 8
 
@@ -99,9 +128,9 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
 def test_runs_opening_a_fresh_mlflow_store_at_once(tmp_path):
     """Of five such runs, four died in the store's schema migrations (alembic tracebacks); three
     show it as well."""
-    code = ("import sys; from omegaconf import OmegaConf; from lookalike.tracking import setup_experiment; "
-            f"print(setup_experiment(OmegaConf.create({{'mlflow': {{'tracking_uri': 'sqlite:///{tmp_path}/mlflow.db', "
-            f"'experiment_name': 'x', 'artifact_location': '{tmp_path}/art'}}}})))")
+    code = ("from lookalike.runtime.config import MlflowConfig; from lookalike.runtime.tracking import setup_experiment; "
+            f"print(setup_experiment(MlflowConfig(tracking_uri='sqlite:///{tmp_path}/mlflow.db', experiment_name='x', "
+            f"artifact_location='{tmp_path}/art')))")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 3, outs[0][1][-2000:]

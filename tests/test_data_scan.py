@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
-from omegaconf import OmegaConf
 
+from lookalike.data.config import WindowConfig
 from lookalike.data.matching import check_publisher_ids, match_seed
 from lookalike.data.publisher import open_publisher, scan_publisher, window_filter
 from lookalike.errors import ConfigError, DataError
@@ -17,7 +17,7 @@ def test_window_on_a_partition_column_prunes_files_and_projection_cuts_bytes(dem
     path = demo_dir / "publisher"
     dataset = open_publisher(path)
     full, full_stats = scan_publisher(dataset, ["user_id", "age", "interests"], None, path)
-    window = OmegaConf.create({"column": "cohort", "start": "2025-02", "end": "2025-04"})
+    window = WindowConfig(**{"column": "cohort", "start": "2025-02", "end": "2025-04"})
     part, part_stats = scan_publisher(dataset, ["user_id", "age", "interests"], window_filter(dataset, window, path), path)
     assert full_stats.files_scanned == 4 and part_stats.files_scanned == 2
     assert full_stats.rows_scanned == full.num_rows == 4000
@@ -31,9 +31,9 @@ def test_window_errors_name_the_setting(demo_dir):
     path = demo_dir / "publisher"
     dataset = open_publisher(path)
     with pytest.raises(ConfigError, match="data.window.column"):
-        window_filter(dataset, OmegaConf.create({"column": "day", "start": 1, "end": None}), path)
+        window_filter(dataset, WindowConfig(**{"column": "day", "start": 1, "end": None}), path)
     with pytest.raises(ConfigError, match="data.window"):
-        window_filter(dataset, OmegaConf.create({"column": "cohort", "start": None, "end": None}), path)
+        window_filter(dataset, WindowConfig(**{"column": "cohort", "start": None, "end": None}), path)
 
 
 def test_timestamp_window(tmp_path):
@@ -41,7 +41,7 @@ def test_timestamp_window(tmp_path):
     path = tmp_path / "t.parquet"
     ds.write_dataset(pa.table({"user_id": ["a", "b", "c"], "seen": times}), tmp_path / "t", format="parquet")
     dataset = open_publisher(tmp_path / "t")
-    f = window_filter(dataset, OmegaConf.create({"column": "seen", "start": "2025-01-15", "end": "2025-03-01"}), path)
+    f = window_filter(dataset, WindowConfig(**{"column": "seen", "start": "2025-01-15", "end": "2025-03-01"}), path)
     table, _ = scan_publisher(dataset, ["user_id"], f, path)
     assert table.column("user_id").to_pylist() == ["b"]
 
@@ -123,7 +123,7 @@ def test_export_reads_row_group_by_row_group_the_same_rows_as_the_scanner(demo_d
 
     path = demo_dir / "publisher"
     dataset = open_publisher(path)
-    row_filter = window_filter(dataset, OmegaConf.create(window), path) if window else None
+    row_filter = window_filter(dataset, WindowConfig(**window), path) if window else None
     expected = dataset.to_table(columns=["user_id", "age"], filter=row_filter)
     batches = list(row_group_batches(dataset, ["user_id", "age"], row_filter, 300))
     got = pa.Table.from_batches(batches)

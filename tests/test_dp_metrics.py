@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.dp_metrics import auc_from_histograms, histogram, histogram_metrics, noisy_histograms, recall_curve
-from lookalike.evaluate import holdout_metrics
+from lookalike.model.scoring import holdout_metrics
+from lookalike.training.dp_metrics import auc_from_histograms, histogram, histogram_metrics, noisy_histograms, recall_curve
 
 
 def scores(seed: int = 0):

@@ -19,10 +19,10 @@ from mlflow.tracking import MlflowClient
 from lookalike.errors import ConfigError, DataError
 from lookalike.export.app import CONFIG_DIR
 from lookalike.export.app import run as export
-from lookalike.export.release import gaussian_sigma
 from lookalike.privacy.ledger import Ledger
-from lookalike.tracking import resolve_tracking_uri
-from lookalike.train import run as train
+from lookalike.privacy.mechanisms import gaussian_sigma
+from lookalike.runtime.tracking import resolve_tracking_uri
+from lookalike.training.train import run as train
 from tests.conftest import files_under, make_cfg
 
 

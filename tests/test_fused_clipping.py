@@ -11,8 +11,8 @@ from lookalike.data.features import CategoricalFeature, FeatureSpec, MultiCatego
 from lookalike.errors import ConfigError
 from lookalike.model.logistic import LogisticRegression
 from lookalike.model.towers import ModelConfig, TwoTower
-from lookalike.privacy.fused_clipping import FusedClipping
-from lookalike.trainer import per_example_loss
+from lookalike.training.dp_sgd.fused_clipping import FusedClipping
+from lookalike.training.loop import per_example_loss
 
 SPEC = FeatureSpec(
     id_column="id",

@@ -7,22 +7,22 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from lookalike.model.factory import build_model
-from lookalike.model.towers import ModelConfig
-from lookalike.poisson_batches import PoissonBatches
-from lookalike.prepare import prepare
-from lookalike.privacy.dp import epsilon_from_history
-from lookalike.trainer import train
+from lookalike.model.registry import build_model
+from lookalike.privacy.accounting import epsilon_from_history
+from lookalike.privacy.poisson_sampling import PoissonBatches
+from lookalike.training.config import train_config
+from lookalike.training.loop import train
+from lookalike.training.prepare import prepare
 
 
 def train_with(cfg, mode: str, extra_examples: int = 0):
     """``extra_examples``: what a DP size estimate is off by (the sample rate follows it)."""
+    cfg = train_config(cfg)
     cfg.privacy.grad_sample_mode = mode
     data = prepare(cfg)
     torch.manual_seed(0)
-    model = build_model(data.spec, 2, ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+    model = build_model(data.spec, 2, cfg.model)
     tensors = data.train_features.tensors() + [torch.from_numpy(data.training.train_labels)]
     return train(model, tensors, cfg, delta=1e-5, device=torch.device("cpu"), examples=data.n_train + extra_examples), data
 
@@ -76,7 +76,7 @@ def test_poisson_batches_split_logical_batches_and_keep_empty_steps():
 def test_poisson_rows_include_every_row_independently_at_rate_q():
     """The geometric-gap sampler against the definition: size mean and variance of a binomial,
     every row (first and last included) at rate q."""
-    from lookalike.poisson_batches import poisson_rows
+    from lookalike.privacy.poisson_sampling import poisson_rows
 
     n, q, draws = 2_000, 0.02, 4_000
     generator = torch.Generator().manual_seed(7)

@@ -13,7 +13,7 @@ import pytest
 from lookalike.data.seed import read_seed
 from lookalike.errors import LookalikeError
 from lookalike.privacy.ledger import Ledger
-from lookalike.train import run
+from lookalike.training.train import run
 from tests.conftest import grant, untouched
 
 

@@ -128,7 +128,7 @@ def test_one_reservation_is_resumed_by_one_process(ledger_location):
 def test_a_damaged_ledger_is_one_line_and_never_recreated(cfg_factory, tmp_path, damage):
     """A deleted ledger was silently re-created empty (every budget reset); a corrupt or
     read-only one raised tracebacks. Runs never create a ledger: only the owners' command does."""
-    from lookalike.train import run
+    from lookalike.training.train import run
 
     cfg = cfg_factory(out=tmp_path / "out")
     path = tmp_path / "out" / "privacy_ledger.sqlite"

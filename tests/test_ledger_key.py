@@ -13,13 +13,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike.budget_cli import publisher_users
+from lookalike.cli.budget import publisher_users
 from lookalike.errors import LookalikeError
 from lookalike.privacy.budgets import create_budget, find_budget
 from lookalike.privacy.fingerprint import SKETCH_SIZE, users_key
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.rules import Rules
-from lookalike.train import run
+from lookalike.training.train import run
 
 
 def _ids(n: int, prefix: str = "u") -> pa.Array:
@@ -92,7 +92,7 @@ def test_a_run_on_data_without_a_budget_is_refused_and_writes_nothing(cfg_factor
 
 
 def test_the_owners_attach_a_grown_table_to_its_budget(demo_dir, tmp_path, capsys):
-    from lookalike.budget_cli import main as budget_main
+    from lookalike.cli.budget import main as budget_main
 
     table = ds.dataset(demo_dir / "publisher", partitioning="hive").to_table()
     grown = pa.concat_tables([table] + [table.set_column(0, "user_id", pa.array([f"{u}-b{i}" for u in table.column("user_id").to_pylist()]))

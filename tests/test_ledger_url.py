@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from lookalike.budget_cli import main as budget_main
+from lookalike.cli.budget import main as budget_main
 from lookalike.errors import BudgetExceededError, ConfigError
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import without_password
-from lookalike.tracking import flat_params
+from lookalike.runtime.tracking import flat_params
 from tests.conftest import reserve_on
 
 FP = "a" * 64
@@ -54,7 +54,7 @@ def test_an_unusable_url_is_one_config_error(url):
 def test_training_with_a_url_ledger_tags_the_url(cfg_factory, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from lookalike.train import run
+    from lookalike.training.train import run
 
     location = f"sqlite:///{tmp_path / 'team' / 'ledger.sqlite'}"
     cfg = cfg_factory("privacy.target_epsilon=1.0", "trusted_evaluation=true", f"ledger.path={location}")

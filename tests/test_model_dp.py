@@ -13,9 +13,9 @@ from opacus import GradSampleModule
 from lookalike.data.encode import encode
 from lookalike.data.feature_stats import fit_feature_spec
 from lookalike.data.features import infer_feature_kinds
-from lookalike.model.factory import build_model
+from lookalike.model.registry import build_model
 from lookalike.model.towers import ModelConfig, TwoTower
-from lookalike.trainer import per_example_loss
+from lookalike.training.loop import per_example_loss
 
 DATA_CFG = OmegaConf.create({"id_column": "user_id", "non_finite": "refuse", "vocab": {"max_size": 50, "min_count": 1}, "max_multi_length": 4})
 
@@ -64,7 +64,7 @@ def test_logical_batch_split_into_physical_batches_equals_one_big_batch():
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from torch.utils.data import DataLoader
 
-    from lookalike.batches import TensorBatches, keep_batch
+    from lookalike.data.tensor_batches import TensorBatches, keep_batch
 
     spec, inputs, labels = batch(n=64)
     weights = []

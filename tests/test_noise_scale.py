@@ -23,16 +23,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lookalike.batches import TensorBatches, keep_batch
-from lookalike.centroid_fit import fit_centroid
 from lookalike.data.features import CategoricalFeature, FeatureSpec, MultiCategoricalFeature, NumericFeature
-from lookalike.dp_metrics import histogram, noisy_histograms
-from lookalike.export.release import gaussian_sigma, randomized_exclusion
+from lookalike.data.tensor_batches import TensorBatches, keep_batch
 from lookalike.export.report import ReleasePlan
 from lookalike.export.scoring import ExportOptions, score_population
 from lookalike.model.centroid import CentroidSimilarity
-from lookalike.privacy.dp import make_private
-from lookalike.trainer import _physical_batches
+from lookalike.privacy.mechanisms import gaussian_sigma, randomized_exclusion
+from lookalike.training.centroid_fit import fit_centroid
+from lookalike.training.dp_metrics import histogram, noisy_histograms
+from lookalike.training.dp_sgd.engine import make_private
+from lookalike.training.loop import _physical_batches
 
 BAND = 6.0  # standard errors
 
@@ -252,8 +252,8 @@ def test_two_runs_with_the_same_seed_draw_different_noise(tmp_path):
 def test_under_torchrun_rank_0_alone_adds_noise():
     """The clipped sums are all-reduced, then averaged: noise from every rank would add
     sqrt(world) times the stated std (and the accounting would not know)."""
-    from lookalike.distributed import World
-    from lookalike.privacy.noisy_optimizer import DistributedNoisySumOptimizer
+    from lookalike.parallel.world import World
+    from lookalike.training.dp_sgd.noisy_optimizer import DistributedNoisySumOptimizer
 
     stds = []
     for rank in (0, 1, 2):

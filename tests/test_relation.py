@@ -12,9 +12,10 @@ import pyarrow as pa
 import pytest
 
 from lookalike.data.matching import lay_out, split_draws
-from lookalike.export.release import gaussian_sigma
-from lookalike.prepare import prepare
+from lookalike.privacy.mechanisms import gaussian_sigma
 from lookalike.privacy.size_release import release_size
+from lookalike.training.config import train_config
+from lookalike.training.prepare import prepare
 
 KW = dict(holdout_fraction=0.3, negative_rate=0.4, eval_negative_rate=0.2)
 
@@ -54,8 +55,8 @@ def test_feature_statistics_do_not_depend_on_the_seed(cfg_factory, demo_dir, tmp
     rows = [json.loads(line) for line in (demo_dir / "seed.jsonl").read_text().splitlines()]
     other = tmp_path / "seed.jsonl"
     other.write_text("".join(json.dumps(r) + "\n" for r in rows[::2]))
-    one = prepare(cfg_factory(owner=False))
-    two = prepare(cfg_factory(f"data.seed_path={other}", owner=False))
+    one = prepare(train_config(cfg_factory(owner=False)))
+    two = prepare(train_config(cfg_factory(f"data.seed_path={other}", owner=False)))
     assert one.spec == two.spec and one.users.digest == two.users.digest
     assert one.n_train != two.n_train  # the seeds do differ in what they train on
 

@@ -16,15 +16,15 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lookalike.checkpoint import Checkpoint
 from lookalike.errors import ConfigError
-from lookalike.privacy.dp import epsilon_from_history
+from lookalike.privacy.accounting import epsilon_from_history
 from lookalike.privacy.ledger import Ledger
-from lookalike.tracking import resolve_tracking_uri
-from lookalike.train import run
+from lookalike.runtime.tracking import resolve_tracking_uri
+from lookalike.training.checkpoint import Checkpoint
+from lookalike.training.train import run
 from tests.conftest import grant
 
-TRAIN = "import sys; from lookalike.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
+TRAIN = "import sys; from lookalike.training.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
 
 
 def _metrics(cfg) -> dict:

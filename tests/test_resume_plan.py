@@ -8,7 +8,7 @@ import pytest
 
 from lookalike.errors import ConfigError
 from lookalike.privacy.ledger import Ledger
-from lookalike.train import run
+from lookalike.training.train import run
 
 
 def test_a_resume_that_changes_the_plan_is_refused(cfg_factory, tmp_path):

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from lookalike.budget_cli import main as budget_main
+from lookalike.cli.budget import main as budget_main
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.export.app import run as export
 from lookalike.privacy.ledger import Ledger
-from lookalike.train import run
+from lookalike.training.train import run
 from tests.conftest import untouched
 from tests.test_export import export_cfg
 

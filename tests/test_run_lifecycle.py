@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from lookalike.prepare import prepare
-from lookalike.privacy.dp import resolve_delta
+from lookalike.privacy.accounting import resolve_delta
 from lookalike.privacy.ledger import Ledger
-from lookalike.run_context import RunContext
+from lookalike.training.config import train_config
+from lookalike.training.prepare import prepare
+from lookalike.training.run_context import RunContext
 
 
 def _context(cfg, data) -> RunContext:
@@ -18,7 +19,7 @@ def _context(cfg, data) -> RunContext:
 
 
 def test_abort_paths_release_before_training_and_keep_the_charge_after(cfg_factory):
-    cfg = cfg_factory("privacy.target_epsilon=1")
+    cfg = train_config(cfg_factory("privacy.target_epsilon=1"))
     data = prepare(cfg)
     ledger = Ledger(cfg.ledger.path)
 

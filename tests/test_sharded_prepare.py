@@ -14,17 +14,18 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lookalike.collective import GroupCollective
 from lookalike.data.row_group_shares import assign
 from lookalike.errors import DataError, LookalikeError
-from lookalike.prepare import prepare
+from lookalike.parallel.collective import GroupCollective
+from lookalike.training.config import train_config
+from lookalike.training.prepare import prepare
 from tests.conftest import make_cfg
 
 
 def _worker(rank: int, size: int, folder, overrides: list[str], demo_dir, store: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder / store}", rank=rank, world_size=size)
     try:
-        data = prepare(make_cfg(demo_dir, folder / "out", *overrides), GroupCollective(rank, size))
+        data = prepare(train_config(make_cfg(demo_dir, folder / "out", *overrides)), GroupCollective(rank, size))
         result = {"summary": _summary(data)}
     except LookalikeError as exc:
         result = {"error": (type(exc).__name__, str(exc))}
@@ -67,7 +68,7 @@ def test_row_groups_are_balanced_by_rows_and_every_group_has_one_rank():
 
 @pytest.mark.slow
 def test_two_ranks_prepare_what_one_process_prepares(demo_dir, tmp_path):
-    single = _summary(prepare(make_cfg(demo_dir, tmp_path / "one")))
+    single = _summary(prepare(train_config(make_cfg(demo_dir, tmp_path / "one"))))
     first, second = (r["summary"] for r in run_ranks(2, tmp_path, demo_dir))
     for rank in (first, second):
         assert rank["n_train"] == single["n_train"] and rank["matched"] == single["matched"] and rank["rows"] == single["rows"] == 4000
@@ -109,7 +110,7 @@ def test_bad_data_in_one_rank_stops_every_rank_with_the_same_error(demo_dir, tmp
     for rank in run_ranks(2, tmp_path, demo_dir, f"data.publisher_path={duplicated}", "data.features=null"):
         assert "has duplicate user ids" in rank["error"][1] and str(duplicated) in rank["error"][1]
     with pytest.raises(DataError, match="duplicate user ids"):
-        prepare(make_cfg(demo_dir, tmp_path / "one", f"data.publisher_path={duplicated}", "data.features=null"))
+        prepare(train_config(make_cfg(demo_dir, tmp_path / "one", f"data.publisher_path={duplicated}", "data.features=null")))
 
     nan = tmp_path / "nan"
     _two_files(nan, {"user_id": ["b1", "b2"], "age": [20.0, float("nan")], "device": ["web", "web"]})

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from lookalike.privacy.ledger import Ledger
 from tests.conftest import grant
 
-TRAIN = "import sys; from lookalike.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
+TRAIN = "import sys; from lookalike.training.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
 
 
 def sweep(demo_dir, out, budget: float, trials: int) -> subprocess.CompletedProcess:
@@ -78,7 +78,7 @@ def test_the_slurm_preset_composes_onto_submitit(tmp_path):
     launcher, with the cluster settings a trial needs)."""
     from hydra import compose, initialize_config_dir
 
-    from lookalike.train import CONFIG_DIR
+    from lookalike.training.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)

@@ -1,4 +1,4 @@
-"""`torchrun --nproc_per_node=2 -m lookalike.train` on CPU (gloo): the same accounting as one
+"""`torchrun --nproc_per_node=2 -m lookalike.training.train` on CPU (gloo): the same accounting as one
 process with the same global batch, comparable utility, one ledger entry and one MLflow run."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def train_cli(demo_dir, out, launcher: list[str], *extra: str, budget: float = 1
     # a size estimate this precise is the exact size: both launches sample at the same rate
     args += ["privacy.size_epsilon=100"] if exact_size else []
     # one thread per rank: two ranks on a 2-core machine
-    return subprocess.run([*launcher, "-m", "lookalike.train", *args], capture_output=True, text=True, timeout=600,
+    return subprocess.run([*launcher, "-m", "lookalike.training.train", *args], capture_output=True, text=True, timeout=600,
                           env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 

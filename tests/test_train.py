@@ -14,10 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from lookalike.errors import BudgetExceededError, ConfigError
 from lookalike.model.bundle import load_bundle
-from lookalike.privacy.dp import epsilon_from_history
+from lookalike.privacy.accounting import epsilon_from_history
 from lookalike.privacy.ledger import Ledger
-from lookalike.tracking import download_bundle, resolve_tracking_uri
-from lookalike.train import run
+from lookalike.runtime.tracking import download_bundle, resolve_tracking_uri
+from lookalike.training.train import run
 
 
 def runs_of(cfg) -> list:

@@ -18,6 +18,7 @@ from lookalike.data.features import (
     OOV_INDEX,
     CategoricalFeature,
     FeatureSpec,
+    MultiCategoricalFeature,
     numeric_values,
 )
 
@@ -59,8 +60,8 @@ def encode(table: pa.Table | pa.RecordBatch, spec: FeatureSpec, path: str = "<pu
             numeric[:, col] = missing
             col += 1
     categorical = np.zeros((n, len(spec.categorical)), dtype=np.int64)
-    for j, feature in enumerate(spec.categorical):
-        categorical[:, j] = _indices(_strings(table.column(feature.name), pa.string()), feature)
+    for j, cat in enumerate(spec.categorical):
+        categorical[:, j] = _indices(_strings(table.column(cat.name), pa.string()), cat)
     multi = [_encode_multi(table.column(f.name), f) for f in spec.multi_categorical]
     return EncodedFeatures(numeric, categorical, multi)
 
@@ -84,7 +85,7 @@ def _indices(values: pa.Array, feature: CategoricalFeature) -> np.ndarray:
     return np.where(found, idx, np.where(present, OOV_INDEX, MISSING_INDEX))
 
 
-def _encode_multi(column: pa.ChunkedArray, feature: CategoricalFeature) -> np.ndarray:
+def _encode_multi(column: pa.ChunkedArray, feature: MultiCategoricalFeature) -> np.ndarray:
     """Pad each user's list to ``max_length`` (0 = padding); lists longer than that are cut."""
     lists = _strings(column, pa.list_(pa.string()))
     n, width = len(lists), feature.max_length

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from lookalike.data.config import WindowConfig
 from lookalike.data.features import is_text
 from lookalike.data.row_group_shares import rank_share
 from lookalike.errors import ConfigError, DataError
@@ -48,17 +49,17 @@ def open_publisher(path: str | Path) -> ds.Dataset:
     return dataset
 
 
-def window_filter(dataset: ds.Dataset, window: Any, path: str | Path) -> ds.Expression | None:
+def window_filter(dataset: ds.Dataset, window: WindowConfig | None, path: str | Path) -> ds.Expression | None:
     """Build the filter for ``data.window`` ({column, start, end}; start inclusive, end exclusive)."""
-    if window is None or window.get("column") in (None, ""):
+    if window is None or window.column in (None, ""):
         return None
-    column = window["column"]
+    column = window.column
     if column not in dataset.schema.names:
         raise ConfigError("data.window.column", f"column '{column}' is not in publisher data '{path}' (columns: {', '.join(dataset.schema.names)})")
     field_type = dataset.schema.field(column).type
     expr = None
     for key, op in (("start", "__ge__"), ("end", "__lt__")):
-        bound = window.get(key)
+        bound = getattr(window, key)
         if bound is None:
             continue
         try:

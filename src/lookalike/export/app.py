@@ -19,31 +19,31 @@ import hydra
 import mlflow
 from omegaconf import DictConfig
 
-import lookalike.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
-from lookalike.distributed import barrier, finish, world_from_env
+import lookalike.runtime.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.errors import BudgetExceededError, LookalikeError
-from lookalike.export.checks import validate_export_config
+from lookalike.export.config import ExportConfig, export_config
 from lookalike.export.job import ExportJob, Scored, plan_export, score
 from lookalike.export.output import StagedOutput, check_output_dir
 from lookalike.export.report import ReleasePlan, audience_report, plot_report
 from lookalike.export.shards import load_parts, remove_parts, save_part
+from lookalike.parallel.world import barrier, finish, world_from_env
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
-from lookalike.quiet import silence_known_warnings
-from lookalike.runtime import discard_run_directory, is_multirun
-from lookalike.tracking import setup_experiment
+from lookalike.runtime.quiet import silence_known_warnings
+from lookalike.runtime.runs import discard_run_directory, is_multirun
+from lookalike.runtime.tracking import setup_experiment
 
 log = logging.getLogger("lookalike.export")
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: ExportConfig | DictConfig) -> dict:
     """One export, or one shard of it, or the merge of its shards. Returns the report (also
     written as report.json), or for a shard a summary of its part."""
     silence_known_warnings()
-    validate_export_config(cfg)
+    cfg = export_config(cfg)
     shard, out = cfg.export.shard, Path(str(cfg.export.output_dir))
-    world = world_from_env(float(shard.get("collective_timeout_minutes", 120)))
+    world = world_from_env(shard.collective_timeout_minutes)
     if shard.merge or shard.index is None:  # whoever writes the segments; under torchrun every rank, alike
         check_output_dir(out, bool(cfg.export.overwrite), protected_paths(cfg))
     job = plan_export(cfg)
@@ -61,13 +61,14 @@ def run(cfg: DictConfig) -> dict:
         return release(job, lambda: load_parts(job, parts), merged_from=parts)
     if shard.index is not None:
         check_budget(job)  # refuse before scoring, not only at the merge
-        part = save_part(job, score(job, (int(shard.index), int(shard.count))), int(shard.index), int(shard.count), parts)
-        log.info("shard %s of %s scored; part in %s (merge with export.shard.merge=true)", shard.index, shard.count, part)
-        return {"shard": int(shard.index), "part": str(part)}
+        index, count = shard.index, shard.count or 1  # ShardConfig sets count with index
+        part = save_part(job, score(job, (index, count)), index, count, parts)
+        log.info("shard %s of %s scored; part in %s (merge with export.shard.merge=true)", index, count, part)
+        return {"shard": index, "part": str(part)}
     return release(job, lambda: score(job))
 
 
-def protected_paths(cfg: DictConfig) -> dict[str, str]:
+def protected_paths(cfg: ExportConfig) -> dict[str, str]:
     """What an export folder must never hold: the inputs, the ledger, the MLflow store, the runs."""
     from lookalike.data.seed import seed_files
     from lookalike.privacy.ledger_store import sqlite_file
@@ -100,7 +101,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
     trusted, plan = bool(cfg.trusted_evaluation), job.plan
     ledger = Ledger(cfg.ledger.path)
     # MLflow first: an unreachable tracking server must fail before anything is reserved.
-    experiment_id = setup_experiment(cfg)
+    experiment_id = setup_experiment(cfg.mlflow)
     entry = None
     if job.epsilon > 0:
         entry = ledger.reserve(job.fingerprint, job.epsilon, job.delta, kind="export", description=f"lookalike-export {job.uri}",

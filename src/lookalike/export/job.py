@@ -13,25 +13,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
+import numpy as np
 import pyarrow as pa
 import torch
-from omegaconf import DictConfig
 
 from lookalike.data.matching import check_publisher_ids
 from lookalike.data.publisher import open_publisher, schema_mismatch, window_filter
 from lookalike.data.seed import check_audience_name, read_seed
 from lookalike.errors import ConfigError, DataError, LookalikeError
 from lookalike.export.checks import check_model_fits_publisher
-from lookalike.export.release import gaussian_sigma
+from lookalike.export.config import ExportConfig
 from lookalike.export.report import ReleasePlan, bin_sizes
 from lookalike.export.scoring import AudienceScores, ExportOptions, score_population
 from lookalike.model.bundle import load_bundle
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.mechanisms import gaussian_sigma
 from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
-from lookalike.runtime import pick_device
-from lookalike.tracking import download_bundle, resolve_tracking_uri
+from lookalike.runtime.runs import pick_device
+from lookalike.runtime.tracking import download_bundle, resolve_tracking_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -53,7 +54,7 @@ def model_uri(value: str, experiment_name: str) -> str:
 
 @dataclass
 class ExportJob:
-    cfg: DictConfig
+    cfg: ExportConfig
     uri: str
     model: torch.nn.Module
     spec: Any
@@ -62,7 +63,7 @@ class ExportJob:
     dataset: Any
     row_filter: Any
     path: str
-    seeds: dict[str, list[str]]
+    seeds: dict[str, np.ndarray]
     population: int
     kind: str
     bins: list
@@ -88,10 +89,10 @@ class Scored:
     seconds: float
 
 
-def plan_export(cfg: DictConfig) -> ExportJob:
+def plan_export(cfg: ExportConfig) -> ExportJob:
     e = cfg.export
     mlflow.set_tracking_uri(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
-    uri = model_uri(e.model, str(cfg.mlflow.experiment_name))
+    uri = model_uri(str(e.model), cfg.mlflow.experiment_name)
     try:
         model, spec, meta = load_bundle(download_bundle(uri))
     except LookalikeError as exc:
@@ -106,7 +107,7 @@ def plan_export(cfg: DictConfig) -> ExportJob:
     path = str(cfg.data.publisher_path)
     dataset = open_publisher(path)
     check_model_fits_publisher(spec, dataset.schema, path, uri)
-    row_filter = window_filter(dataset, cfg.data.get("window"), path)
+    row_filter = window_filter(dataset, cfg.data.window, path)
     mismatch = schema_mismatch(dataset, spec.columns, list(dataset.get_fragments(filter=row_filter)))
     if mismatch:
         raise DataError(f"publisher data '{path}': {mismatch}")

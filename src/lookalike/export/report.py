@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lookalike.export.release import add_gaussian_noise
 from lookalike.export.scoring import AudienceScores
+from lookalike.privacy.mechanisms import add_gaussian_noise
 
 
 @dataclass
@@ -46,7 +46,10 @@ def audience_report(st: AudienceScores, population: int, bins: list[float], size
     mean_score = st.score_sum / max(population, 1)
     held, held_ids = st.holdout_scores()
     hits = holdout_hits(held, held_ids, pop_scores, pop_ids, sizes)
-    raw = np.concatenate([[held.size], hits] + ([np.array(segment_counts, dtype=np.float64)] if plan.noisy_segment_sizes else []))
+    parts = [np.array([held.size], dtype=np.float64), np.asarray(hits, dtype=np.float64)]
+    if plan.noisy_segment_sizes:
+        parts.append(np.array(segment_counts, dtype=np.float64))
+    raw = np.concatenate(parts)
     released = plan.release(raw)
     n_held, released_hits = released[0], released[1 : 1 + len(sizes)]
     released_sizes = released[1 + len(sizes) :] if plan.noisy_segment_sizes else [
@@ -55,8 +58,9 @@ def audience_report(st: AudienceScores, population: int, bins: list[float], size
     for i, (b, k) in enumerate(zip(bins, sizes)):
         share = min(k, population) / max(population, 1)
         recall = None
-        if n_held is not None and released_hits[i] is not None:
-            recall = min(released_hits[i] / n_held, 1.0)
+        hit = released_hits[i]
+        if n_held is not None and hit is not None:
+            recall = min(hit / n_held, 1.0)
         relevance = float(pop_scores[: min(k, pop_scores.size)].mean() / mean_score) if pop_scores.size and mean_score > 0 else None
         rows.append({
             "bin": b,

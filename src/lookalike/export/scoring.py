@@ -19,8 +19,8 @@ from lookalike.data.encode import encode
 from lookalike.data.features import FeatureSpec
 from lookalike.data.matching import split_draws
 from lookalike.data.row_group_shares import row_groups
-from lookalike.export.release import randomized_exclusion
 from lookalike.export.topk import TopK
+from lookalike.privacy.mechanisms import randomized_exclusion
 
 SEED_FIRST = 2.0  # added to a probability in [0, 1] so included seed users rank before everyone
 

@@ -40,6 +40,7 @@ class TopK:
             keys = keys[keep]
             scores = scores[keep] if scores is not None else None
         if self.with_ids:
+            assert ids is not None, "a TopK with ids needs them pushed"
             picked = keep if rows is None else rows[keep]
             self._ids.append(ids.take(pa.array(picked)) if picked.size < len(ids) else ids)
         self._keys.append(keys)

@@ -35,11 +35,17 @@ class AudienceTower(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_audiences))
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale))) if similarity == "cosine" else None
 
+    def scale(self) -> nn.Parameter:
+        """The cosine similarity's learned log scale (a dot-product tower has none)."""
+        if self.log_scale is None:
+            raise ValueError("a dot-product audience tower has no scale")
+        return self.log_scale
+
     def forward(self, user: torch.Tensor) -> torch.Tensor:
         if self.similarity == "dot":
             return user @ self.weight.t() + self.bias
         cosine = F.normalize(user, dim=-1, eps=EPS) @ F.normalize(self.weight, dim=-1, eps=EPS).t()
-        return self.log_scale.exp() * cosine + self.bias
+        return self.scale().exp() * cosine + self.bias
 
 
 @register_grad_sampler(AudienceTower)
@@ -56,15 +62,15 @@ def audience_grad_sample(layer: AudienceTower, activations: list[torch.Tensor], 
     norm_w = layer.weight.norm(dim=-1, keepdim=True).clamp_min(EPS)
     unit_w = layer.weight / norm_w
     unit_u = user / user.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    scale = layer.log_scale.exp()
+    scale = layer.scale().exp()
     if layer.weight.requires_grad:
         # d/dW of normalize(W) projects out the radial direction and divides by |W|.
         g_unit = scale * torch.einsum("ba,bd->bad", backprops, unit_u)
         radial = (g_unit * unit_w).sum(-1, keepdim=True) * unit_w
         grads[layer.weight] = (g_unit - radial) / norm_w
-    if layer.log_scale.requires_grad:
+    if layer.scale().requires_grad:
         cosine = unit_u @ unit_w.t()
-        grads[layer.log_scale] = scale * (backprops * cosine).sum(-1)
+        grads[layer.scale()] = scale * (backprops * cosine).sum(-1)
     return grads
 
 
@@ -72,7 +78,7 @@ def _cosine_parts(layer: AudienceTower, user: torch.Tensor):
     unit_u = user / user.norm(dim=-1, keepdim=True).clamp_min(EPS)
     norm_w = layer.weight.norm(dim=-1).clamp_min(EPS)
     unit_w = layer.weight / norm_w.unsqueeze(-1)
-    return unit_u, unit_w, norm_w, unit_u @ unit_w.t(), layer.log_scale.exp()
+    return unit_u, unit_w, norm_w, unit_u @ unit_w.t(), layer.scale().exp()
 
 
 def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
@@ -89,7 +95,7 @@ def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: t
     if layer.weight.requires_grad:
         radial = unit_u.pow(2).sum(1, keepdim=True) - cosine.pow(2)
         total = total + ((scale * backprops / norm_w).pow(2) * radial).sum(1)
-    if layer.log_scale.requires_grad:
+    if layer.scale().requires_grad:
         total = total + (scale * (backprops * cosine).sum(1)).pow(2)
     return total, parts
 
@@ -107,6 +113,6 @@ def audience_clipped_sum(layer: AudienceTower, user: torch.Tensor, backprops: to
     if layer.weight.requires_grad:
         along = (weighted * cosine).sum(0)  # [A]
         sums[layer.weight] = (scale / norm_w).unsqueeze(1) * (weighted.t() @ unit_u - along.unsqueeze(1) * unit_w)
-    if layer.log_scale.requires_grad:
-        sums[layer.log_scale] = scale * (weighted * cosine).sum()
+    if layer.scale().requires_grad:
+        sums[layer.scale()] = scale * (weighted * cosine).sum()
     return sums

@@ -13,7 +13,7 @@ import torch
 
 from lookalike.data.features import FeatureSpec
 from lookalike.errors import LookalikeError
-from lookalike.model.factory import build_model
+from lookalike.model.registry import build_model
 from lookalike.model.towers import ModelConfig
 
 WEIGHTS, SPEC, META = "state_dict.pt", "feature_spec.json", "model.json"
@@ -24,7 +24,7 @@ def save_bundle(folder: str | Path, model: torch.nn.Module, spec: FeatureSpec, a
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS)
     (folder / SPEC).write_text(spec.to_json())
-    meta = {"format": "lookalike-two-tower/1", "model": model.config.to_dict(), "audiences": audiences} | (extra or {})
+    meta = {"format": "lookalike-two-tower/1", "model": getattr(model, "config").to_dict(), "audiences": audiences} | (extra or {})
     (folder / META).write_text(json.dumps(meta, indent=1))
     return folder
 

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from lookalike.data.features import MISSING_INDEX, FeatureSpec
-from lookalike.distributed import entropy_generator
+from lookalike.privacy.mechanisms import entropy_generator
 
 
 class CentroidSimilarity(nn.Module):
+    numeric: torch.Tensor  # [A, numeric width]: each audience's noisy sum (a buffer)
+
     def __init__(self, spec: FeatureSpec, n_audiences: int, config=None, clip: float = 3.0):
         super().__init__()
         self.config, self.clip = config, clip

@@ -18,7 +18,8 @@ class LogisticRegression(nn.Module):
         # An embedding of width n_audiences is a one-hot weight table, looked up instead of multiplied.
         self.categorical = nn.ModuleList(nn.Embedding(f.cardinality, n_audiences) for f in spec.categorical)
         self.multi = nn.ModuleList(nn.Embedding(f.cardinality, n_audiences) for f in spec.multi_categorical)
-        for table in list(self.categorical) + list(self.multi):
+        for table in [*self.categorical, *self.multi]:
+            assert isinstance(table, nn.Embedding)
             nn.init.zeros_(table.weight)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, *multi: torch.Tensor) -> torch.Tensor:

@@ -9,31 +9,17 @@ No BatchNorm anywhere: it mixes examples and breaks per-example sensitivity.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 from torch import nn
 
 from lookalike.data.features import MISSING_INDEX, FeatureSpec
 from lookalike.model.audience import AudienceTower
-
-
-@dataclass
-class ModelConfig:
-    """Model hyperparameters, logged with the model so export can rebuild it."""
-
-    embedding_dim: int = 16
-    hidden_dims: list[int] = field(default_factory=lambda: [64])
-    output_dim: int = 32
-    similarity: str = "cosine"
-    dropout: float = 0.0
-    kind: str = "two_tower"  # or "logistic" (the baseline in model/logistic.py)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from lookalike.model.config import ModelConfig
 
 
 class UserTower(nn.Module):
+    offsets: torch.Tensor  # each categorical column's first row in the shared table (a buffer)
+
     """Embeds one user's features into an ``output_dim`` vector."""
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig):

@@ -99,7 +99,7 @@ def merge_steps(steps) -> list[tuple[float, float, int]]:
 def curve_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     """RDP always (orders add up: milliseconds for any number of runs); PRV as well, which is
     tighter, while there are few distinct mechanisms (its cost grows with each: ~30 s at 40)."""
-    from lookalike.privacy.dp import epsilon_from_history
+    from lookalike.privacy.accounting import epsilon_from_history
 
     epsilon = epsilon_from_history(history, delta, "rdp")
     if len(history) <= PRV_MAX_MECHANISMS:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lookalike.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lookalike.privacy.config import RulesConfig
 
 # As in AWS Clean Rooms ML's minimumMatchingSeedSize.
 MIN_SEED_RANGE = (25, 500_000)
@@ -48,7 +51,7 @@ class Rules:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def effective_rules(stored: Rules, overrides: Any, where: str) -> Rules:
+def effective_rules(stored: Rules, overrides: "RulesConfig", where: str) -> Rules:
     """The stored rules, tightened by the config's ``rules`` section (null keeps the stored
     value). A looser override is refused: the rules are the data owners'."""
     def looser(key: str, value: Any, stricter_is_larger: bool) -> None:
@@ -58,15 +61,15 @@ def effective_rules(stored: Rules, overrides: Any, where: str) -> Rules:
                               "only the owners change it (lookalike-budget set-rules); leave it unset to use theirs")
 
     changes: dict[str, Any] = {}
-    size = overrides.get("min_matching_seed_size")
+    size = overrides.min_matching_seed_size
     if size is not None:
         looser("min_matching_seed_size", int(size), True)
         changes["min_matching_seed_size"] = int(size)
-    size = overrides.get("min_aggregation_size")
+    size = overrides.min_aggregation_size
     if size is not None:
         looser("min_aggregation_size", int(size), True)
         changes["min_aggregation_size"] = int(size)
-    lists = overrides.get("allow_list_output")
+    lists = overrides.allow_list_output
     if lists is not None:
         if bool(lists) and not stored.allow_list_output:
             raise ConfigError("rules.allow_list_output", f"true is looser than the data owners' rule (false) in ledger '{where}': "

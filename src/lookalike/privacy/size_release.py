@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike.export.release import gaussian_sigma
+from lookalike.privacy.mechanisms import gaussian_sigma
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
-from lookalike.distributed import all_reduce_mean_
+from lookalike.parallel.world import all_reduce_mean_
 
 
 class NoisySumOptimizer(DPOptimizerFastGradientClipping):

@@ -1,12 +1,14 @@
-"""DP mechanisms for what export releases: the Gaussian mechanism on seed-derived counts and
-randomised response for seed exclusion. Both draw from OS entropy, never from a config seed:
-noise an attacker can replay protects nothing."""
+"""DP mechanisms: the Gaussian mechanism on seed-derived counts, randomised response for seed
+exclusion, and the OS-entropy generator that every noise draw (DP-SGD, centroid, releases) uses.
+None draws from a config seed: noise an attacker can replay protects nothing."""
 
 from __future__ import annotations
 
 import math
+import secrets
 
 import numpy as np
+import torch
 
 from lookalike.errors import ConfigError
 
@@ -55,3 +57,13 @@ def randomized_exclusion(is_seed: np.ndarray, epsilon: float, rng: np.random.Gen
     keep_truth = math.exp(epsilon) / (1.0 + math.exp(epsilon))
     flip = rng.random(is_seed.shape[0]) >= keep_truth
     return np.where(flip, ~is_seed, is_seed)
+
+
+def entropy_generator(device: torch.device) -> torch.Generator:
+    """A generator seeded from OS entropy. DP-SGD's noise and its Poisson sample must not be
+    reproducible from the run's logged ``seed`` (Opacus' default draws both from the global RNG,
+    which ``seed`` fixes: whoever knows the seed could recompute the noise and subtract it).
+    Every rank gets its own, which also keeps the ranks' samples independent."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(secrets.randbits(63))
+    return generator

@@ -115,7 +115,9 @@ class GroupCollective(Collective):
 
     def _checked(self, step: Callable[[], T]) -> T:
         """Run ``step``; raise on every rank if it failed on any."""
-        result, failure, error = None, None, None
+        result: T | None = None
+        failure: str | None = None
+        error: BaseException | None = None
         try:
             result = step()
         except LookalikeError as exc:

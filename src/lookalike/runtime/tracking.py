@@ -7,14 +7,16 @@ import json
 import logging
 import tempfile
 from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.privacy.ledger_store import mask_urls, without_password
+from lookalike.runtime.config import MlflowConfig
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
@@ -31,11 +33,11 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
-def setup_experiment(cfg: DictConfig) -> str:
+def setup_experiment(cfg: MlflowConfig) -> str:
     """Point MLflow at ``mlflow.tracking_uri`` and return the experiment id (created if new)."""
-    uri = resolve_tracking_uri(str(cfg.mlflow.tracking_uri))
+    uri = resolve_tracking_uri(cfg.tracking_uri)
     mlflow.set_tracking_uri(uri)
-    name = str(cfg.mlflow.experiment_name)
+    name = cfg.experiment_name
     with _store_lock(uri):
         return _experiment(cfg, uri, name)
 
@@ -57,15 +59,15 @@ def _store_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _experiment(cfg: DictConfig, uri: str, name: str) -> str:
+def _experiment(cfg: MlflowConfig, uri: str, name: str) -> str:
     try:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         # A local store keeps artifacts under the output folder; a server decides for itself.
         location = None
-        if uri.startswith("sqlite:") or uri.startswith("file:"):
-            location = Path(str(cfg.mlflow.artifact_location)).resolve().as_uri()
+        if (uri.startswith("sqlite:") or uri.startswith("file:")) and cfg.artifact_location:
+            location = Path(cfg.artifact_location).resolve().as_uri()
         return mlflow.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException as exc:
         shown = without_password(uri)
@@ -86,7 +88,7 @@ def resume_run_id(checkpoint) -> str | None:
         return None
 
 
-def flat_params(cfg: DictConfig) -> dict[str, str]:
+def flat_params(cfg: Any) -> dict[str, str]:
     """The resolved config as dotted keys, e.g. ``privacy.target_epsilon``."""
     out: dict[str, str] = {}
 
@@ -97,7 +99,7 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
         else:
             out[prefix] = without_password(str(node))[:MAX_PARAM_LENGTH]
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(asdict(cfg) if is_dataclass(cfg) and not isinstance(cfg, type) else OmegaConf.to_container(cfg, resolve=True), "")
     return out
 
 
@@ -110,9 +112,9 @@ def log_params(params: dict[str, str]) -> None:
 def model_signature(spec, audiences: list[str]):
     """Inputs: the publisher feature columns; outputs: one probability per audience."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Schema
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
-    inputs = [ColSpec("double", f.name) for f in spec.numeric]
+    inputs: list[ColSpec | TensorSpec] = [ColSpec("double", f.name) for f in spec.numeric]
     inputs += [ColSpec("string", f.name) for f in spec.categorical]
     inputs += [ColSpec(Array("string"), f.name) for f in spec.multi_categorical]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double", a) for a in audiences]))
@@ -134,7 +136,7 @@ def log_model(bundle_dir: Path, registered_model_name: str | None, signature=Non
     requirements = [f"lookalike=={_version()}", "torch", "pyarrow", "pandas"]
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(Path(__file__).with_name("serving.py")),
+        python_model=str(Path(__file__).parents[1] / "model" / "serving.py"),
         artifacts={"bundle": str(bundle_dir)},
         pip_requirements=requirements,
         signature=signature,

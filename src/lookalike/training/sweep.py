@@ -23,21 +23,23 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from lookalike.errors import LookalikeError
-from lookalike.prepare import data_users
+from lookalike.model.registry import model_kind
 from lookalike.privacy.budgets import find_budget
 from lookalike.privacy.ledger import Ledger
-from lookalike.tracking import setup_experiment
+from lookalike.runtime.tracking import setup_experiment
+from lookalike.training.config import TrainConfig, train_config
+from lookalike.training.prepare import data_users
 
-log = logging.getLogger("lookalike.sweep")
+log = logging.getLogger("lookalike.training.sweep")
 PARENT_ENV = "LOOKALIKE_PARENT_RUN_ID"
 OUTCOMES = ".trial_outcomes"  # under hydra.sweep.dir
 
 
-def trial_epsilon(cfg: Any) -> float:
+def trial_epsilon(cfg: TrainConfig) -> float:
     """What one trial reserves: training plus the DP release of its held-out metrics."""
     if not cfg.privacy.enabled:
         return 0.0
-    sized = cfg.model.get("kind", "two_tower") != "centroid"
+    sized = model_kind(cfg.model.kind).learned
     return (float(cfg.privacy.target_epsilon) + (float(cfg.privacy.size_epsilon) if sized else 0.0)
             + (0.0 if cfg.trusted_evaluation else float(cfg.evaluation.epsilon)))
 
@@ -48,14 +50,15 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            needed = trial_epsilon(config)
+            typed = train_config(config)
+            needed = trial_epsilon(typed)
             ledger = Ledger(config.ledger.path)
-            fits, remaining = ledger.runs_that_fit(find_budget(ledger, data_users(config)).fingerprint, needed)
+            fits, remaining = ledger.runs_that_fit(find_budget(ledger, data_users(typed)).fingerprint, needed)
             if fits == 0:
                 raise LookalikeError(f"privacy budget in ledger '{ledger.path}' covers no trial of this sweep: "
                                      f"each needs epsilon {needed:.3g}, {remaining:.3g} remains (lookalike-budget preview --epsilon {needed:.3g})")
             log.info("sweep: each trial reserves epsilon %.3g; the budget covers %d more", needed, fits)
-            experiment_id = setup_experiment(config)
+            experiment_id = setup_experiment(typed.mlflow)
         except LookalikeError as exc:
             print(f"lookalike-train: error: {exc}", file=sys.stderr)
             sys.exit(2)

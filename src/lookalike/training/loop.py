@@ -18,11 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lookalike.batches import TensorBatches, keep_batch
-from lookalike.checkpoint import Checkpoint
-from lookalike.distributed import World, broadcast_parameters
+from lookalike.data.tensor_batches import TensorBatches, keep_batch
 from lookalike.errors import ConfigError, LookalikeError
-from lookalike.privacy.dp import make_private
+from lookalike.parallel.world import World, broadcast_parameters
+from lookalike.training.checkpoint import Checkpoint
+from lookalike.training.dp_sgd.engine import make_private
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
     # The training set is small next to any accelerator's memory: put it there once, not per batch.
     tensors = [t.to(device) for t in tensors]
     # A torchrun rank may hold no examples (fewer row groups than ranks): nothing to shuffle.
-    loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=len(tensors[0]) > 0, collate_fn=keep_batch)
+    loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=len(tensors[0]) > 0,
+                        collate_fn=keep_batch)  # type: ignore[arg-type]  # batches are tuples of tensors, not lists
 
     private = None
     if privacy.enabled:
@@ -106,7 +107,9 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
                 bar.update(int(stepped))
                 total += example_loss.detach().sum()
                 count += labels.shape[0]
-                postfix = {"step": steps} | ({"eps": f"{epsilon:.3f}"} if epsilon is not None else {})
+                postfix: dict[str, object] = {"step": steps}
+                if epsilon is not None:
+                    postfix["eps"] = f"{epsilon:.3f}"
                 if show_loss:
                     postfix["loss"] = f"{example_loss.mean().item():.4f}" if labels.shape[0] else "-"
                 bar.set_postfix(postfix, refresh=False)

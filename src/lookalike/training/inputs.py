@@ -9,19 +9,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from lookalike.checkpoint import Checkpoint
-from lookalike.collective import collective_for
 from lookalike.data.encode import concat
-from lookalike.distributed import World
 from lookalike.errors import ConfigError
-from lookalike.model.factory import build_model
-from lookalike.model.towers import ModelConfig
-from lookalike.prepare import prepare
-from lookalike.privacy.audit import plant_canaries
-from lookalike.privacy.dp import resolve_delta
-from lookalike.runtime import pick_device
+from lookalike.model.registry import build_model, model_kind
+from lookalike.parallel.collective import collective_for
+from lookalike.parallel.world import World
+from lookalike.privacy.accounting import resolve_delta
+from lookalike.runtime.runs import pick_device
+from lookalike.training.canaries import plant_canaries
+from lookalike.training.checkpoint import Checkpoint
+from lookalike.training.config import TrainConfig
+from lookalike.training.prepare import prepare
 
 
 @dataclass
@@ -47,30 +46,30 @@ class Inputs:
         planted = self.canaries.planted if self.canaries is not None else 0
         return estimate + planted
 
-    def build_model(self, cfg: DictConfig) -> torch.nn.Module:
-        model = build_model(self.data.spec, len(self.data.training.audiences), ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+    def build_model(self, cfg: TrainConfig) -> torch.nn.Module:
+        model = build_model(self.data.spec, len(self.data.training.audiences), cfg.model)
         if self.canaries is not None:
             self.canaries.zero_tokens(model)
         return model
 
 
-def gather_inputs(cfg: DictConfig, world: World | None) -> Inputs:
+def gather_inputs(cfg: TrainConfig, world: World | None) -> Inputs:
     """What every rank computes alike; an error on any rank is raised on all of them."""
     torch.manual_seed(int(cfg.seed))
     device = pick_device(str(cfg.trainer.device))
     if world is not None:
-        if cfg.model.get("kind") == "centroid":
-            raise ConfigError("model.kind", "centroid is one release, not a training loop: run it without torchrun")
+        if not model_kind(cfg.model.kind).learned:
+            raise ConfigError("model.kind", f"{cfg.model.kind} is one release, not a training loop: run it without torchrun")
         device = world.device(device)
     resume = Checkpoint.load(cfg.trainer.resume_from) if cfg.trainer.resume_from else None
     collective = collective_for(world)
     data = prepare(cfg, collective)
     canaries = None
-    if cfg.get("audit", {}).get("enabled"):
+    if cfg.audit.enabled:
         # The same canary tokens on every rank, so every rank builds the same model; which are
         # included is drawn from OS entropy (not the logged seed) and only rank 0's draw is used:
         # it alone trains on them, counts them in the sample rate and audits.
-        canaries = plant_canaries(data, int(cfg.audit.canaries), float(cfg.audit.guess_fraction), np.random.default_rng(secrets.randbits(128)))
+        canaries = plant_canaries(data, cfg.audit.canaries, cfg.audit.guess_fraction, np.random.default_rng(secrets.randbits(128)))
     delta = resolve_delta(cfg.privacy.target_delta, data.publisher_rows) if cfg.privacy.enabled else None
     if resume is not None and resume.meta.get("users") != data.users.digest:
         raise ConfigError("trainer.resume_from", "the checkpoint was trained on other data; resume with the same data.* settings")

@@ -15,14 +15,14 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from lookalike.dp_metrics import (
+from lookalike.model.scoring import holdout_metrics, score
+from lookalike.training.dp_metrics import (
     REACH,
     histogram,
     histogram_metrics,
     noisy_histograms,
     recall_curve,
 )
-from lookalike.evaluate import holdout_metrics, score
 
 log = logging.getLogger(__name__)
 

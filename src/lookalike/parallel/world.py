@@ -1,6 +1,6 @@
 """Multi-process DP training under torchrun: one logical batch spread over ranks, noise added once.
 
-    torchrun --nproc_per_node=2 -m lookalike.train experiment=demo
+    torchrun --nproc_per_node=2 -m lookalike.training.train experiment=demo
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address. Every rank reads its share
 of the Parquet row groups; the vocabulary, standardisation, seed match counts and duplicate-id
@@ -18,7 +18,6 @@ others wait for its go after the ledger reservation and stop if it is refused.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -53,16 +52,6 @@ def world_from_env(timeout_minutes: float = 120) -> World | None:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(minutes=timeout_minutes))
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
-
-
-def entropy_generator(device: torch.device) -> torch.Generator:
-    """A generator seeded from OS entropy. DP-SGD's noise and its Poisson sample must not be
-    reproducible from the run's logged ``seed`` (Opacus' default draws both from the global RNG,
-    which ``seed`` fixes: whoever knows the seed could recompute the noise and subtract it).
-    Every rank gets its own, which also keeps the ranks' samples independent."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(secrets.randbits(63))
-    return generator
 
 
 def _flag_device() -> torch.device:

@@ -1,26 +1,26 @@
-"""DP-SGD set-up with Opacus: delta policy, the privacy engine and accounting checks."""
+"""DP-SGD set-up with Opacus: the privacy engine, its Poisson loader and noise generator, and the
+sample rate re-pointed at the DP size estimate."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
 from opacus.validators import ModuleValidator
 from torch import nn, optim
 from torch.utils.data import DataLoader
 
-from lookalike.distributed import World, entropy_generator
 from lookalike.errors import ConfigError
-from lookalike.poisson_batches import PoissonBatches
-from lookalike.privacy.fused_clipping import FusedClipping
-from lookalike.privacy.noisy_optimizer import (
+from lookalike.parallel.world import World
+from lookalike.privacy.accounting import calibrate_noise
+from lookalike.privacy.mechanisms import entropy_generator
+from lookalike.privacy.poisson_sampling import PoissonBatches
+from lookalike.training.dp_sgd.fused_clipping import FusedClipping
+from lookalike.training.dp_sgd.noisy_optimizer import (
     DistributedNoisySumOptimizer,
     NoisySumOptimizer,
 )
@@ -28,21 +28,6 @@ from lookalike.privacy.noisy_optimizer import (
 log = logging.getLogger(__name__)
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("fused", "hooks", "functorch")
-
-
-def resolve_delta(target_delta: float | None, publisher_rows: int) -> float:
-    """delta defaults to 1/(10 R) for the R publisher users in the window; delta >= 1/R is
-    refused. R is a public count of the publisher's own table and at least the number N of
-    training examples, so 1/(10 R) <= 1/(10 N) without releasing N (which is seed-derived)."""
-    if target_delta is None:
-        return 1.0 / (10.0 * publisher_rows)
-    delta = float(target_delta)
-    if not (math.isfinite(delta) and 0 < delta < 1.0 / publisher_rows):
-        raise ConfigError("privacy.target_delta", f"{delta:g} must be in (0, 1/R) = (0, {1.0 / publisher_rows:.3g}) for the R = {publisher_rows} "
-                          "publisher users in the window; leave it null for 1/(10 R)")
-    if delta > 1.0 / (10.0 * publisher_rows):
-        log.warning("privacy.target_delta %.3g is above 1/(10 R) = %.3g", delta, 1.0 / (10.0 * publisher_rows))
-    return delta
 
 
 @dataclass
@@ -85,8 +70,11 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
         raise ConfigError("model", f"not compatible with DP-SGD: {errors[0]}")
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=bool(privacy.secure_mode))
     clipping = None
+    # From here on Opacus' wrappers: a DPOptimizer (noise_multiplier) and a Poisson loader.
+    dp_optimizer: Any = optimizer
+    dp_loader: Any = loader
     if privacy.grad_sample_mode == "fused":
-        model, optimizer, loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch,
+        model, dp_optimizer, dp_loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch,
                                                     world, examples)
     elif world is not None:
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' runs in one process only; torchrun training needs fused")
@@ -95,34 +83,34 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
         # fixes, unless given generators: OS-entropy ones here, as in fused mode (secure_mode
         # brings its own).
         secure = bool(privacy.secure_mode)
-        batch_size = loader.batch_size
-        model, optimizer, loader = engine.make_private(
+        batch_size = int(loader.batch_size or 1)
+        model, dp_optimizer, dp_loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=float(privacy.max_grad_norm),
             noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
             poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode,
             noise_generator=None if secure else entropy_generator(next(model.parameters()).device))
         if not secure:
-            loader.batch_sampler.generator = entropy_generator(torch.device("cpu"))
-        _sample_at(loader, optimizer, engine, math.ceil(examples / batch_size), examples)
+            dp_loader.batch_sampler.generator = entropy_generator(torch.device("cpu"))
+        _sample_at(dp_loader, dp_optimizer, engine, math.ceil(examples / batch_size), examples)
     # Opacus' accountant hook records q = 1 / len(Poisson loader). Because the loader takes
     # int(1 / (1 / L)) steps per epoch, which float rounding can make L - 1, that q can sit a
     # little above the true sampling rate: conservative, and the rate the reported epsilon uses.
-    sample_rate = 1.0 / len(loader)
+    sample_rate = 1.0 / len(dp_loader)
     if noise_multiplier is None:
         # The optimizer reads noise_multiplier at every step, and so does the accountant hook.
-        optimizer.noise_multiplier = calibrate_noise(float(privacy.target_epsilon), delta, sample_rate, epochs * len(loader), privacy.accountant)
+        dp_optimizer.noise_multiplier = calibrate_noise(float(privacy.target_epsilon), delta, sample_rate, epochs * len(dp_loader), privacy.accountant)
     if accountant_state is not None:
         engine.accountant.load_state_dict(accountant_state)
-    return PrivateTraining(engine, model, optimizer, loader, float(optimizer.noise_multiplier), sample_rate, clipping)
+    return PrivateTraining(engine, model, dp_optimizer, dp_loader, float(dp_optimizer.noise_multiplier), sample_rate, clipping)
 
 
-def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, privacy: Any,
+def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, loader: Any, privacy: Any,
            noise_multiplier: float | None, max_physical_batch: int, world: World | None, examples: int):
     """What ``engine.make_private`` sets up, with our fused clipping in place of Opacus' model
     wrapper: Poisson sampling at Opacus' rate and step count, Opacus' noise-adding optimizer for
     pre-clipped sums (the one its ghost mode uses, minus its per-step copies) and its accountant
     hook, with the same sample rate and expected batch size."""
-    # Noise and sample from OS entropy, never from the configured seed (distributed.py).
+    # Noise and sample from OS entropy, never from the configured seed (privacy/mechanisms.py).
     device = loader.dataset.tensors[0].device
     kind, extra = (NoisySumOptimizer, {}) if world is None else (DistributedNoisySumOptimizer, {"world": world})
     optimizer = kind(
@@ -141,7 +129,7 @@ def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, 
     return model, optimizer, batches, FusedClipping(model, float(privacy.max_grad_norm))
 
 
-def _sample_at(loader: DataLoader, optimizer: Any, engine: PrivacyEngine, steps: int, examples: int) -> None:
+def _sample_at(loader: Any, optimizer: Any, engine: PrivacyEngine, steps: int, examples: int) -> None:
     """Make Opacus' Poisson loader sample at 1 / ``steps`` for ``steps`` steps an epoch, average
     over ``examples`` x rate, and account at that rate. ``engine.make_private`` derives all three
     from the exact dataset length, which is seed-derived."""
@@ -153,56 +141,3 @@ def _sample_at(loader: DataLoader, optimizer: Any, engine: PrivacyEngine, steps:
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=rate))
 
 
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
-                    rel_tolerance: float = 0.005) -> float:
-    """Smallest noise multiplier (within ``rel_tolerance`` of epsilon) whose reported epsilon
-    for exactly ``steps`` steps at ``sample_rate`` is <= ``target_epsilon``."""
-    @functools.lru_cache(maxsize=None)
-    def epsilon(sigma: float) -> float:
-        return epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant)
-
-    low, high = 0.0, 1.0
-    while epsilon(high) > target_epsilon:
-        low, high = high, high * 2
-        if high > 1e4:
-            raise ConfigError("privacy.target_epsilon", f"{target_epsilon} is unreachable for {steps} steps at sample rate {sample_rate:.3g}")
-    for _ in range(40):
-        mid = (low + high) / 2
-        if epsilon(mid) > target_epsilon:
-            low = mid
-        else:
-            high = mid
-        if target_epsilon - epsilon(high) <= rel_tolerance * target_epsilon:
-            break
-    return high
-
-
-def epsilon_from_history(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
-    """Recompute epsilon from (noise multiplier, sample rate, steps) alone, with a fresh accountant."""
-    fresh = create_accountant(accountant)
-    fresh.history = list(history)
-    # q = 1 (a plain Gaussian mechanism) makes Opacus' PRV code take log(0) on a branch it discards.
-    with np.errstate(divide="ignore"):
-        return float(fresh.get_epsilon(delta=delta))
-
-
-def validate_privacy_config(privacy: Any) -> None:
-    if not privacy.enabled:
-        return
-    for key, upper in (("target_epsilon", math.inf), ("max_grad_norm", math.inf), ("size_epsilon", math.inf), ("size_delta", 1.0)):
-        value = privacy.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 < value < upper):
-            bound = "a positive, finite number" if upper == math.inf else f"a number in (0, {upper:g})"
-            raise ConfigError(f"privacy.{key}", f"'{value}' must be {bound}")
-    if privacy.accountant not in ACCOUNTANTS:
-        raise ConfigError("privacy.accountant", f"'{privacy.accountant}' is not one of {', '.join(ACCOUNTANTS)}")
-    if privacy.secure_mode:
-        import importlib.util
-
-        # Opacus' secure_mode draws noise from torchcsprng, whose last release (0.2.1, 2021)
-        # has no build for current torch: refuse up front rather than fail mid-run.
-        if importlib.util.find_spec("torchcsprng") is None:
-            raise ConfigError("privacy.secure_mode", "true needs the torchcsprng package (Opacus' secure RNG), which is not installed "
-                              "and has no build for this torch; set privacy.secure_mode=false")
-    if privacy.grad_sample_mode not in GRAD_SAMPLE_MODES:
-        raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}")

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lookalike.collective import Collective
 from lookalike.data.encode import EncodedFeatures, concat, encode
 from lookalike.data.feature_stats import (
     merge_statistics,
@@ -42,7 +41,9 @@ from lookalike.data.publisher import (
 )
 from lookalike.data.seed import read_seed
 from lookalike.errors import DataError
+from lookalike.parallel.collective import Collective
 from lookalike.privacy.fingerprint import UsersKey, merge_parts, users_part
+from lookalike.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 TRAIN_COUNT = "\0training examples"  # beside the audience names in the counts summed over ranks
@@ -61,29 +62,29 @@ class PreparedData:
     users: UsersKey  # who the publisher users in the window are: what the ledger's budget covers
 
 
-def data_users(cfg: Any) -> UsersKey:
+def data_users(cfg: TrainConfig) -> UsersKey:
     """The users key of the configured data, without preparing it (used to check a sweep's
     budget before its first trial)."""
     path = str(cfg.data.publisher_path)
     dataset = open_publisher(path)
-    row_filter = window_filter(dataset, cfg.data.get("window"), path)
+    row_filter = window_filter(dataset, cfg.data.window, path)
     ids = dataset.to_table(columns=[cfg.data.id_column], filter=row_filter).column(cfg.data.id_column)
     check_publisher_ids(ids, cfg.data.id_column, path)
     return merge_parts([users_part(ids)])
 
 
-def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
+def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedData:
     col = collective or Collective()
     data = cfg.data
     path = str(data.publisher_path)
     dataset = open_publisher(path)
     if data.id_column not in dataset.schema.names:
         raise DataError(f"publisher data '{path}' has no id column '{data.id_column}': set data.id_column (columns: {', '.join(dataset.schema.names)})")
-    window = data.get("window")
+    window = data.window
     row_filter = window_filter(dataset, window, path)
-    exclude = {data.id_column, *(data.get("exclude_columns") or [])}
-    if window is not None and window.get("column"):
-        exclude.add(window["column"])
+    exclude = {data.id_column, *data.exclude_columns}
+    if window.column:
+        exclude.add(window.column)
     kinds = declared_feature_kinds(data.features, dataset.schema, exclude, path)
     columns = [data.id_column] + [c for names in kinds.values() for c in names]
     share = (col.rank, col.size) if col.size > 1 else None
@@ -92,7 +93,7 @@ def prepare(cfg: Any, collective: Collective | None = None) -> PreparedData:
         table, scan = scan_publisher(dataset, columns, row_filter, path, share)
         check_publisher_ids(table.column(data.id_column), data.id_column, path)
         draws = split_draws(table.column(data.id_column), int(cfg.seed))
-        stats = table_statistics(table, kinds, data.non_finite, path, data.get("max_robust_z"))
+        stats = table_statistics(table, kinds, data.non_finite, path, data.max_robust_z)
         return (table, scan, draws), (table.num_rows, stats, users_part(table.column(data.id_column)))
 
     (table, scan, draws), parts = col.exchange(read_and_summarise)

@@ -74,8 +74,8 @@ class FusedClipping:
         if example_loss.shape[0] == 0 or not records:
             self._fill_missing()  # an empty Poisson batch: a zero sum, still noised by the optimizer
             return example_loss.detach()
-        backprops = torch.autograd.grad(example_loss.sum(), [r[2] for r in records], allow_unused=True)
-        backprops = [torch.zeros_like(r[2]) if g is None else g for r, g in zip(records, backprops)]
+        grads = torch.autograd.grad(example_loss.sum(), [r[2] for r in records], allow_unused=True)
+        backprops = [torch.zeros_like(r[2]) if g is None else g for r, g in zip(records, grads)]
         squared = torch.zeros(example_loss.shape[0], device=example_loss.device, dtype=backprops[0].dtype)
         saved = []  # what a layer's norm computed and its clipped sum reuses
         for (module, inputs, _), g in zip(records, backprops):
@@ -114,6 +114,7 @@ def _norm_squared(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor) -> t
             return g.pow(2).sum(1), g
         same = (inputs.unsqueeze(2) == inputs.unsqueeze(1)).to(g.dtype)  # [B, T, T]
         return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2)), g
+    assert isinstance(module, AudienceTower)
     return audience_norm_squared(module, inputs, g)
 
 
@@ -130,6 +131,7 @@ def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef:
             table = torch.zeros_like(module.weight).index_add_(0, inputs.reshape(-1), g.reshape(-1, g.shape[-1]))
             _accumulate(module.weight, table)
     else:
+        assert isinstance(module, AudienceTower)
         for param, total in audience_clipped_sum(module, inputs, g, coef, kept).items():
             _accumulate(param, total)
 

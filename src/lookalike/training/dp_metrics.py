@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lookalike.export.release import add_gaussian_noise, gaussian_sigma
+from lookalike.privacy.mechanisms import add_gaussian_noise, gaussian_sigma
 
 # Logit buckets 0.4 wide; the two ends catch the tails. Few, wide buckets keep the noise that
 # cumulative sums add small (variance grows with the number of buckets summed).

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from lookalike.model.centroid import CentroidSimilarity
-from lookalike.privacy.dp import calibrate_noise, epsilon_from_history
-from lookalike.trainer import TrainResult
+from lookalike.privacy.accounting import calibrate_noise, epsilon_from_history
+from lookalike.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
 

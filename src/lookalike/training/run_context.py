@@ -13,14 +13,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lookalike.checkpoint import Checkpoint
 from lookalike.data.matching import check_matched
 from lookalike.errors import ConfigError, LookalikeError
+from lookalike.model.registry import model_kind
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import is_url
 from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
 from lookalike.privacy.size_release import SizeEstimate, release_size
+from lookalike.training.checkpoint import Checkpoint
+from lookalike.training.config import TrainConfig
+from lookalike.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ PLAN_KEYS = {"trainer.epochs": int, "trainer.batch_size": int, "privacy.target_e
 
 
 class RunContext:
-    def __init__(self, cfg: Any, data: Any, delta: float | None, ledger: Ledger):
+    def __init__(self, cfg: TrainConfig, data: Any, delta: float | None, ledger: Ledger):
         self.cfg, self.data, self.delta, self.ledger = cfg, data, delta, ledger
         self.private = bool(cfg.privacy.enabled)
         # Held-out metrics are released with DP unless the run is trusted (then they are exact).
@@ -42,7 +45,7 @@ class RunContext:
         self.eval_noise_multiplier = 0.0  # noise std / L2 sensitivity of the evaluation release
         # DP-SGD's sample rate is a batch of a DP estimate of the training-set size (size_release.py);
         # the centroid baseline is one full-batch release and needs none.
-        sized = self.private and cfg.model.get("kind", "two_tower") != "centroid"
+        sized = self.private and model_kind(cfg.model.kind).learned
         self.size_epsilon = float(cfg.privacy.size_epsilon) if sized else 0.0
         self.size_delta = float(cfg.privacy.size_delta) if sized else 0.0
         self.size: SizeEstimate | None = None
@@ -53,7 +56,7 @@ class RunContext:
         self.resumed = False
         self.training_started = False
         self.finished = False
-        self.result = None
+        self.result: TrainResult | None = None
 
     @property
     def epsilon(self) -> float:
@@ -84,12 +87,13 @@ class RunContext:
         if resume is not None:
             self._adopt(resume)
             return
+        budget = self._matched()
         self.entry_id = self.ledger.reserve(
-            self.budget.fingerprint, self.epsilon, float(self.delta) + self.size_delta + self.eval_delta,
-            kind="train", description=f"lookalike-train {self.cfg.mlflow.experiment_name}", attach=self.budget.new_snapshot,
+            budget.fingerprint, self.epsilon, float(self.delta or 0.0) + self.size_delta + self.eval_delta,
+            kind="train", description=f"lookalike-train {self.cfg.mlflow.experiment_name}", attach=budget.new_snapshot,
             claim=self.claim)
         log.info("ledger entry %d: reserved epsilon %.4g (training %.4g, size estimate %.4g, evaluation %.4g) on budget %s", self.entry_id,
-                 self.epsilon, self.cfg.privacy.target_epsilon, self.size_epsilon, self.eval_epsilon, self.budget.fingerprint[:12])
+                 self.epsilon, self.cfg.privacy.target_epsilon, self.size_epsilon, self.eval_epsilon, budget.fingerprint[:12])
 
     def _adopt(self, resume: Checkpoint) -> None:
         planned = resume.meta.get("plan") or {}
@@ -100,7 +104,7 @@ class RunContext:
         entry = self.ledger.entry(int(resume.meta["ledger_entry_id"]))
         if entry["status"] != "reserved":
             raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
-        if entry["fingerprint"] != self.budget.fingerprint:
+        if entry["fingerprint"] != self._matched().fingerprint:
             raise ConfigError("trainer.resume_from", "the checkpoint's reservation is on another budget; resume with the same data")
         self.ledger.take_over(entry["id"], resume.meta.get("claim"), self.claim)
         self.entry_id, self.resumed = entry["id"], True
@@ -137,7 +141,7 @@ class RunContext:
         if self.private and self.entry_id is not None:
             events = list(self.result.history) + ([(self.eval_noise_multiplier, 1.0, 1)] if self.eval_epsilon else [])
             events += [(self.size.noise_multiplier, 1.0, 1)] if self.size is not None else []
-            self.ledger.record_spent(self.entry_id, self.result.epsilon + self.size_epsilon + self.eval_epsilon, events)
+            self.ledger.record_spent(self.entry_id, (self.result.epsilon or 0.0) + self.size_epsilon + self.eval_epsilon, events)
 
     def begin_training(self) -> None:
         """From here on the data has been touched by DP steps: a failure keeps the charge."""
@@ -154,7 +158,7 @@ class RunContext:
                 "plan": self.plan(), "size": asdict(self.size) if self.size is not None else None}
 
     def run_name(self) -> str:
-        return ("dp" if self.private else "NON-PRIVATE") + f"-{self.cfg.model.get('kind', 'two_tower')}-" + time.strftime("%H%M%S")
+        return ("dp" if self.private else "NON-PRIVATE") + f"-{self.cfg.model.kind}-" + time.strftime("%H%M%S")
 
     def tags(self) -> dict[str, str]:
         return {
@@ -179,15 +183,26 @@ class RunContext:
             metrics["trusted.training_examples"] = self.data.n_train
         return metrics
 
+    def _matched(self) -> BudgetMatch:
+        if self.budget is None:
+            raise LookalikeError("the run's budget is unknown: check_rules() comes before the reservation")
+        return self.budget
+
+    def _trained(self) -> TrainResult:
+        if self.result is None:
+            raise LookalikeError("the run has no training result yet")
+        return self.result
+
     def privacy_metrics(self) -> dict[str, float]:
-        r = self.result
+        r = self._trained()
         if not self.private:
             return {"privacy.steps": r.steps}
         size = {"privacy.size_epsilon": self.size_epsilon, "data.training_examples_dp": self.size.value} if self.size is not None else {}
-        return size | {"privacy.epsilon_spent": r.epsilon, "privacy.eval_epsilon": self.eval_epsilon,
-                "privacy.total_epsilon": r.epsilon + self.size_epsilon + self.eval_epsilon, "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
-                "privacy.delta": self.delta, "privacy.noise_multiplier": r.noise_multiplier,
-                "privacy.sample_rate": r.sample_rate, "privacy.steps": r.steps}
+        spent = r.epsilon or 0.0  # a private run always has one
+        return size | {"privacy.epsilon_spent": spent, "privacy.eval_epsilon": self.eval_epsilon,
+                "privacy.total_epsilon": spent + self.size_epsilon + self.eval_epsilon, "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
+                "privacy.delta": self.delta or 0.0, "privacy.noise_multiplier": r.noise_multiplier or 0.0,
+                "privacy.sample_rate": r.sample_rate or 0.0, "privacy.steps": r.steps}
 
     def model_meta(self, run_id: str) -> dict:
         # The split parameters let export find the same held-out seed users (hash-based split).
@@ -198,10 +213,10 @@ class RunContext:
     def summary(self, model_uri: str) -> dict:
         return {"model_uri": model_uri, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path),
                 "accountant": str(self.cfg.privacy.accountant) if self.private else None,
-                "history": self.result.history} | self.privacy_metrics()
+                "history": self._trained().history} | self.privacy_metrics()
 
     def describe(self) -> str:
-        r = self.result
+        r = self._trained()
         if not self.private:
             return f"NON-PRIVATE model, {r.steps} steps"
         return f"epsilon {r.epsilon:.4f} of target {self.cfg.privacy.target_epsilon} (delta {self.delta:.3g}), {r.steps} steps"
@@ -210,5 +225,5 @@ class RunContext:
 def _get(cfg: Any, key: str) -> Any:
     node = cfg
     for part in key.split("."):
-        node = node.get(part) if hasattr(node, "get") else None
+        node = getattr(node, part)
     return PLAN_KEYS[key](node) if node is not None else None

@@ -4,17 +4,17 @@
 
 from __future__ import annotations
 
-import mlflow.pyfunc
 import pandas as pd
 import pyarrow as pa
 import torch
 from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
 
 from lookalike.data.encode import encode
 from lookalike.model.bundle import load_bundle
 
 
-class LookalikeScorer(mlflow.pyfunc.PythonModel):
+class LookalikeScorer(PythonModel):
     def load_context(self, context) -> None:
         self.model, self.spec, self.meta = load_bundle(context.artifacts["bundle"])
 

@@ -1,0 +1,60 @@
+"""The ``data`` section: where the publisher table and the seed are, and how they are read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from lookalike.errors import ConfigError
+from lookalike.settings import one_of, require, set_value, whole
+
+
+@dataclass
+class WindowConfig:
+    """Only publisher rows with ``start <= column < end`` (a date, time or number column)."""
+
+    column: Optional[str] = None
+    start: Any = None
+    end: Any = None
+
+
+@dataclass
+class VocabConfig:
+    max_size: int = 100_000
+    min_count: int = 1
+
+    def check(self) -> None:
+        whole("data.vocab.max_size", self.max_size)
+        whole("data.vocab.min_count", self.min_count)
+
+
+@dataclass
+class DataConfig:
+    publisher_path: str = "data/demo/publisher"
+    seed_path: Optional[str] = None
+    id_column: str = "user_id"
+    audience_column: str = "audience"
+    # null: infer from the column types; else {numeric: [...], categorical: [...], multi_categorical: [...]}
+    features: Optional[dict[str, Any]] = None
+    exclude_columns: list[str] = field(default_factory=list)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    non_finite: str = "refuse"
+    max_robust_z: Optional[float] = 1.0e6
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    max_multi_length: int = 16
+    holdout_fraction: float = 0.2
+    negative_rate: float = 0.15
+    eval_negative_rate: float = 0.05
+
+    def check(self) -> None:
+        set_value("data.publisher_path", self.publisher_path)
+        set_value("data.id_column", self.id_column)
+        require("data.negative_rate", self.negative_rate, lambda v: 0 <= v <= 1, "must be in [0, 1] (the share of non-seed users used as negatives)")
+        require("data.eval_negative_rate", self.eval_negative_rate, lambda v: 0 <= v <= 1, "must be in [0, 1]")
+        if self.negative_rate + self.eval_negative_rate > 1:
+            raise ConfigError("data.negative_rate", "plus data.eval_negative_rate must not exceed 1")
+        require("data.holdout_fraction", self.holdout_fraction, lambda v: 0 <= v < 1, "must be in [0, 1)")
+        whole("data.max_multi_length", self.max_multi_length)
+        if self.max_robust_z is not None:
+            require("data.max_robust_z", self.max_robust_z, lambda v: v > 0, "must be > 0 (or null: no check)")
+        one_of("data.non_finite", self.non_finite, ("refuse", "impute"))

@@ -1,0 +1,108 @@
+"""The typed config of ``lookalike-export`` (the ``export`` section and the shared ones), registered
+with Hydra's ConfigStore as ``lookalike_schema/export``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from lookalike.errors import ConfigError
+from lookalike.runtime.checks import check_outputs_outside_inputs
+from lookalike.runtime.config import SharedSections
+from lookalike.runtime.typed_config import to_typed
+from lookalike.settings import device_name, number, one_of, require, whole
+
+MAX_BINS, MAX_ABSOLUTE = 25, 20_000_000  # as in AWS Clean Rooms ML
+
+
+@dataclass
+class AudienceSizeConfig:
+    type: str = "PERCENTAGE"  # or ABSOLUTE (users)
+    bins: list[Any] = field(default_factory=lambda: [1, 5, 10, 20])
+
+    def check(self) -> None:
+        self.type = str(self.type).upper()
+        one_of("export.audience_size.type", self.type, ("ABSOLUTE", "PERCENTAGE"))
+        key = "export.audience_size.bins"
+        if not 1 <= len(self.bins) <= MAX_BINS:
+            raise ConfigError(key, f"has {len(self.bins)} values; give 1 to {MAX_BINS}")
+        for b in self.bins:
+            number(key, b)
+            if self.type == "ABSOLUTE" and not (b == int(b) and 1 <= b <= MAX_ABSOLUTE):
+                raise ConfigError(key, f"{b} must be a whole number of users from 1 to {MAX_ABSOLUTE:,} (ABSOLUTE)")
+            if self.type == "PERCENTAGE" and not 1 <= b <= 100:
+                raise ConfigError(key, f"{b} must be a percentage from 1 to 100 (PERCENTAGE)")
+        if len(set(self.bins)) != len(self.bins):
+            raise ConfigError(key, "repeats a value")
+
+
+@dataclass
+class ShardConfig:
+    """Scoring split over processes (torchrun) or separate jobs (index/count, then merge)."""
+
+    index: Optional[int] = None
+    count: Optional[int] = None
+    merge: bool = False
+    parts_dir: str = "outputs/export_parts"
+    collective_timeout_minutes: float = 120
+
+    def check(self) -> None:
+        require("export.shard.collective_timeout_minutes", self.collective_timeout_minutes, lambda v: v > 0, "must be > 0")
+        if self.index is None and self.count is None:
+            return
+        if self.merge:
+            raise ConfigError("export.shard.merge", "true merges the parts of all shards: leave export.shard.index and count unset for it")
+        if self.count is None or self.count < 1:
+            raise ConfigError("export.shard.count", f"{self.count} must be a whole number >= 1 when export.shard.index is set")
+        if self.index is None or not 0 <= self.index < self.count:
+            raise ConfigError("export.shard.index", f"{self.index} must be a whole number from 0 to count - 1 = {self.count - 1}")
+
+
+@dataclass
+class ExportSettings:
+    model: Optional[str] = None  # a training run id, runs:/<run_id>/model, models:/<name>/<version> or latest
+    output_dir: str = "outputs/segments"
+    overwrite: bool = False
+    audiences: Optional[list[str]] = None
+    audience_size: AudienceSizeConfig = field(default_factory=AudienceSizeConfig)
+    min_score: Optional[float] = None
+    include_seed_in_output: bool = False
+    seed_exclusion: str = "exact"  # or randomized (randomised response at seed_exclusion_epsilon)
+    seed_exclusion_epsilon: float = 3.0
+    report_epsilon: float = 0.5
+    report_delta: float = 1.0e-6
+    device: str = "auto"
+    batch_rows: int = 65536
+    shard: ShardConfig = field(default_factory=ShardConfig)
+
+    def check(self) -> None:
+        if not self.model:
+            raise ConfigError("export.model", "is not set: give a training run id, runs:/<run_id>/model or models:/<name>/<version>")
+        one_of("export.seed_exclusion", self.seed_exclusion, ("exact", "randomized"))
+        if self.seed_exclusion == "randomized":
+            require("export.seed_exclusion_epsilon", self.seed_exclusion_epsilon, lambda v: v > 0, "must be > 0")
+        require("export.report_epsilon", self.report_epsilon, lambda v: v > 0, "must be > 0")
+        require("export.report_delta", self.report_delta, lambda v: 0 < v < 1, "must be in (0, 1)")
+        if self.min_score is not None:
+            require("export.min_score", self.min_score, lambda v: 0 <= v <= 1, "must be a probability in [0, 1] or null")
+        device_name("export.device", self.device)
+        whole("export.batch_rows", self.batch_rows)
+
+
+@dataclass
+class ExportConfig(SharedSections):
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+    def check(self) -> None:
+        check_outputs_outside_inputs({"export.output_dir": self.export.output_dir, "ledger.path": self.ledger.path},
+                                     {"data.publisher_path": self.data.publisher_path, "data.seed_path": self.data.seed_path})
+
+
+def export_config(cfg: Any) -> ExportConfig:
+    """The composed config, checked and typed (one-line ConfigError naming the key otherwise)."""
+    return to_typed(cfg, ExportConfig)
+
+
+ConfigStore.instance().store(group="lookalike_schema", name="export", node=ExportConfig)

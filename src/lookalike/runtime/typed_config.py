@@ -1,0 +1,47 @@
+"""Turn a composed Hydra config into its typed dataclass, once, at the top of a command.
+
+The YAML files stay untyped at compose time so that a wrong value gets our one-line error
+(``config 'trainer.epochs': Value 'abc' ... could not be converted to Integer``) rather than
+Hydra's multi-line report. The merge onto the dataclass schema refuses unknown keys and wrong
+types; then each section's ``check()`` refuses what a type lets through (NaN, ranges, choices),
+inner sections first. (Not ``__post_init__``: OmegaConf builds every default while it makes the
+schema, and a default such as ``export.model: null`` must be allowed there.)"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lookalike.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def to_typed(cfg: DictConfig | Any, schema: type[T]) -> T:
+    if isinstance(cfg, schema):
+        return cfg
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        typed = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = exc.full_key or "config"
+        reason = str(exc.msg if getattr(exc, "msg", None) else exc).splitlines()[0]
+        if "not in" in reason and "Key '" in reason:
+            reason = f"is not a setting of this command: {reason}"
+        raise ConfigError(key, reason) from None
+    assert isinstance(typed, schema)
+    check_all(typed)
+    return typed
+
+
+def check_all(section: Any) -> None:
+    """Call ``check()`` on every section of a typed config, the inner ones first."""
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            check_all(value)
+    if hasattr(section, "check"):
+        section.check()

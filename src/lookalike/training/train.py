@@ -1,0 +1,186 @@
+"""`lookalike-train`, the recipe: type the config, prepare the data, reserve the budget, train
+with DP-SGD, evaluate, log to MLflow. Each step is a library call that takes the typed config.
+
+    lookalike-train experiment=demo privacy.target_epsilon=2
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import mlflow
+from omegaconf import DictConfig
+
+import lookalike.runtime.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
+from lookalike.errors import LookalikeError
+from lookalike.model.bundle import save_bundle
+from lookalike.model.registry import model_kind
+from lookalike.parallel.world import StartSignal, World, finish, world_from_env
+from lookalike.paths import CONFIG_DIR
+from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.ledger_store import mask_urls
+from lookalike.runtime.quiet import silence_known_warnings
+from lookalike.runtime.runs import discard_run_directory, is_multirun, run_directory
+from lookalike.runtime.tracking import (
+    flat_params,
+    log_dict_artifact,
+    log_model,
+    log_params,
+    model_signature,
+    resume_run_id,
+    setup_experiment,
+    synthetic_input_example,
+)
+from lookalike.training.centroid_fit import fit_centroid
+from lookalike.training.checkpoint import Checkpoint
+from lookalike.training.config import TrainConfig, train_config
+from lookalike.training.holdout_eval import evaluate_holdout
+from lookalike.training.inputs import Inputs, gather_inputs
+from lookalike.training.loop import TrainResult, train
+from lookalike.training.run_context import RunContext
+from lookalike.training.sweep import PARENT_ENV
+
+log = logging.getLogger("lookalike.train")
+
+
+def run(cfg: TrainConfig | DictConfig) -> float | None:
+    """One training run. Returns the held-out AUC (DP, or exact in trusted mode): what sweeps optimise.
+
+    Under torchrun (WORLD_SIZE > 1) every rank prepares its share of the data, then rank 0 runs
+    everything below and the other ranks only train on their share (parallel/world.py)."""
+    silence_known_warnings()
+    config = train_config(cfg)
+    world = world_from_env(config.trainer.collective_timeout_minutes)
+    signal = StartSignal(world)
+    try:
+        if world is not None and not world.primary:
+            _train_shard(config, world, signal)
+            return None
+        return _run(config, world, signal)
+    except BaseException:
+        signal.send(False)  # the other ranks stop instead of waiting for a training that will not come
+        raise
+    finally:
+        if world is not None:
+            finish()
+
+
+def _train_shard(cfg: TrainConfig, world: World, signal: StartSignal) -> None:
+    """A rank other than 0: no ledger, no MLflow, no evaluation; its shard's clipped gradients."""
+    inputs = gather_inputs(cfg, world)
+    model = inputs.build_model(cfg)
+    go, examples = signal.wait()
+    if not go:
+        raise LookalikeError(f"rank {world.rank}: rank 0 stopped before training (its error says why)")
+    train(model, inputs.training_tensors(), cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume,
+          world=world, examples=examples)
+
+
+def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | None:
+    inputs = gather_inputs(cfg, world)
+    signal.armed = True  # every rank has its data; the others now wait for go or stop
+    ctx = RunContext(cfg, inputs.data, inputs.delta, Ledger(cfg.ledger.path))
+    ctx.check_rules()  # the data owners' rules refuse a run before anything is reserved or logged
+    if cfg.trusted_evaluation:
+        log.warning("TRUSTED EVALUATION: seed-derived metrics are logged exactly; use only on synthetic or self-owned data")
+    experiment_id = setup_experiment(cfg.mlflow)
+    with ctx.reservation(inputs.resume):  # released on failure before training, kept charged after
+        model = inputs.build_model(cfg)
+        run_dir = run_directory(cfg)
+        # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
+        resumed_run_id = resume_run_id(inputs.resume)
+        with mlflow.start_run(run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id,
+                              run_name=None if resumed_run_id else ctx.run_name()) as active:
+            try:
+                if resumed_run_id is None:
+                    log_params(flat_params(cfg))
+                    if os.environ.get(PARENT_ENV):
+                        mlflow.set_tag("mlflow.parentRunId", os.environ[PARENT_ENV])  # a sweep trial
+                mlflow.set_tags(ctx.tags())
+                mlflow.log_metrics(ctx.data_metrics())
+                result = _fit(cfg, ctx, inputs, model, world, signal, active.info.run_id, run_dir)
+                return _evaluate_and_log(cfg, ctx, inputs, result, active.info.run_id, run_dir)
+            except BaseException:
+                mlflow.set_tag("lookalike.status", "failed")
+                raise
+
+
+def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, model, world: World | None, signal: StartSignal, run_id: str,
+         run_dir: Path) -> TrainResult:
+    """Charge the reservation, then train (or, for a kind that is not learned, release it once)."""
+    def save(ckpt: Checkpoint) -> None:
+        ckpt.meta = ctx.checkpoint_meta() | {"mlflow_run_id": run_id}
+        ckpt.save(run_dir / "checkpoints" / "last.pt")
+
+    ctx.begin_training()
+    estimate = ctx.release_size()
+    examples = inputs.examples(estimate) if estimate is not None else None
+    tensors = inputs.training_tensors()
+    signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
+    if not model_kind(cfg.model.kind).learned:
+        result = fit_centroid(model, tensors, cfg, inputs.delta or 0.0)
+    else:
+        result = train(model, tensors, cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume, save_checkpoint=save,
+                       on_epoch_end=_log_epoch, world=world, examples=examples)
+    ctx.trained(result)
+    return result
+
+
+def _log_epoch(epoch: int, metrics: dict) -> None:
+    mlflow.log_metrics(metrics, step=epoch)
+
+
+def _evaluate_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, result: TrainResult, run_id: str, run_dir: Path) -> float:
+    """The audit, the held-out metrics (a DP release unless trusted), the model and the spend."""
+    delta, data, device = inputs.delta or 0.0, inputs.data, inputs.device
+    if inputs.canaries is not None:
+        found = inputs.canaries.audit(result.model, device, delta)
+        mlflow.log_metrics(found)
+        mlflow.set_tag("lookalike.audit", "one_run")
+        log.info("one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)", found["audit.correct"],
+                 found["audit.guesses"], found["audit.epsilon_lower_bound"], f"{result.epsilon:.3f}" if result.epsilon else "non-private")
+    metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
+    bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences, extra=ctx.model_meta(run_id))
+    model_uri = log_model(bundle, cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences),
+                          synthetic_input_example(data.spec))
+    ctx.finish()
+    mlflow.log_metrics(ctx.privacy_metrics())
+    mlflow.set_tag("lookalike.model_uri", model_uri)
+    log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
+    log.info("run %s done: %s", run_id, ctx.describe())
+    return metric
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metric = run(cfg)
+        if is_multirun() and (metric is None or math.isnan(metric)):
+            # Too few held-out users for a DP estimate: Optuna's sweeper cannot take NaN, None
+            # records the trial as failed.
+            log.warning("held-out metric undefined (too few held-out users for the DP release); trial recorded as failed")
+            return None
+        return metric
+    except LookalikeError as exc:
+        # One line, no traceback; and no half-written run folder left behind.
+        print(f"lookalike-train: error: {mask_urls(str(exc))}", file=sys.stderr)
+        discard_run_directory()
+        if is_multirun():
+            # One refused trial must not kill the sweep. None (not NaN, which Optuna's sweeper
+            # chokes on) makes the sweeper record the trial as failed and go on.
+            return None
+        sys.exit(2)
+
+
+def cli() -> None:
+    """Console entry point (``lookalike-train``)."""
+    main()
+
+
+if __name__ == "__main__":
+    cli()
