@@ -32,11 +32,30 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def one_run(data: Path, out: Path, epsilon: float | None, seed: int) -> dict:
     # Adult is public: its owners (us) allow exact metrics and the non-private baseline.
-    budget_main(["--ledger", str(out / "privacy_ledger.sqlite"), "create", "--publisher", str(data / "publisher.parquet"),
-                 "--epsilon", "1000", "--if-missing", "--allow-trusted-evaluation", "--allow-non-private"])
-    overrides = ["experiment=adult", f"paths.output_dir={out}", f"data.publisher_path={data / 'publisher.parquet'}",
-                 f"data.seed_path={data / 'seed.jsonl'}", f"seed={seed}", "trainer.progress_bar=false", "trainer.device=cpu",
-                 f"mlflow.experiment_name=bench-{seed}-{epsilon}"]
+    budget_main(
+        [
+            "--ledger",
+            str(out / "privacy_ledger.sqlite"),
+            "create",
+            "--publisher",
+            str(data / "publisher.parquet"),
+            "--epsilon",
+            "1000",
+            "--if-missing",
+            "--allow-trusted-evaluation",
+            "--allow-non-private",
+        ]
+    )
+    overrides = [
+        "experiment=adult",
+        f"paths.output_dir={out}",
+        f"data.publisher_path={data / 'publisher.parquet'}",
+        f"data.seed_path={data / 'seed.jsonl'}",
+        f"seed={seed}",
+        "trainer.progress_bar=false",
+        "trainer.device=cpu",
+        f"mlflow.experiment_name=bench-{seed}-{epsilon}",
+    ]
     overrides += ["privacy.enabled=false"] if epsilon is None else [f"privacy.target_epsilon={epsilon}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -44,8 +63,13 @@ def one_run(data: Path, out: Path, epsilon: float | None, seed: int) -> dict:
     client = MlflowClient(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
     (logged,) = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment_name).experiment_id])
     m = logged.data.metrics
-    return {"epsilon": epsilon, "seed": seed, "recall_at_20pct": m["trusted.high_income.recall_at_20pct"],
-            "auc": m["trusted.high_income.auc"], "epsilon_spent": m.get("privacy.epsilon_spent")}
+    return {
+        "epsilon": epsilon,
+        "seed": seed,
+        "recall_at_20pct": m["trusted.high_income.recall_at_20pct"],
+        "auc": m["trusted.high_income.auc"],
+        "epsilon_spent": m.get("privacy.epsilon_spent"),
+    }
 
 
 def table(rows: list[dict], epsilons: list[float | None]) -> str:
@@ -55,8 +79,10 @@ def table(rows: list[dict], epsilons: list[float | None]) -> str:
     for eps in epsilons:
         sel = [r for r in rows if r["epsilon"] == eps]
         rec, auc = np.array([r["recall_at_20pct"] for r in sel]), np.array([r["auc"] for r in sel])
-        lines.append(f"| {'non-private' if eps is None else f'{eps:g}'} | {rec.mean():.3f} ± {rec.std():.3f} | "
-                     f"{auc.mean():.3f} ± {auc.std():.3f} | {rec.mean() / base_recall:.3f}x |")
+        lines.append(
+            f"| {'non-private' if eps is None else f'{eps:g}'} | {rec.mean():.3f} ± {rec.std():.3f} | "
+            f"{auc.mean():.3f} ± {auc.std():.3f} | {rec.mean() / base_recall:.3f}x |"
+        )
     return "\n".join(lines)
 
 

@@ -40,16 +40,22 @@ EXPORT = "import sys; from lookalike.export.app import cli; sys.argv = ['lookali
 def demo_like(start: int, n: int, rng: np.random.Generator) -> pa.Table:
     """``n`` users with the demo's columns (ids u{start}..), no Python loop over rows."""
     ids = pa.array(np.char.add("u", np.char.zfill(np.arange(start, start + n).astype(str), 7)))
-    columns = {"user_id": ids, "age": rng.integers(18, 80, n).astype(np.float64), "income_k": rng.lognormal(3.8, 0.5, n),
-               "sessions_30d": rng.poisson(12, n).astype(np.float64)}
+    columns = {
+        "user_id": ids,
+        "age": rng.integers(18, 80, n).astype(np.float64),
+        "income_k": rng.lognormal(3.8, 0.5, n),
+        "sessions_30d": rng.poisson(12, n).astype(np.float64),
+    }
     columns |= {f"signal_{j:02d}": rng.normal(0, 1, n) for j in range(13)}
 
     def pick(values: list[str], idx: np.ndarray) -> pa.Array:
         return pa.array(values).take(pa.array(idx))
 
-    columns |= {"device": pick(DEVICES, rng.integers(0, len(DEVICES), n)),
-                "country": pick(COUNTRIES, rng.zipf(1.6, n) % len(COUNTRIES)),
-                "city": pick([f"city_{i}" for i in range(N_CITIES)], rng.zipf(1.3, n) % N_CITIES)}
+    columns |= {
+        "device": pick(DEVICES, rng.integers(0, len(DEVICES), n)),
+        "country": pick(COUNTRIES, rng.zipf(1.6, n) % len(COUNTRIES)),
+        "city": pick([f"city_{i}" for i in range(N_CITIES)], rng.zipf(1.3, n) % N_CITIES),
+    }
     lengths = rng.integers(1, 7, n)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     topics = pick([f"topic_{t}" for t in range(N_TOPICS)], rng.integers(0, N_TOPICS, int(offsets[-1])))
@@ -77,18 +83,34 @@ def owner_budget(ledger: Path, publisher: Path) -> None:
 
 def train_model(data: Path, out: Path, device: str) -> None:
     owner_budget(out / "privacy_ledger.sqlite", data / "publisher")
-    overrides = ["experiment=demo", f"paths.output_dir={out}", f"data.publisher_path={data / 'publisher'}",
-                 f"data.seed_path={data / 'seed.jsonl'}", "trainer.progress_bar=false", "trainer.epochs=1", f"trainer.device={device}"]
+    overrides = [
+        "experiment=demo",
+        f"paths.output_dir={out}",
+        f"data.publisher_path={data / 'publisher'}",
+        f"data.seed_path={data / 'seed.jsonl'}",
+        "trainer.progress_bar=false",
+        "trainer.epochs=1",
+        f"trainer.device={device}",
+    ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         run(compose(config_name="train", overrides=overrides))
 
 
 def export(publisher: Path, seed: Path, out: Path, bins: list[str], kind: str, device: str) -> dict:
     owner_budget(out / "privacy_ledger.sqlite", publisher)
-    args = ["experiment=demo", f"export.device={device}", "trusted_evaluation=false", "export.model=latest", "export.overwrite=true", f"paths.output_dir={out}",
-            f"data.publisher_path={publisher}", f"data.seed_path={seed}",
-            f"export.audience_size.type={kind}", f"export.audience_size.bins=[{','.join(bins)}]",
-            f"export.output_dir={out / 'segments' / publisher.name}"]
+    args = [
+        "experiment=demo",
+        f"export.device={device}",
+        "trusted_evaluation=false",
+        "export.model=latest",
+        "export.overwrite=true",
+        f"paths.output_dir={out}",
+        f"data.publisher_path={publisher}",
+        f"data.seed_path={seed}",
+        f"export.audience_size.type={kind}",
+        f"export.audience_size.bins=[{','.join(bins)}]",
+        f"export.output_dir={out / 'segments' / publisher.name}",
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", EXPORT, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
@@ -126,8 +148,10 @@ def main() -> None:
     print("| users | time vs smallest per user | peak RSS vs smallest | wall s | users/s | peak RSS GiB |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         per_user = (r["wall_s"] / r["users"]) / (base["wall_s"] / base["users"])
-        print(f"| {r['users']:,} | {per_user:.2f}x | {r['peak_rss_gib'] / base['peak_rss_gib']:.2f}x | {r['wall_s']:.1f} | "
-              f"{r['users_per_s']:,.0f} | {r['peak_rss_gib']:.2f} |")
+        print(
+            f"| {r['users']:,} | {per_user:.2f}x | {r['peak_rss_gib'] / base['peak_rss_gib']:.2f}x | {r['wall_s']:.1f} | "
+            f"{r['users_per_s']:,.0f} | {r['peak_rss_gib']:.2f} |"
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"export_scaling_{args.device}.json").write_text(json.dumps(rows, indent=1))
 

@@ -22,8 +22,24 @@ def main() -> None:
         print("gpu-check: no CUDA device visible; nothing to check here (CPU: benchmarks/train_throughput.py, benchmarks/export_scaling.py)")
         return
     print(f"gpu-check on {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
-    subprocess.run([sys.executable, str(HERE / "train_throughput.py"), "--device", "cuda", "--repeats", "1",
-                    "--routes", "nonprivate", "fused", "opacus_hooks", "--big-routes", "nonprivate", "fused"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "train_throughput.py"),
+            "--device",
+            "cuda",
+            "--repeats",
+            "1",
+            "--routes",
+            "nonprivate",
+            "fused",
+            "opacus_hooks",
+            "--big-routes",
+            "nonprivate",
+            "fused",
+        ],
+        check=True,
+    )
     subprocess.run([sys.executable, str(HERE / "export_scaling.py"), "--device", "cuda", "--sizes", "1000000", "10000000"], check=True)
 
 

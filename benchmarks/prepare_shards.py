@@ -36,9 +36,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _config(folder: Path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return train_config(compose(config_name="train", overrides=[
-            "experiment=demo", f"paths.output_dir={folder / 'out'}", f"data.publisher_path={folder / 'data' / 'publisher'}",
-            f"data.seed_path={folder / 'data' / 'seed.jsonl'}"]))
+        return train_config(
+            compose(
+                config_name="train",
+                overrides=[
+                    "experiment=demo",
+                    f"paths.output_dir={folder / 'out'}",
+                    f"data.publisher_path={folder / 'data' / 'publisher'}",
+                    f"data.seed_path={folder / 'data' / 'seed.jsonl'}",
+                ],
+            )
+        )
 
 
 def _worker(rank: int, size: int, folder: Path) -> None:
@@ -51,8 +59,14 @@ def _worker(rank: int, size: int, folder: Path) -> None:
     data = prepare(cfg, GroupCollective(rank, size) if size > 1 else Collective())
     seconds = time.perf_counter() - start
     grown = _status_kib("VmHWM") - before
-    result = {"rank": rank, "seconds": seconds, "rss_growth_mib": grown / 1024, "train_examples_here": len(data.train_features),
-              "train_examples_all": data.n_train, "rows_all": data.publisher_rows}
+    result = {
+        "rank": rank,
+        "seconds": seconds,
+        "rss_growth_mib": grown / 1024,
+        "train_examples_here": len(data.train_features),
+        "train_examples_all": data.n_train,
+        "rows_all": data.publisher_rows,
+    }
     if size > 1:
         dist.destroy_process_group()
     (folder / f"result{size}_{rank}.pkl").write_bytes(pickle.dumps(result))
@@ -79,14 +93,14 @@ def main() -> None:
     assert all(r["train_examples_all"] == one[0]["train_examples_all"] for r in two)
     print("| processes | rank | training examples held | prepare s | peak RSS growth MiB |\n| --- | --- | --- | --- | --- |")
     for processes, r in [(1, r) for r in one] + [(2, r) for r in two]:
-        print(f"| {processes} | {r['rank']} | {r['train_examples_here']:,} of {r['train_examples_all']:,} "
-              f"| {r['seconds']:.1f} | {r['rss_growth_mib']:.0f} |")
+        print(f"| {processes} | {r['rank']} | {r['train_examples_here']:,} of {r['train_examples_all']:,} | {r['seconds']:.1f} | {r['rss_growth_mib']:.0f} |")
     slowest = max(r["seconds"] for r in two) / one[0]["seconds"]
     largest = max(r["rss_growth_mib"] for r in two) / one[0]["rss_growth_mib"]
     print(f"\n2 ranks / 1 process ({args.users:,} users): slowest rank's time {slowest:.2f}x, largest rank's memory growth {largest:.2f}x")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "prepare_shards_cpu.json").write_text(json.dumps(
-        {"users": args.users, "one_process": one, "two_ranks": two, "time_ratio": slowest, "memory_ratio": largest}, indent=1) + "\n")
+    (RESULTS / "prepare_shards_cpu.json").write_text(
+        json.dumps({"users": args.users, "one_process": one, "two_ranks": two, "time_ratio": slowest, "memory_ratio": largest}, indent=1) + "\n"
+    )
 
 
 if __name__ == "__main__":

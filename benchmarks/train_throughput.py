@@ -45,10 +45,19 @@ ROUTES = {  # name -> privacy overrides
 
 
 def config(data: Path, out: Path, batch: int, extra: list[str], device: str = "cpu"):
-    overrides = ["experiment=demo", f"paths.output_dir={out}", f"data.publisher_path={data / 'publisher'}",
-                 f"data.seed_path={data / 'seed.jsonl'}", "trainer.progress_bar=false", f"trainer.device={device}", f"trainer.epochs={EPOCHS}",
-                 f"trainer.batch_size={batch}", f"trainer.physical_batch_size={4 * batch}", "privacy.accountant=rdp",
-                 "privacy.target_epsilon=3"] + extra
+    overrides = [
+        "experiment=demo",
+        f"paths.output_dir={out}",
+        f"data.publisher_path={data / 'publisher'}",
+        f"data.seed_path={data / 'seed.jsonl'}",
+        "trainer.progress_bar=false",
+        f"trainer.device={device}",
+        f"trainer.epochs={EPOCHS}",
+        f"trainer.batch_size={batch}",
+        f"trainer.physical_batch_size={4 * batch}",
+        "privacy.accountant=rdp",
+        "privacy.target_epsilon=3",
+    ] + extra
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return train_config(compose(config_name="train", overrides=overrides))
 
@@ -85,8 +94,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (make gpu-check)")
     parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
     parser.add_argument("--big-vocab", type=int, default=1_000_000, help="size of the extra categorical (0: skip that case)")
-    parser.add_argument("--big-routes", nargs="+", default=["nonprivate", "fused"], choices=list(ROUTES),
-                        help="routes for the big-vocabulary case (Opacus hooks builds [batch, vocab, dim] tensors there)")
+    parser.add_argument(
+        "--big-routes",
+        nargs="+",
+        default=["nonprivate", "fused"],
+        choices=list(ROUTES),
+        help="routes for the big-vocabulary case (Opacus hooks builds [batch, vocab, dim] tensors there)",
+    )
     args = parser.parse_args()
     silence_known_warnings()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -112,10 +126,20 @@ def main() -> None:
             medians = {r: statistics.median(v) for r, v in timings.items()}
             for route in routes:
                 ratio = medians[route] / medians["nonprivate"] if "nonprivate" in medians else float("nan")
-                results.append({"case": name, "route": route, "examples_per_s": medians[route], "ratio_to_nonprivate": ratio,
-                                "runs": timings[route], "training_examples": case_tensors[0].shape[0]})
-    print(f"\ntraining throughput on {args.device}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"{results[0]['training_examples']:,} training examples, median of {args.repeats}\n")
+                results.append(
+                    {
+                        "case": name,
+                        "route": route,
+                        "examples_per_s": medians[route],
+                        "ratio_to_nonprivate": ratio,
+                        "runs": timings[route],
+                        "training_examples": case_tensors[0].shape[0],
+                    }
+                )
+    print(
+        f"\ntraining throughput on {args.device}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+        f"{results[0]['training_examples']:,} training examples, median of {args.repeats}\n"
+    )
     print("| case | route | DP / non-private | examples/s |\n| --- | --- | --- | --- |")
     for r in results:
         print(f"| {r['case']} | {r['route']} | {r['ratio_to_nonprivate']:.2f}x | {r['examples_per_s']:,.0f} |")

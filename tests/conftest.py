@@ -51,7 +51,7 @@ def make_cfg(demo_dir: Path, out: Path, *overrides: str, owner: bool = True) -> 
         f"data.publisher_path={demo_dir / 'publisher'}",
         f"data.seed_path={demo_dir / 'seed.jsonl'}",
     ]
-    settings = dict(o[len(OWNER):].split("=", 1) for o in overrides if o.startswith(OWNER))
+    settings = dict(o[len(OWNER) :].split("=", 1) for o in overrides if o.startswith(OWNER))
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=base + [o for o in overrides if not o.startswith(OWNER)])
     if owner:

@@ -12,8 +12,9 @@ from lookalike.privacy.fingerprint import UsersKey
 from lookalike.privacy.rules import Rules
 
 
-def reserve_on(ledger, fingerprint: str, epsilon: float, delta: float, *, budget: float, budget_delta: float | None = None,
-               kind: str = "train", description: str = "test") -> int:
+def reserve_on(
+    ledger, fingerprint: str, epsilon: float, delta: float, *, budget: float, budget_delta: float | None = None, kind: str = "train", description: str = "test"
+) -> int:
     """Reserve on budget ``fingerprint``, which the owners open first (at ``budget``) if the
     ledger has none: the ledger-level tests' stand-in for ``lookalike-budget create``."""
     open_budget(ledger, fingerprint, budget, budget_delta)

@@ -25,45 +25,115 @@ SRC = "src/lookalike/"
 
 # (name, file, original line fragment, mutated fragment, tests that must catch it)
 MUTATIONS = [
-    ("DP-SGD noise / 10 (fused)", "training/dp_sgd/noisy_optimizer.py", "normal_(0.0, std, generator", "normal_(0.0, std / 10, generator",
-     ["tests/test_noise_scale.py"]),
-    ("DP-SGD noise dropped on 2-D parameters", "training/dp_sgd/noisy_optimizer.py", "            if std > 0:\n",
-     "            if std > 0 and g.dim() != 2:\n", ["tests/test_noise_scale.py"]),
-    ("torchrun: every rank adds noise", "training/dp_sgd/noisy_optimizer.py", "super().noise_std() if self.world.primary else 0.0",
-     "super().noise_std()", ["tests/test_noise_scale.py"]),
-    ("q halved in the accountant", "training/dp_sgd/engine.py", "get_optimizer_hook_fn(sample_rate=sample_rate)",
-     "get_optimizer_hook_fn(sample_rate=sample_rate / 2)", ["tests/test_train.py::test_reported_epsilon_equals_a_fresh_accountant_for_the_steps_taken"]),
-    ("evaluation histogram sensitivity halved", "training/dp_metrics.py", "(2.0 * len(pos)) ** 0.5)", "(2.0 * len(pos)) ** 0.5 / 2)",
-     ["tests/test_noise_scale.py"]),
-    ("export report sensitivity halved", "export/job.py", "plan.dims_per_audience(len(bins))) ** 0.5",
-     "plan.dims_per_audience(len(bins))) ** 0.5 / 2", ["tests/test_export.py::test_percentage_bins_write_nested_ranked_segments_without_seed_users"]),
-    ("report hits by score threshold (ties share a fate)", "export/report.py", "inside |= tied & pc.less_equal(held_ids, user).to_numpy(zero_copy_only=False)",
-     "inside |= tied", ["tests/test_report_ties.py"]),
-    ("centroid noise from the seeded global generator", "model/centroid.py", "generator=generator", "generator=None",
-     ["tests/test_noise_scale.py"]),
-    ("randomised exclusion at half its epsilon", "privacy/mechanisms.py", "keep_truth = math.exp(epsilon) / (1.0 + math.exp(epsilon))",
-     "keep_truth = math.exp(epsilon / 2) / (1.0 + math.exp(epsilon / 2))", ["tests/test_noise_scale.py"]),
-    ("hooks/functorch sample at the exact size", "training/dp_sgd/engine.py",
-     "        _sample_at(loader, optimizer, engine, math.ceil(examples / batch_size), examples)",
-     "        pass", ["tests/test_fused_training.py::test_fused_and_hooks_account_alike_and_both_learn"]),
-    ("training-set size released exactly", "privacy/size_release.py", "noisy = n + ", "noisy = n + 0 * ",
-     ["tests/test_relation.py"]),
-    ("label-flip relation (background without seed users)", "data/matching.py", "background = np.flatnonzero(~held &",
-     "background = np.flatnonzero(~is_seed &", ["tests/test_relation.py"]),
-    ("resume without its plan check", "training/run_context.py", "if key not in planned or planned[key] != value:", "if False:",
-     ["tests/test_resume_plan.py"]),
-    ("spend above the reservation passes silently", "privacy/ledger.py", "if epsilon > reserved + TOLERANCE:", "if False:",
-     ["tests/test_ledger.py"]),
-    ("NaN epsilon reaches the budget check", "privacy/ledger.py", "if not (math.isfinite(epsilon) and epsilon >= 0):", "if epsilon < 0:",
-     ["tests/test_ledger.py"]),
-    ("a looser rule override is accepted", "privacy/rules.py", "if (value < current) if stricter_is_larger else (value > current):",
-     "if False:", ["tests/test_rules.py"]),
-    ("trusted evaluation without the owners' leave", "privacy/rules.py", "if trusted and not rules.allow_trusted_evaluation:",
-     "if False:", ["tests/test_rules.py"]),
-    ("a new snapshot gets a fresh budget", "privacy/budgets.py", "share >= SHARED_USERS:\n            raise", "share > 1.0:\n            raise",
-     ["tests/test_ledger_key.py"]),
-    ("audit ignores delta", "privacy/audit_bound.py", "return min(1.0, tail + 2.0 * canaries * delta * steepest)", "return tail",
-     ["tests/test_audit_bound.py"]),
+    (
+        "DP-SGD noise / 10 (fused)",
+        "training/dp_sgd/noisy_optimizer.py",
+        "normal_(0.0, std, generator",
+        "normal_(0.0, std / 10, generator",
+        ["tests/test_noise_scale.py"],
+    ),
+    (
+        "DP-SGD noise dropped on 2-D parameters",
+        "training/dp_sgd/noisy_optimizer.py",
+        "            if std > 0:\n",
+        "            if std > 0 and g.dim() != 2:\n",
+        ["tests/test_noise_scale.py"],
+    ),
+    (
+        "torchrun: every rank adds noise",
+        "training/dp_sgd/noisy_optimizer.py",
+        "super().noise_std() if self.world.primary else 0.0",
+        "super().noise_std()",
+        ["tests/test_noise_scale.py"],
+    ),
+    (
+        "q halved in the accountant",
+        "training/dp_sgd/engine.py",
+        "get_optimizer_hook_fn(sample_rate=sample_rate)",
+        "get_optimizer_hook_fn(sample_rate=sample_rate / 2)",
+        ["tests/test_train.py::test_reported_epsilon_equals_a_fresh_accountant_for_the_steps_taken"],
+    ),
+    (
+        "evaluation histogram sensitivity halved",
+        "training/dp_metrics.py",
+        "(2.0 * len(pos)) ** 0.5)",
+        "(2.0 * len(pos)) ** 0.5 / 2)",
+        ["tests/test_noise_scale.py"],
+    ),
+    (
+        "export report sensitivity halved",
+        "export/job.py",
+        "plan.dims_per_audience(len(bins))) ** 0.5",
+        "plan.dims_per_audience(len(bins))) ** 0.5 / 2",
+        ["tests/test_export.py::test_percentage_bins_write_nested_ranked_segments_without_seed_users"],
+    ),
+    (
+        "report hits by score threshold (ties share a fate)",
+        "export/report.py",
+        "inside |= tied & pc.less_equal(held_ids, user).to_numpy(zero_copy_only=False)",
+        "inside |= tied",
+        ["tests/test_report_ties.py"],
+    ),
+    ("centroid noise from the seeded global generator", "model/centroid.py", "generator=generator", "generator=None", ["tests/test_noise_scale.py"]),
+    (
+        "randomised exclusion at half its epsilon",
+        "privacy/mechanisms.py",
+        "keep_truth = math.exp(epsilon) / (1.0 + math.exp(epsilon))",
+        "keep_truth = math.exp(epsilon / 2) / (1.0 + math.exp(epsilon / 2))",
+        ["tests/test_noise_scale.py"],
+    ),
+    (
+        "hooks/functorch sample at the exact size",
+        "training/dp_sgd/engine.py",
+        "        _sample_at(loader, optimizer, engine, math.ceil(examples / batch_size), examples)",
+        "        pass",
+        ["tests/test_fused_training.py::test_fused_and_hooks_account_alike_and_both_learn"],
+    ),
+    ("training-set size released exactly", "privacy/size_release.py", "noisy = n + ", "noisy = n + 0 * ", ["tests/test_relation.py"]),
+    (
+        "label-flip relation (background without seed users)",
+        "data/matching.py",
+        "background = np.flatnonzero(~held &",
+        "background = np.flatnonzero(~is_seed &",
+        ["tests/test_relation.py"],
+    ),
+    ("resume without its plan check", "training/run_context.py", "if key not in planned or planned[key] != value:", "if False:", ["tests/test_resume_plan.py"]),
+    ("spend above the reservation passes silently", "privacy/ledger.py", "if epsilon > reserved + TOLERANCE:", "if False:", ["tests/test_ledger.py"]),
+    (
+        "NaN epsilon reaches the budget check",
+        "privacy/ledger.py",
+        "if not (math.isfinite(epsilon) and epsilon >= 0):",
+        "if epsilon < 0:",
+        ["tests/test_ledger.py"],
+    ),
+    (
+        "a looser rule override is accepted",
+        "privacy/rules.py",
+        "if (value < current) if stricter_is_larger else (value > current):",
+        "if False:",
+        ["tests/test_rules.py"],
+    ),
+    (
+        "trusted evaluation without the owners' leave",
+        "privacy/rules.py",
+        "if trusted and not rules.allow_trusted_evaluation:",
+        "if False:",
+        ["tests/test_rules.py"],
+    ),
+    (
+        "a new snapshot gets a fresh budget",
+        "privacy/budgets.py",
+        "share >= SHARED_USERS:\n            raise",
+        "share > 1.0:\n            raise",
+        ["tests/test_ledger_key.py"],
+    ),
+    (
+        "audit ignores delta",
+        "privacy/audit_bound.py",
+        "return min(1.0, tail + 2.0 * canaries * delta * steepest)",
+        "return tail",
+        ["tests/test_audit_bound.py"],
+    ),
 ]
 
 
@@ -83,8 +153,9 @@ def mutated_tree(file: str, old: str, new: str) -> Path:
 def run_tests(tree: Path, tests: list[str]) -> tuple[bool, float]:
     start = time.perf_counter()
     env = os.environ | {"PYTHONPATH": str(tree / "src") + os.pathsep + str(tree), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "", *tests], cwd=tree,
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "", *tests], cwd=tree, env=env, capture_output=True, text=True
+    )
     return proc.returncode == 0, time.perf_counter() - start
 
 
@@ -103,8 +174,10 @@ def main(pattern: str = "") -> int:
         passed, seconds = run_tests(tree, tests)
         shutil.rmtree(tree, ignore_errors=True)
         survivors += passed
-        rows.append(f"| {name} | `{file}` | {', '.join(t.split('::')[-1].removeprefix('tests/') for t in tests)} | "
-                    f"{'SURVIVED' if passed else 'caught'} | {seconds:.0f} s |")
+        rows.append(
+            f"| {name} | `{file}` | {', '.join(t.split('::')[-1].removeprefix('tests/') for t in tests)} | "
+            f"{'SURVIVED' if passed else 'caught'} | {seconds:.0f} s |"
+        )
         print(rows[-1], flush=True)
     print("\n| mutation | file | tests | result | time |\n| --- | --- | --- | --- | --- |\n" + "\n".join(rows))
     return 1 if survivors else 0

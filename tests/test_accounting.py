@@ -51,8 +51,9 @@ def test_dp_training_spends_at_most_its_target(cfg_factory):
     cfg = train_config(cfg_factory("privacy.target_epsilon=3.0", "trainer.epochs=2", f"trainer.batch_size={batch}", f"trainer.physical_batch_size={batch}"))
     model = TwoTower(data.spec, 2, ModelConfig(embedding_dim=4, hidden_dims=[8], output_dim=4))
     delta = resolve_delta(None, n)
-    result = train(model, data.train_features.take(rows).tensors() + [torch.from_numpy(data.training.train_labels[rows])], cfg,
-                   delta=delta, device=torch.device("cpu"))
+    result = train(
+        model, data.train_features.take(rows).tensors() + [torch.from_numpy(data.training.train_labels[rows])], cfg, delta=delta, device=torch.device("cpu")
+    )
     ((sigma, q, steps),) = result.history
     assert steps == result.steps == 2 * (math.ceil(n / batch) - 1)
     assert q == result.sample_rate and sigma == result.noise_multiplier

@@ -29,8 +29,15 @@ def test_publisher_table_carries_no_label(adult_dir):
 
 
 def test_dp_model_on_adult_ranks_held_out_high_earners_well(adult_dir, tmp_path):
-    overrides = ["experiment=adult", f"paths.output_dir={tmp_path}", f"data.publisher_path={adult_dir / 'publisher.parquet'}",
-                 f"data.seed_path={adult_dir / 'seed.jsonl'}", "trainer.epochs=3", "trainer.progress_bar=false", "trainer.device=cpu"]
+    overrides = [
+        "experiment=adult",
+        f"paths.output_dir={tmp_path}",
+        f"data.publisher_path={adult_dir / 'publisher.parquet'}",
+        f"data.seed_path={adult_dir / 'seed.jsonl'}",
+        "trainer.epochs=3",
+        "trainer.progress_bar=false",
+        "trainer.device=cpu",
+    ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     grant(cfg.ledger.path, adult_dir / "publisher.parquet")  # public data: its owners allow exact metrics

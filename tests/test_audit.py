@@ -35,12 +35,30 @@ def audited(cfg) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["logistic", "two_tower"])
 def test_dp_lower_bound_stays_below_epsilon_and_the_non_private_control_leaks(cfg_factory, tmp_path, model):
-    control = audited(cfg_factory("audit=one_run", "audit.canaries=500", f"model={model}", "privacy.enabled=false",
-                                  "trusted_evaluation=true", "trainer.epochs=5", out=tmp_path / "control"))
+    control = audited(
+        cfg_factory(
+            "audit=one_run",
+            "audit.canaries=500",
+            f"model={model}",
+            "privacy.enabled=false",
+            "trusted_evaluation=true",
+            "trainer.epochs=5",
+            out=tmp_path / "control",
+        )
+    )
     # no clipping, no noise: the model remembers exactly which canary tokens it saw
     assert control["audit.correct"] >= 95 and control["audit.epsilon_lower_bound"] > 2.5
     for eps in (1.0, 4.0):
-        dp = audited(cfg_factory("audit=one_run", "audit.canaries=500", f"model={model}", f"privacy.target_epsilon={eps}",
-                                 "trainer.epochs=5", "owner.epsilon=20", out=tmp_path / f"dp-{eps}"))
+        dp = audited(
+            cfg_factory(
+                "audit=one_run",
+                "audit.canaries=500",
+                f"model={model}",
+                f"privacy.target_epsilon={eps}",
+                "trainer.epochs=5",
+                "owner.epsilon=20",
+                out=tmp_path / f"dp-{eps}",
+            )
+        )
         assert dp["audit.guesses"] == 100 and dp["audit.canaries"] == 500
         assert dp["audit.epsilon_lower_bound"] <= dp["privacy.epsilon_spent"] <= eps

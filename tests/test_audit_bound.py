@@ -69,8 +69,7 @@ def paper_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     return min(1.0, f(v) + 2 * m * delta * steepest)
 
 
-@pytest.mark.parametrize("m, r, v, delta", [(10, 10, 10, 1e-3), (12, 10, 9, 1e-3), (20, 16, 15, 2e-3),
-                                            (30, 20, 18, 1e-4), (8, 8, 8, 0.01), (10, 10, 10, 0.02)])
+@pytest.mark.parametrize("m, r, v, delta", [(10, 10, 10, 1e-3), (12, 10, 9, 1e-3), (20, 16, 15, 2e-3), (30, 20, 18, 1e-4), (8, 8, 8, 0.01), (10, 10, 10, 0.02)])
 def test_the_bound_is_where_the_papers_inequality_crosses_alpha(m, r, v, delta):
     eps = epsilon_lower_bound(v, r, m, delta)
     if eps == 0.0:

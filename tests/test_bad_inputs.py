@@ -39,10 +39,12 @@ CASES = {
     "absent declared feature": (lambda tmp, demo: ["data.features={numeric: [age, height]}"], "config 'data.features.numeric': column 'height'"),
     "duplicate user ids": (
         lambda tmp, demo: [f"data.publisher_path={_publisher(tmp, demo, lambda t: pa.concat_tables([t, t.slice(0, 1)]))}"],
-        "column 'user_id' has duplicate user ids"),
+        "column 'user_id' has duplicate user ids",
+    ),
     "non-string ids": (
         lambda tmp, demo: [f"data.publisher_path={_publisher(tmp, demo, lambda t: t.set_column(0, 'user_id', pa.array(np.arange(t.num_rows))))}"],
-        "id column 'user_id' has type int64: store ids as strings"),
+        "id column 'user_id' has type int64: store ids as strings",
+    ),
     "nan in numerics": (lambda tmp, demo: [f"data.publisher_path={_publisher(tmp, demo, _with_nan)}"], "numeric column 'age' has 1 NaN/inf values"),
     "empty seed": (lambda tmp, demo: [f"data.seed_path={_write(tmp / 'empty.csv', 'user_id' + chr(10))}"], "empty.csv' has no ids .*the seed is empty"),
     "seed below minimum": (lambda tmp, demo: ["rules.min_matching_seed_size=500"], "matches fewer than 500 publisher users"),
@@ -80,15 +82,27 @@ def test_cli_prints_one_line_exits_2_and_leaves_no_run_folder(demo_dir, tmp_path
     out = tmp_path / "out"
     code = "import sys; from lookalike.training.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
     proc = subprocess.run(
-        [sys.executable, "-c", code, "debug=default", f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
-         f"data.seed_path={demo_dir / 'seed.jsonl'}", "data.id_column=uid"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            code,
+            "debug=default",
+            f"paths.output_dir={out}",
+            f"data.publisher_path={demo_dir / 'publisher'}",
+            f"data.seed_path={demo_dir / 'seed.jsonl'}",
+            "data.id_column=uid",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == [f"lookalike-train: error: publisher data '{demo_dir / 'publisher'}' has no id column 'uid': set data.id_column "
-                     "(columns: user_id, age, income_k, sessions_30d, signal_00, signal_01, signal_02, signal_03, signal_04, signal_05, "
-                     "signal_06, signal_07, signal_08, signal_09, signal_10, signal_11, signal_12, device, country, city, interests, cohort)"]
+    assert lines == [
+        f"lookalike-train: error: publisher data '{demo_dir / 'publisher'}' has no id column 'uid': set data.id_column "
+        "(columns: user_id, age, income_k, sessions_30d, signal_00, signal_01, signal_02, signal_03, signal_04, signal_05, "
+        "signal_06, signal_07, signal_08, signal_09, signal_10, signal_11, signal_12, device, country, city, interests, cohort)"
+    ]
     assert files_under(out) == []
 
 

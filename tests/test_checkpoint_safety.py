@@ -33,8 +33,17 @@ def test_a_real_checkpoint_round_trips_with_weights_only(tmp_path):
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
-    saved = Checkpoint(2, 10, [0.5, 0.4], model.state_dict(), optimizer.state_dict(), 1.3, 0.01,
-                       {"history": [(1.3, 0.01, 10)], "mechanism": "prv"}, {"plan": {"trainer.epochs": 4}, "size": {"value": 700}})
+    saved = Checkpoint(
+        2,
+        10,
+        [0.5, 0.4],
+        model.state_dict(),
+        optimizer.state_dict(),
+        1.3,
+        0.01,
+        {"history": [(1.3, 0.01, 10)], "mechanism": "prv"},
+        {"plan": {"trainer.epochs": 4}, "size": {"value": 700}},
+    )
     saved.save(tmp_path / "last.pt")
     loaded = Checkpoint.load(tmp_path / "last.pt")
     assert loaded.meta == saved.meta and loaded.accountant_state == saved.accountant_state

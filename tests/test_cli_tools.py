@@ -58,12 +58,16 @@ def test_salt_must_be_long_enough(monkeypatch, tmp_path):
 def test_hash_cli_end_to_end(tmp_path):
     src, out = tmp_path / "ids.csv", tmp_path / "out.csv"
     src.write_text("user_id\nBob@Mail.com\n")
-    proc = subprocess.run([sys.executable, "-m", "lookalike.data.hashing", str(src), str(out), "--kind", "email"],
-                          env={"LOOKALIKE_SALT": SALT.decode(), "PATH": ""}, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lookalike.data.hashing", str(src), str(out), "--kind", "email"],
+        env={"LOOKALIKE_SALT": SALT.decode(), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().splitlines()[1].strip('"') == hash_id("bob@mail.com", SALT)
-    missing = subprocess.run([sys.executable, "-m", "lookalike.data.hashing", str(src), str(out)], env={"PATH": ""},
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run([sys.executable, "-m", "lookalike.data.hashing", str(src), str(out)], env={"PATH": ""}, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "LOOKALIKE_SALT" in missing.stderr
 
 

@@ -13,10 +13,24 @@ from lookalike.errors import ConfigError
 from lookalike.training.config import train_config
 
 USER_FACING = [
-    "data.publisher_path", "data.seed_path", "data.id_column", "privacy.enabled", "privacy.target_epsilon",
-    "privacy.target_delta", "privacy.max_grad_norm", "privacy.size_epsilon", "ledger.path",
-    "rules.min_matching_seed_size", "rules.min_aggregation_size", "rules.allow_list_output", "trainer.device",
-    "trainer.epochs", "paths.output_dir", "mlflow.tracking_uri", "mlflow.experiment_name", "trusted_evaluation",
+    "data.publisher_path",
+    "data.seed_path",
+    "data.id_column",
+    "privacy.enabled",
+    "privacy.target_epsilon",
+    "privacy.target_delta",
+    "privacy.max_grad_norm",
+    "privacy.size_epsilon",
+    "ledger.path",
+    "rules.min_matching_seed_size",
+    "rules.min_aggregation_size",
+    "rules.allow_list_output",
+    "trainer.device",
+    "trainer.epochs",
+    "paths.output_dir",
+    "mlflow.tracking_uri",
+    "mlflow.experiment_name",
+    "trusted_evaluation",
 ]
 
 
@@ -128,9 +142,11 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
 def test_runs_opening_a_fresh_mlflow_store_at_once(tmp_path):
     """Of five such runs, four died in the store's schema migrations (alembic tracebacks); three
     show it as well."""
-    code = ("from lookalike.runtime.config import MlflowConfig; from lookalike.runtime.tracking import setup_experiment; "
-            f"print(setup_experiment(MlflowConfig(tracking_uri='sqlite:///{tmp_path}/mlflow.db', experiment_name='x', "
-            f"artifact_location='{tmp_path}/art')))")
+    code = (
+        "from lookalike.runtime.config import MlflowConfig; from lookalike.runtime.tracking import setup_experiment; "
+        f"print(setup_experiment(MlflowConfig(tracking_uri='sqlite:///{tmp_path}/mlflow.db', experiment_name='x', "
+        f"artifact_location='{tmp_path}/art')))"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 3, outs[0][1][-2000:]

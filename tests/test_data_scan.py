@@ -53,8 +53,7 @@ def _ids(n: int) -> pa.ChunkedArray:
 def test_matching_lays_out_disjoint_train_holdout_and_eval_sets():
     ids = _ids(4000)
     seeds = {"a": np.array([f"u{i}" for i in range(0, 400)] + ["stranger"], dtype=object), "b": np.array([f"u{i}" for i in range(200, 600)], dtype=object)}
-    ts = match_seed(ids, seeds, min_matching_seed_size=25, holdout_fraction=0.2, negative_rate=0.3, eval_negative_rate=0.1,
-                    split_seed=1, trusted=True)
+    ts = match_seed(ids, seeds, min_matching_seed_size=25, holdout_fraction=0.2, negative_rate=0.3, eval_negative_rate=0.1, split_seed=1, trusted=True)
     assert ts.matched == {"a": 400, "b": 400}
     held = np.concatenate(list(ts.holdout_rows.values()))
     assert not set(ts.train_rows) & set(held) and not set(ts.train_rows) & set(ts.eval_negative_rows)

@@ -39,8 +39,13 @@ def trained(demo_dir, tmp_path_factory):
 
 def export_cfg(demo_dir: Path, trained, target: Path, *overrides: str):
     out, run_id = trained
-    base = [f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}",
-            f"export.model={run_id}", f"export.output_dir={target}"]
+    base = [
+        f"paths.output_dir={out}",
+        f"data.publisher_path={demo_dir / 'publisher'}",
+        f"data.seed_path={demo_dir / 'seed.jsonl'}",
+        f"export.model={run_id}",
+        f"export.output_dir={target}",
+    ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="export", overrides=base + list(overrides))
 
@@ -89,8 +94,9 @@ def test_percentage_bins_write_nested_ranked_segments_without_seed_users(demo_di
 
 def test_trusted_report_gives_exact_recall_and_suppresses_small_bins(demo_dir, trained, tmp_path):
     target = tmp_path / "segments"
-    report = export(export_cfg(demo_dir, trained, target, "trusted_evaluation=true", "export.audience_size.type=ABSOLUTE",
-                               "export.audience_size.bins=[50,400,4000]"))
+    report = export(
+        export_cfg(demo_dir, trained, target, "trusted_evaluation=true", "export.audience_size.type=ABSOLUTE", "export.audience_size.bins=[50,400,4000]")
+    )
     luxury = report["audiences"]["luxury"]
     assert luxury["held_out_seed_users"] is None or luxury["held_out_seed_users"] >= 100
     first = luxury["bins"][0]
@@ -136,8 +142,9 @@ def test_report_only_when_list_output_is_off(demo_dir, trained, tmp_path):
 
 def test_randomized_exclusion_is_charged_per_audience(demo_dir, trained, tmp_path):
     target = tmp_path / "rr"
-    report = export(export_cfg(demo_dir, trained, target, "export.seed_exclusion=randomized", "export.seed_exclusion_epsilon=1.0",
-                               "export.audience_size.bins=[100]"))
+    report = export(
+        export_cfg(demo_dir, trained, target, "export.seed_exclusion=randomized", "export.seed_exclusion_epsilon=1.0", "export.audience_size.bins=[100]")
+    )
     entry = Ledger(trained[0] / "privacy_ledger.sqlite").entry(report["privacy"]["ledger_entry_id"])
     assert entry["spent_epsilon"] == pytest.approx(0.5 + 2 * 1.0)
     rows = segment(target, "luxury", 100)
@@ -210,12 +217,25 @@ def test_export_cli_prints_one_line_and_exits_2(demo_dir, trained, tmp_path):
     import sys
 
     code = "import sys; from lookalike.export.app import cli; sys.argv = ['lookalike-export', *sys.argv[1:]]; cli()"
-    proc = subprocess.run([sys.executable, "-c", code, f"paths.output_dir={trained[0]}", f"export.model={trained[1]}",
-                           f"export.output_dir={tmp_path / 'seg'}", f"hydra.run.dir={tmp_path / 'hydra'}", "export.audience_size.bins=[0]"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            f"paths.output_dir={trained[0]}",
+            f"export.model={trained[1]}",
+            f"export.output_dir={tmp_path / 'seg'}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+            "export.audience_size.bins=[0]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [
-        "lookalike-export: error: config 'export.audience_size.bins': 0 must be a percentage from 1 to 100 (PERCENTAGE)"]
+        "lookalike-export: error: config 'export.audience_size.bins': 0 must be a percentage from 1 to 100 (PERCENTAGE)"
+    ]
     assert not (tmp_path / "seg").exists() and not (tmp_path / "hydra").exists()
 
 
@@ -281,11 +301,23 @@ def test_an_unreachable_tracking_server_shows_no_password_and_charges_nothing(de
     out, run_id = trained
     before = Ledger(out / "privacy_ledger.sqlite").status()
     code = "import sys; from lookalike.export.app import cli; sys.argv = ['lookalike-export', *sys.argv[1:]]; cli()"
-    proc = subprocess.run([sys.executable, "-c", code, f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
-                           f"data.seed_path={demo_dir / 'seed.jsonl'}", f"export.model={run_id}", f"export.output_dir={tmp_path / 'seg'}",
-                           "mlflow.tracking_uri=http://alice:s3cret@127.0.0.1:9"],
-                          capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            f"paths.output_dir={out}",
+            f"data.publisher_path={demo_dir / 'publisher'}",
+            f"data.seed_path={demo_dir / 'seed.jsonl'}",
+            f"export.model={run_id}",
+            f"export.output_dir={tmp_path / 'seg'}",
+            "mlflow.tracking_uri=http://alice:s3cret@127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"},
+    )
     assert proc.returncode == 2 and "s3cret" not in proc.stdout + proc.stderr and "alice:***@" in proc.stderr
     assert Ledger(out / "privacy_ledger.sqlite").status() == before and not (tmp_path / "seg").exists()
 

@@ -71,16 +71,31 @@ def test_torchrun_ranks_are_shards_and_rank_0_releases(demo_dir, trained, tmp_pa
     export(export_cfg(demo_dir, trained, single, BINS, "trusted_evaluation=true"))
     out, run_id = trained
     target = tmp_path / "ranks"
-    args = [f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}",
-            f"export.model={run_id}", f"export.output_dir={target}", BINS, "trusted_evaluation=true",
-            f"export.shard.parts_dir={tmp_path / 'parts'}"]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lookalike.export.app", *args],
-                          capture_output=True, text=True, timeout=600)
+    args = [
+        f"paths.output_dir={out}",
+        f"data.publisher_path={demo_dir / 'publisher'}",
+        f"data.seed_path={demo_dir / 'seed.jsonl'}",
+        f"export.model={run_id}",
+        f"export.output_dir={target}",
+        BINS,
+        "trusted_evaluation=true",
+        f"export.shard.parts_dir={tmp_path / 'parts'}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lookalike.export.app", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert segments(target) == segments(single)
     shutil.rmtree(tmp_path / "parts", ignore_errors=True)
     # The same export again into the now non-empty folder: refused before any rank scores.
-    again = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lookalike.export.app", *args],
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lookalike.export.app", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode != 0 and "is not empty; choose another folder or set export.overwrite=true" in again.stderr
     assert not (tmp_path / "parts").exists() and segments(target) == segments(single)

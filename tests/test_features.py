@@ -16,14 +16,16 @@ DATA_CFG = OmegaConf.create({"id_column": "user_id", "non_finite": "refuse", "vo
 
 
 def table() -> pa.Table:
-    return pa.table({
-        "user_id": ["a", "b", "c", "d", "e"],
-        "age": pa.array([20.0, 30.0, None, 40.0, 50.0]),
-        "visits": pa.array([1, 2, 3, 4, 5], type=pa.int32()),
-        "device": ["ios", "ios", "web", None, "tv"],
-        "tags": pa.array([["x", "y"], [], None, ["x", "z", "y", "x"], ["z"]], type=pa.list_(pa.string())),
-        "opt_in": [True, False, True, True, False],
-    })
+    return pa.table(
+        {
+            "user_id": ["a", "b", "c", "d", "e"],
+            "age": pa.array([20.0, 30.0, None, 40.0, 50.0]),
+            "visits": pa.array([1, 2, 3, 4, 5], type=pa.int32()),
+            "device": ["ios", "ios", "web", None, "tv"],
+            "tags": pa.array([["x", "y"], [], None, ["x", "z", "y", "x"], ["z"]], type=pa.list_(pa.string())),
+            "opt_in": [True, False, True, True, False],
+        }
+    )
 
 
 def test_kinds_are_inferred_from_the_arrow_schema():

@@ -36,7 +36,7 @@ def reference(model: nn.Module, tensors: list[torch.Tensor], clip: float) -> dic
     total = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
     for b in range(labels.shape[0]):
         model.zero_grad(set_to_none=True)
-        per_example_loss(model(*(t[b:b + 1] for t in inputs)), labels[b:b + 1]).sum().backward()
+        per_example_loss(model(*(t[b : b + 1] for t in inputs)), labels[b : b + 1]).sum().backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
         norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
         factor = min(1.0, clip / (float(norm) + 1e-6))

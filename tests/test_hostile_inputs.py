@@ -48,14 +48,20 @@ def test_schema_that_differs_across_partitions(cfg_factory, demo_dir, tmp_path):
     second = second.set_column(second.column_names.index("age"), "age", second.column("age").cast(pa.string()))
     pq.write_table(second, folder / "part=2" / "b.parquet")
     out = tmp_path / "out"
-    refused(cfg_factory(f"data.publisher_path={folder}", "data.exclude_columns=[part]", out=out),
-            "part=2/b.parquet' stores column 'age' as string but the dataset as double", out)
+    refused(
+        cfg_factory(f"data.publisher_path={folder}", "data.exclude_columns=[part]", out=out),
+        "part=2/b.parquet' stores column 'age' as string but the dataset as double",
+        out,
+    )
 
 
-@pytest.mark.parametrize(("ids", "message"), [
-    (lambda n: [""] + [f"u{i}" for i in range(1, n)], "has 1 empty ids"),
-    (lambda n: [None] + [f"u{i}" for i in range(1, n)], "has 1 empty ids"),
-])
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (lambda n: [""] + [f"u{i}" for i in range(1, n)], "has 1 empty ids"),
+        (lambda n: [None] + [f"u{i}" for i in range(1, n)], "has 1 empty ids"),
+    ],
+)
 def test_empty_or_null_publisher_ids(cfg_factory, demo_dir, tmp_path, ids, message):
     table = publisher_table(demo_dir)
     table = table.set_column(0, "user_id", pa.array(ids(table.num_rows), type=pa.string()))

@@ -95,8 +95,7 @@ def test_the_owners_attach_a_grown_table_to_its_budget(demo_dir, tmp_path, capsy
     from lookalike.cli.budget import main as budget_main
 
     table = ds.dataset(demo_dir / "publisher", partitioning="hive").to_table()
-    grown = pa.concat_tables([table] + [table.set_column(0, "user_id", pa.array([f"{u}-b{i}" for u in table.column("user_id").to_pylist()]))
-                                        for i in range(3)])
+    grown = pa.concat_tables([table] + [table.set_column(0, "user_id", pa.array([f"{u}-b{i}" for u in table.column("user_id").to_pylist()])) for i in range(3)])
     pq.write_table(grown, tmp_path / "grown.parquet")  # 4x the users, the old ones among them
     ledger = str(tmp_path / "ledger.sqlite")
     budget_main(["--ledger", ledger, "create", "--publisher", str(demo_dir / "publisher"), "--epsilon", "3"])

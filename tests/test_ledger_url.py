@@ -41,7 +41,8 @@ def test_passwords_are_never_shown_or_logged():
     # a password holding '@' or '/', and secrets passed as query parameters
     assert without_password("postgresql+psycopg://alice:p@ss/w@db:5432/ledger") == "postgresql+psycopg://alice:***@db:5432/ledger"
     assert without_password("postgresql://bob@db/ledger?sslpassword=hunter2&sslmode=require&api_token=t0k") == (
-        "postgresql://bob@db/ledger?sslpassword=***&sslmode=require&api_token=***")
+        "postgresql://bob@db/ledger?sslpassword=***&sslmode=require&api_token=***"
+    )
 
 
 @pytest.mark.parametrize("url", ["nosuchdialect://x/y", "postgresql+nosuchdriver://u@localhost/ledger"])

@@ -22,12 +22,15 @@ DATA_CFG = OmegaConf.create({"id_column": "user_id", "non_finite": "refuse", "vo
 
 def batch(n: int = 12, audiences: int = 3, seed: int = 0):
     rng = np.random.default_rng(seed)
-    t = pa.table({
-        "user_id": [f"u{i}" for i in range(n)],
-        "x": rng.normal(size=n), "y": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.2),
-        "c": rng.choice(["a", "b", "c", "d"], n),
-        "tags": pa.array([list(rng.choice(["p", "q", "r", "s", "t"], rng.integers(0, 6))) for _ in range(n)], type=pa.list_(pa.string())),
-    })
+    t = pa.table(
+        {
+            "user_id": [f"u{i}" for i in range(n)],
+            "x": rng.normal(size=n),
+            "y": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.2),
+            "c": rng.choice(["a", "b", "c", "d"], n),
+            "tags": pa.array([list(rng.choice(["p", "q", "r", "s", "t"], rng.integers(0, 6))) for _ in range(n)], type=pa.list_(pa.string())),
+        }
+    )
     spec = fit_feature_spec(t, infer_feature_kinds(t.schema, {"user_id"}), DATA_CFG, "p")
     labels = torch.from_numpy((rng.random((n, audiences)) < 0.4).astype(np.float32))
     return spec, encode(t, spec).tensors(), labels
@@ -75,8 +78,9 @@ def test_logical_batch_split_into_physical_batches_equals_one_big_batch():
         loader = DataLoader(TensorBatches(inputs + [labels]), batch_size=64, collate_fn=keep_batch)
         engine = PrivacyEngine()
         # zero noise isolates the clipping/accumulation path; Poisson off for identical batches
-        model, opt, loader = engine.make_private(module=model, optimizer=opt, data_loader=loader, noise_multiplier=0.0,
-                                                 max_grad_norm=0.5, poisson_sampling=False)
+        model, opt, loader = engine.make_private(
+            module=model, optimizer=opt, data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.5, poisson_sampling=False
+        )
         with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical, optimizer=opt) as batches:
             for *x, y in batches:
                 opt.zero_grad()

@@ -79,10 +79,10 @@ def dp_step_noise(mode: str) -> dict[str, torch.Tensor]:
     model = Tiny()
     data = [torch.randint(0, 2048, (ROWS,)), torch.randn(ROWS, 16), torch.zeros(ROWS, 2048)]
     loader = DataLoader(TensorBatches(data), batch_size=ROWS, collate_fn=keep_batch)  # q = 1: every row, one step
-    privacy = SimpleNamespace(enabled=True, target_epsilon=4.0, max_grad_norm=CLIP, accountant="prv", grad_sample_mode=mode,
-                              secure_mode=False)
-    private = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, privacy, epochs=1, delta=1e-5,
-                           noise_multiplier=Z, max_physical_batch=2, examples=ROWS)
+    privacy = SimpleNamespace(enabled=True, target_epsilon=4.0, max_grad_norm=CLIP, accountant="prv", grad_sample_mode=mode, secure_mode=False)
+    private = make_private(
+        model, torch.optim.SGD(model.parameters(), lr=1.0), loader, privacy, epochs=1, delta=1e-5, noise_multiplier=Z, max_physical_batch=2, examples=ROWS
+    )
     optimizer, steps, physical = private.optimizer, 0, 0
     with _physical_batches(private.loader, optimizer, private, SimpleNamespace(physical_batch_size=2)) as batches:
         for ids, x, _ in batches:
@@ -111,6 +111,7 @@ def test_dp_sgd_noise_std_is_multiplier_times_clip_on_every_parameter(mode):
 
 
 # --- Gaussian releases ------------------------------------------------------------------------
+
 
 def test_evaluation_histogram_noise_matches_the_sensitivity_of_all_histograms():
     """One user moves one count in the positive and one in the negative histogram of every
@@ -157,8 +158,11 @@ def centroid_inputs(users: int = 100) -> list[torch.Tensor]:
 
 
 def centroid_tables(model: CentroidSimilarity) -> dict[str, torch.Tensor]:
-    return {"numeric": model.numeric, **{f"categorical {i}": t for i, t in enumerate(model.categorical)},
-            **{f"multi {i}": t for i, t in enumerate(model.multi)}}
+    return {
+        "numeric": model.numeric,
+        **{f"categorical {i}": t for i, t in enumerate(model.categorical)},
+        **{f"multi {i}": t for i, t in enumerate(model.multi)},
+    }
 
 
 def test_centroid_noise_is_calibrated_multiplier_times_sensitivity_on_every_table():
@@ -178,6 +182,7 @@ def test_centroid_noise_is_calibrated_multiplier_times_sensitivity_on_every_tabl
 
 # --- randomised response ----------------------------------------------------------------------
 
+
 def test_randomized_exclusion_flips_membership_at_one_over_one_plus_e_eps():
     """Seed users stay out with probability e^eps/(1+e^eps); others are left out with
     1/(1+e^eps). Binomial band of six standard errors on 200k users per group."""
@@ -194,6 +199,7 @@ def test_randomized_exclusion_flips_membership_at_one_over_one_plus_e_eps():
 
 # --- none of it replayable from the logged seed -----------------------------------------------
 
+
 class ConstantScore(nn.Module):
     """Every user scores the same: which users the export excludes is then the coin flips alone."""
 
@@ -207,10 +213,20 @@ def excluded_by_export(folder) -> list[str]:
     ids = [f"u{i:04d}" for i in range(2000)]
     pq.write_table(pa.table({"id": ids, "x": np.zeros(2000)}), folder / "publisher.parquet", row_group_size=500)
     spec = FeatureSpec(id_column="id", numeric=[NumericFeature("x", 0.0, 1.0, False)])
-    options = ExportOptions(include_seed=False, exclusion="randomized", exclusion_epsilon=1.0, min_score=None,
-                            holdout_fraction=0.0, split_seed=0)
-    state, _ = score_population(ds.dataset(folder / "publisher.parquet"), None, spec, ConstantScore(), torch.device("cpu"),
-                                {"a": 0}, {"a": pa.array(ids[:1000])}, 2000, options, 256, str(folder))
+    options = ExportOptions(include_seed=False, exclusion="randomized", exclusion_epsilon=1.0, min_score=None, holdout_fraction=0.0, split_seed=0)
+    state, _ = score_population(
+        ds.dataset(folder / "publisher.parquet"),
+        None,
+        spec,
+        ConstantScore(),
+        torch.device("cpu"),
+        {"a": 0},
+        {"a": pa.array(ids[:1000])},
+        2000,
+        options,
+        256,
+        str(folder),
+    )
     kept = set(state["a"].segment.result()[2].to_pylist())
     return sorted(set(ids) - kept)
 
@@ -220,6 +236,7 @@ def test_two_runs_with_the_same_seed_draw_different_noise(tmp_path):
     """The logged seed fixes torch's and numpy's global generators; a mechanism drawing from
     them could be replayed and its noise subtracted. Each mechanism runs twice after seeding
     both globally: every one must give a different release."""
+
     def centroid():
         model = CentroidSimilarity(CENTROID_SPEC, CENTROID_AUDIENCES)
         numeric, categorical, multi, labels = centroid_inputs()
@@ -228,12 +245,12 @@ def test_two_runs_with_the_same_seed_draw_different_noise(tmp_path):
 
     hist = [np.zeros(10)]
     mechanisms = {
-        **{f"DP-SGD {mode}": lambda mode=mode: torch.cat([n.flatten() for n in dp_step_noise(mode).values()])
-           for mode in ("fused", "hooks", "functorch")},
+        **{f"DP-SGD {mode}": lambda mode=mode: torch.cat([n.flatten() for n in dp_step_noise(mode).values()]) for mode in ("fused", "hooks", "functorch")},
         "centroid": centroid,
         "eval histograms": lambda: np.concatenate(noisy_histograms(hist, hist, 1.0, 1e-6)[0]),
-        "report counts": lambda: np.array(ReleasePlan(trusted=False, sigma=3.0, noisy_segment_sizes=True,
-                                                          min_aggregation_size=10).release(np.full(50, 1000.0))),
+        "report counts": lambda: np.array(
+            ReleasePlan(trusted=False, sigma=3.0, noisy_segment_sizes=True, min_aggregation_size=10).release(np.full(50, 1000.0))
+        ),
         "randomised exclusion": lambda: excluded_by_export(tmp_path),
     }
     replayable = []
@@ -258,7 +275,13 @@ def test_under_torchrun_rank_0_alone_adds_noise():
     stds = []
     for rank in (0, 1, 2):
         model = torch.nn.Linear(4, 2)
-        opt = DistributedNoisySumOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=Z, max_grad_norm=CLIP,
-                                           expected_batch_size=8, loss_reduction="mean", world=World(rank, 3, rank))
+        opt = DistributedNoisySumOptimizer(
+            torch.optim.SGD(model.parameters(), lr=1.0),
+            noise_multiplier=Z,
+            max_grad_norm=CLIP,
+            expected_batch_size=8,
+            loss_reduction="mean",
+            world=World(rank, 3, rank),
+        )
         stds.append(opt.noise_std())
     assert stds == [pytest.approx(Z * CLIP), 0.0, 0.0]

@@ -127,8 +127,7 @@ def test_shard_parts_carry_ids_so_the_merge_counts_exactly_like_one_process(tmp_
     seed = {ids[i] for i in np.flatnonzero(rng.random(n) < 0.2)}
     sizes = [5, 300, 1000, 1001, 1500]  # 2 x 1500 + 4096 < 8000: each shard cuts its top-k while streaming
     single = scored(scores, ids, seed, sizes, holdout_fraction=0.6)
-    job = SimpleNamespace(uri="m", fingerprint="f", population=n, sizes=sizes, audiences={"a": 0},
-                          options=ExportOptions(False, "exact", 1.0, None, 0.6, 7))
+    job = SimpleNamespace(uri="m", fingerprint="f", population=n, sizes=sizes, audiences={"a": 0}, options=ExportOptions(False, "exact", 1.0, None, 0.6, 7))
     order = rng.permutation(n)
     for index, rows in enumerate((order[::2], order[1::2])):
         save_part(job, Scored({"a": scored(scores, ids, seed, sizes, 0.6, rows=rows)}, rows.size, 0.0), index, 2, tmp_path)

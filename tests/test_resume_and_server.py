@@ -41,9 +41,21 @@ def test_killed_run_stays_charged_and_resume_continues_the_accountant(cfg_factor
     # A size estimate this precise is the exact size: the straight run below samples at the same rate.
     exact = "privacy.size_epsilon=100"
     proc = subprocess.Popen(
-        [sys.executable, "-c", TRAIN, "debug=default", exact, f"trainer.epochs={epochs}", f"paths.output_dir={out}", f"hydra.run.dir={out / 'crashed'}",
-         f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            TRAIN,
+            "debug=default",
+            exact,
+            f"trainer.epochs={epochs}",
+            f"paths.output_dir={out}",
+            f"hydra.run.dir={out / 'crashed'}",
+            f"data.publisher_path={demo_dir / 'publisher'}",
+            f"data.seed_path={demo_dir / 'seed.jsonl'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 180
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -74,8 +86,9 @@ def test_killed_run_stays_charged_and_resume_continues_the_accountant(cfg_factor
     s = _metrics(straight)
     assert s["privacy.steps"] == m["privacy.steps"] and s["privacy.noise_multiplier"] == pytest.approx(m["privacy.noise_multiplier"])
     assert m["privacy.epsilon_spent"] == pytest.approx(s["privacy.epsilon_spent"], rel=1e-9)
-    assert m["privacy.epsilon_spent"] == pytest.approx(epsilon_from_history(
-        [(m["privacy.noise_multiplier"], m["privacy.sample_rate"], int(m["privacy.steps"]))], m["privacy.delta"], "prv"), rel=1e-9)
+    assert m["privacy.epsilon_spent"] == pytest.approx(
+        epsilon_from_history([(m["privacy.noise_multiplier"], m["privacy.sample_rate"], int(m["privacy.steps"]))], m["privacy.delta"], "prv"), rel=1e-9
+    )
 
 
 def _free_port() -> int:
@@ -88,9 +101,23 @@ def _free_port() -> int:
 def mlflow_server(tmp_path):
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -134,11 +161,19 @@ def test_training_logs_to_a_real_mlflow_server(cfg_factory, mlflow_server, tmp_p
 
     target = tmp_path / "segments"
     with initialize_config_dir(config_dir=EXPORT_CONFIGS, version_base="1.3"):
-        export_cfg = compose(config_name="export", overrides=[
-            f"paths.output_dir={cfg.paths.output_dir}", f"data.publisher_path={demo_dir / 'publisher'}",
-            f"data.seed_path={demo_dir / 'seed.jsonl'}", f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment_name=remote",
-            f"export.model=models:/lookalike-remote/{version.version if version else 1}", f"export.output_dir={target}",
-            "export.audience_size.bins=[10]"])
+        export_cfg = compose(
+            config_name="export",
+            overrides=[
+                f"paths.output_dir={cfg.paths.output_dir}",
+                f"data.publisher_path={demo_dir / 'publisher'}",
+                f"data.seed_path={demo_dir / 'seed.jsonl'}",
+                f"mlflow.tracking_uri={mlflow_server}",
+                "mlflow.experiment_name=remote",
+                f"export.model=models:/lookalike-remote/{version.version if version else 1}",
+                f"export.output_dir={target}",
+                "export.audience_size.bins=[10]",
+            ],
+        )
     report = export(export_cfg)
     assert report["model"]["uri"].startswith("models:/lookalike-remote/") and (target / "audience=luxury" / "size=10").is_dir()
     exports = client.search_runs([client.get_experiment_by_name("remote").experiment_id], "tags.`lookalike.kind` = 'export'")

@@ -21,21 +21,30 @@ def test_a_new_budget_forbids_trusted_and_non_private_runs(demo_dir, tmp_path, c
     budget_main(["--ledger", str(ledger), "create", "--publisher", str(demo_dir / "publisher"), "--epsilon", "5"])
     budget_main(["--ledger", str(ledger), "--json"])
     (row,) = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert row["rules"] == {"min_matching_seed_size": 500, "min_aggregation_size": 100, "allow_list_output": True,
-                            "max_epsilon_per_run": None, "allow_trusted_evaluation": False, "allow_non_private": False}
+    assert row["rules"] == {
+        "min_matching_seed_size": 500,
+        "min_aggregation_size": 100,
+        "allow_list_output": True,
+        "max_epsilon_per_run": None,
+        "allow_trusted_evaluation": False,
+        "allow_non_private": False,
+    }
     budget_main(["--ledger", str(ledger), "set-rules", row["fingerprint"][:8], "--min-matching-seed-size", "25", "--allow-trusted-evaluation"])
     rules = Ledger(ledger).status()[0].rules
     assert rules["min_matching_seed_size"] == 25 and rules["allow_trusted_evaluation"] is True and rules["allow_non_private"] is False
 
 
-@pytest.mark.parametrize(("owner", "override", "key"), [
-    ("owner.allow_trusted_evaluation=false", "trusted_evaluation=true", "trusted_evaluation"),
-    ("owner.allow_non_private=false", "privacy.enabled=false", "privacy.enabled"),
-    ("owner.min_matching_seed_size=100", "rules.min_matching_seed_size=25", "rules.min_matching_seed_size"),
-    ("owner.min_aggregation_size=100", "rules.min_aggregation_size=2", "rules.min_aggregation_size"),
-    ("owner.allow_list_output=false", "rules.allow_list_output=true", "rules.allow_list_output"),
-    ("owner.max_epsilon_per_run=2", "privacy.target_epsilon=3", "privacy.target_epsilon"),
-])
+@pytest.mark.parametrize(
+    ("owner", "override", "key"),
+    [
+        ("owner.allow_trusted_evaluation=false", "trusted_evaluation=true", "trusted_evaluation"),
+        ("owner.allow_non_private=false", "privacy.enabled=false", "privacy.enabled"),
+        ("owner.min_matching_seed_size=100", "rules.min_matching_seed_size=25", "rules.min_matching_seed_size"),
+        ("owner.min_aggregation_size=100", "rules.min_aggregation_size=2", "rules.min_aggregation_size"),
+        ("owner.allow_list_output=false", "rules.allow_list_output=true", "rules.allow_list_output"),
+        ("owner.max_epsilon_per_run=2", "privacy.target_epsilon=3", "privacy.target_epsilon"),
+    ],
+)
 def test_a_looser_override_is_refused_naming_the_rule(cfg_factory, tmp_path, owner, override, key):
     extra = ["trusted_evaluation=true"] if key == "privacy.enabled" else []
     cfg = cfg_factory(owner, override, *extra, out=tmp_path / "out")

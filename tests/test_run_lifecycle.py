@@ -38,6 +38,5 @@ def test_abort_paths_release_before_training_and_keep_the_charge_after(cfg_facto
         early.finish()
 
     statuses = {e["id"]: e["status"] for e in ledger.entries(before.budget.fingerprint)}
-    assert statuses == {before.entry_id: "released", after.entry_id: "reserved", unrecorded.entry_id: "reserved",
-                        early.entry_id: "released"}
+    assert statuses == {before.entry_id: "released", after.entry_id: "reserved", unrecorded.entry_id: "reserved", early.entry_id: "released"}
     assert ledger.entry(after.entry_id)["reserved_epsilon"] == pytest.approx(1.0 + 0.05 + 0.2)

@@ -44,10 +44,17 @@ def _rows(features, labels=None) -> np.ndarray:
 
 
 def _summary(data) -> dict:
-    return {"spec": data.spec, "n_train": data.n_train, "matched": data.training.matched, "rows": data.publisher_rows,
-            "scan": data.scan, "fingerprint": data.users.digest,
-            "train": _rows(data.train_features, data.training.train_labels),
-            "holdout": {a: _rows(f) for a, f in data.holdout_features.items()}, "negatives": _rows(data.eval_negative_features)}
+    return {
+        "spec": data.spec,
+        "n_train": data.n_train,
+        "matched": data.training.matched,
+        "rows": data.publisher_rows,
+        "scan": data.scan,
+        "fingerprint": data.users.digest,
+        "train": _rows(data.train_features, data.training.train_labels),
+        "holdout": {a: _rows(f) for a, f in data.holdout_features.items()},
+        "negatives": _rows(data.eval_negative_features),
+    }
 
 
 def run_ranks(size: int, tmp_path, demo_dir, *overrides: str) -> list[dict]:
@@ -73,8 +80,9 @@ def test_two_ranks_prepare_what_one_process_prepares(demo_dir, tmp_path):
     for rank in (first, second):
         assert rank["n_train"] == single["n_train"] and rank["matched"] == single["matched"] and rank["rows"] == single["rows"] == 4000
         assert rank["scan"] == single["scan"]
-        assert [f.vocabulary for f in rank["spec"].categorical + rank["spec"].multi_categorical] == \
-               [f.vocabulary for f in single["spec"].categorical + single["spec"].multi_categorical]
+        assert [f.vocabulary for f in rank["spec"].categorical + rank["spec"].multi_categorical] == [
+            f.vocabulary for f in single["spec"].categorical + single["spec"].multi_categorical
+        ]
         for mine, whole in zip(rank["spec"].numeric, single["spec"].numeric):
             assert (mine.name, mine.missing_flag) == (whole.name, whole.missing_flag)
             assert mine.mean == pytest.approx(whole.mean, rel=1e-12, abs=1e-12) and mine.std == pytest.approx(whole.std, rel=1e-12)

@@ -16,11 +16,19 @@ TRAIN = "import sys; from lookalike.training.train import cli; sys.argv = ['look
 
 def sweep(demo_dir, out, budget: float, trials: int) -> subprocess.CompletedProcess:
     grant(out / "privacy_ledger.sqlite", demo_dir / "publisher", budget)
-    args = ["-m", "hparams_search=optuna", "debug=default", f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
-            f"data.seed_path={demo_dir / 'seed.jsonl'}", "privacy.target_epsilon=1.0",
-            f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.sampler.n_startup_trials=2",
-            # the tiny test data holds too few held-out users for a DP estimate: use exact metrics
-            "trusted_evaluation=true"]
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        "debug=default",
+        f"paths.output_dir={out}",
+        f"data.publisher_path={demo_dir / 'publisher'}",
+        f"data.seed_path={demo_dir / 'seed.jsonl'}",
+        "privacy.target_epsilon=1.0",
+        f"hydra.sweeper.n_trials={trials}",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        # the tiny test data holds too few held-out users for a DP estimate: use exact metrics
+        "trusted_evaluation=true",
+    ]
     return subprocess.run([sys.executable, "-c", TRAIN, *args], capture_output=True, text=True, timeout=600)
 
 
@@ -59,9 +67,17 @@ def test_parallel_trials_share_the_ledger_and_never_overspend(demo_dir, tmp_path
     joblib launcher), on a budget that holds two or three of them depending on how finished runs
     compose by the time a trial reserves: never more."""
     grant(tmp_path / "privacy_ledger.sqlite", demo_dir / "publisher", 2.5)
-    args = ["-m", "hydra/launcher=local_parallel", "debug=default", f"paths.output_dir={tmp_path}",
-            f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}",
-            "privacy.target_epsilon=1.0", "trusted_evaluation=true", "seed=1,2,3,4"]
+    args = [
+        "-m",
+        "hydra/launcher=local_parallel",
+        "debug=default",
+        f"paths.output_dir={tmp_path}",
+        f"data.publisher_path={demo_dir / 'publisher'}",
+        f"data.seed_path={demo_dir / 'seed.jsonl'}",
+        "privacy.target_epsilon=1.0",
+        "trusted_evaluation=true",
+        "seed=1,2,3,4",
+    ]
     proc = subprocess.run([sys.executable, "-c", TRAIN, *args], capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
@@ -91,8 +107,14 @@ def test_the_slurm_preset_composes_onto_submitit(tmp_path):
 def test_a_single_run_is_no_trial(demo_dir, tmp_path):
     """The sweep callback stays quiet outside multiruns: no warning, no sweep folder."""
     grant(tmp_path / "privacy_ledger.sqlite", demo_dir / "publisher")
-    args = ["debug=default", f"paths.output_dir={tmp_path}", f"data.publisher_path={demo_dir / 'publisher'}",
-            f"data.seed_path={demo_dir / 'seed.jsonl'}", "privacy.target_epsilon=1.0", "trusted_evaluation=true"]
+    args = [
+        "debug=default",
+        f"paths.output_dir={tmp_path}",
+        f"data.publisher_path={demo_dir / 'publisher'}",
+        f"data.seed_path={demo_dir / 'seed.jsonl'}",
+        "privacy.target_epsilon=1.0",
+        "trusted_evaluation=true",
+    ]
     proc = subprocess.run([sys.executable, "-c", TRAIN, *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "raised" not in proc.stderr and "Warning" not in proc.stderr

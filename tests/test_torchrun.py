@@ -17,14 +17,24 @@ from tests.conftest import grant
 
 def train_cli(demo_dir, out, launcher: list[str], *extra: str, budget: float = 1e5, exact_size: bool = True) -> subprocess.CompletedProcess:
     grant(out / "privacy_ledger.sqlite", demo_dir / "publisher", budget)
-    args = [*extra, "debug=default", f"paths.output_dir={out}", f"data.publisher_path={demo_dir / 'publisher'}",
-            f"data.seed_path={demo_dir / 'seed.jsonl'}", "privacy.target_epsilon=4.0", "trainer.epochs=4", "trainer.batch_size=64",
-            "trusted_evaluation=true", "trainer.device=cpu"]
+    args = [
+        *extra,
+        "debug=default",
+        f"paths.output_dir={out}",
+        f"data.publisher_path={demo_dir / 'publisher'}",
+        f"data.seed_path={demo_dir / 'seed.jsonl'}",
+        "privacy.target_epsilon=4.0",
+        "trainer.epochs=4",
+        "trainer.batch_size=64",
+        "trusted_evaluation=true",
+        "trainer.device=cpu",
+    ]
     # a size estimate this precise is the exact size: both launches sample at the same rate
     args += ["privacy.size_epsilon=100"] if exact_size else []
     # one thread per rank: two ranks on a 2-core machine
-    return subprocess.run([*launcher, "-m", "lookalike.training.train", *args], capture_output=True, text=True, timeout=600,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [*launcher, "-m", "lookalike.training.train", *args], capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
 
 
 def logged(out):
@@ -48,8 +58,10 @@ def test_two_processes_account_like_one_and_learn_alike(demo_dir, tmp_path):
     assert m2["trusted.auc"] > 0.7 and abs(m1["trusted.auc"] - m2["trusted.auc"]) < 0.1
     entries = Ledger(tmp_path / "multi" / "privacy_ledger.sqlite").entries(two.data.tags["lookalike.fingerprint"])
     assert len(entries) == 1 and entries[0]["status"] == "spent"
-    assert json.loads(entries[0]["events"])[0] == json.loads(
-        Ledger(tmp_path / "single" / "privacy_ledger.sqlite").entries(one.data.tags["lookalike.fingerprint"])[0]["events"])[0]
+    assert (
+        json.loads(entries[0]["events"])[0]
+        == json.loads(Ledger(tmp_path / "single" / "privacy_ledger.sqlite").entries(one.data.tags["lookalike.fingerprint"])[0]["events"])[0]
+    )
 
 
 @pytest.mark.slow
@@ -58,8 +70,7 @@ def test_a_refused_run_stops_every_rank(demo_dir, tmp_path):
     first = train_cli(demo_dir, out, [sys.executable], budget=6, exact_size=False)
     assert first.returncode == 0, first.stderr[-3000:]
     before = Ledger(out / "privacy_ledger.sqlite").status()
-    refused = train_cli(demo_dir, out, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-                        budget=6, exact_size=False)
+    refused = train_cli(demo_dir, out, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], budget=6, exact_size=False)
     assert refused.returncode != 0 and "privacy budget exhausted" in refused.stderr
     assert "rank 0 stopped before training" in refused.stderr  # rank 1 neither hung nor trained
     assert len(logged(out)) == 1 and Ledger(out / "privacy_ledger.sqlite").status() == before
@@ -69,12 +80,10 @@ def test_a_refused_run_stops_every_rank(demo_dir, tmp_path):
 def test_a_rank_without_row_groups_trains_and_canaries_count_once(demo_dir, tmp_path):
     """The window keeps one file (one row group): rank 1 reads nothing, yet samples and steps
     with rank 0, and the canaries that rank 0 alone trains on enter the sample rate once."""
-    window = ["data.window.column=cohort", "data.window.start=2025-01", "data.window.end=2025-02",
-              "audit=one_run", "audit.canaries=200"]
+    window = ["data.window.column=cohort", "data.window.start=2025-01", "data.window.end=2025-02", "audit=one_run", "audit.canaries=200"]
     single = train_cli(demo_dir, tmp_path / "single", [sys.executable], *window)
     assert single.returncode == 0, single.stderr[-3000:]
-    multi = train_cli(demo_dir, tmp_path / "multi", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-                      *window)
+    multi = train_cli(demo_dir, tmp_path / "multi", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], *window)
     assert multi.returncode == 0, multi.stderr[-3000:]
     assert "rank 1 of 2 reads 0 of 1 row groups" in multi.stdout + multi.stderr
     (one,), (two,) = logged(tmp_path / "single"), logged(tmp_path / "multi")

@@ -27,8 +27,13 @@ def test_the_wheel_installs_and_trains_exports_and_budgets_outside_the_repo(tmp_
     _run(ROOT, sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, ROOT)
     (wheel,) = dist.glob("lookalike-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"lookalike/conf/train.yaml", "lookalike/conf/export.yaml", "lookalike/conf/experiment/demo.yaml",
-            "lookalike/data/uci_adult.parquet", "lookalike/py.typed"} <= names
+    assert {
+        "lookalike/conf/train.yaml",
+        "lookalike/conf/export.yaml",
+        "lookalike/conf/experiment/demo.yaml",
+        "lookalike/data/uci_adult.parquet",
+        "lookalike/py.typed",
+    } <= names
 
     venv = tmp_path / "venv"
     _run(tmp_path, sys.executable, "-m", "venv", venv)
@@ -49,18 +54,30 @@ def test_the_wheel_installs_and_trains_exports_and_budgets_outside_the_repo(tmp_
     mine = work / "my_configs" / "experiment" / "mine.yaml"
     mine.write_text(mine.read_text().replace("experiment_name: adult", "experiment_name: mine").replace("epochs: 10", "epochs: 1"))
     common = ["paths.output_dir=out", "data.publisher_path=adult/publisher.parquet", "data.seed_path=adult/seed.jsonl"]
-    _run(work, bin_ / "lookalike-budget", "--ledger", "out/privacy_ledger.sqlite", "create", "--publisher", "adult/publisher.parquet",
-         "--epsilon", "10", "--allow-trusted-evaluation")
-    _run(work, bin_ / "lookalike-train", "--config-dir", "my_configs", "experiment=mine", "trainer.progress_bar=false", "trainer.device=cpu",
-         *common)
-    _run(work, bin_ / "lookalike-export", "--config-dir", "my_configs", "experiment=mine", "export.model=latest",
-         "export.audience_size.bins=[5]", *common)
+    _run(
+        work,
+        bin_ / "lookalike-budget",
+        "--ledger",
+        "out/privacy_ledger.sqlite",
+        "create",
+        "--publisher",
+        "adult/publisher.parquet",
+        "--epsilon",
+        "10",
+        "--allow-trusted-evaluation",
+    )
+    _run(work, bin_ / "lookalike-train", "--config-dir", "my_configs", "experiment=mine", "trainer.progress_bar=false", "trainer.device=cpu", *common)
+    _run(work, bin_ / "lookalike-export", "--config-dir", "my_configs", "experiment=mine", "export.model=latest", "export.audience_size.bins=[5]", *common)
     report = json.loads((work / "out" / "segments" / "report.json").read_text())
     assert report["audiences"]["high_income"]["bins"][0]["segment"] == "written"
     (budget,) = json.loads(_run(work, bin_ / "lookalike-budget", "--ledger", "out/privacy_ledger.sqlite", "--json").stdout)
     # the training run (epsilon 1 + 0.05 for the size estimate); the experiment is trusted (Adult is
     # public), so the export's exact report charges nothing
     assert budget["runs"] == 1 and 1.0 < budget["spent_epsilon"] <= 1.05
-    runs = _run(work, bin_ / "python", "-c", "import mlflow; mlflow.set_tracking_uri('sqlite:///out/mlflow.db'); "
-                "print(len(mlflow.search_runs(experiment_names=['mine'])))").stdout
+    runs = _run(
+        work,
+        bin_ / "python",
+        "-c",
+        "import mlflow; mlflow.set_tracking_uri('sqlite:///out/mlflow.db'); print(len(mlflow.search_runs(experiment_names=['mine'])))",
+    ).stdout
     assert runs.strip() == "2"  # training and export, in the user's own experiment

@@ -28,8 +28,12 @@ def require(key: str, value: Any, ok: Callable[[float], bool], rule: str) -> Non
 
 
 def whole(key: str, value: Any, low: int = 1, high: float = math.inf) -> None:
-    require(key, value, lambda v: low <= v <= high and v == int(v),
-            f"must be a whole number >= {low}" if high == math.inf else f"must be a whole number in [{low}, {high:.0f}]")
+    require(
+        key,
+        value,
+        lambda v: low <= v <= high and v == int(v),
+        f"must be a whole number >= {low}" if high == math.inf else f"must be a whole number in [{low}, {high:.0f}]",
+    )
 
 
 def one_of(key: str, value: Any, allowed: tuple[str, ...], hint: str = "") -> None:

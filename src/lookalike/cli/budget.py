@@ -1,11 +1,11 @@
 """`lookalike-budget`: the data owners' command for budgets and clean-room rules.
 
-    lookalike-budget --ledger outputs/privacy_ledger.sqlite                      # what is held
-    lookalike-budget --ledger L create --publisher data/demo/publisher --epsilon 5 --allow-trusted-evaluation
-    lookalike-budget --ledger L attach 5c62ccb5 --publisher /data/publisher-2026-12   # a grown table
-    lookalike-budget --ledger L set-budget 5c62ccb5 8.0                           # renew
-    lookalike-budget --ledger L set-rules 5c62ccb5 --min-aggregation-size 200
-    lookalike-budget --ledger L preview --epsilon 1.2
+lookalike-budget --ledger outputs/privacy_ledger.sqlite                      # what is held
+lookalike-budget --ledger L create --publisher data/demo/publisher --epsilon 5 --allow-trusted-evaluation
+lookalike-budget --ledger L attach 5c62ccb5 --publisher /data/publisher-2026-12   # a grown table
+lookalike-budget --ledger L set-budget 5c62ccb5 8.0                           # renew
+lookalike-budget --ledger L set-rules 5c62ccb5 --min-aggregation-size 200
+lookalike-budget --ledger L preview --epsilon 1.2
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from lookalike.privacy.ledger import Ledger, runs_fitting
 from lookalike.privacy.rules import Rules
 
 DEFAULT_LEDGER = "outputs/privacy_ledger.sqlite"
-RULE_FLAGS = ("min_matching_seed_size", "min_aggregation_size", "allow_list_output", "max_epsilon_per_run",
-              "allow_trusted_evaluation", "allow_non_private")
+RULE_FLAGS = ("min_matching_seed_size", "min_aggregation_size", "allow_list_output", "max_epsilon_per_run", "allow_trusted_evaluation", "allow_non_private")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -34,8 +33,16 @@ def format_table(rows: list[dict]) -> str:
     # runs (PRV) and is what the ledger enforces, so remaining = budget - charged.
     header = ("fingerprint", "budget", "spent", "reserved", "charged", "remaining", "delta spent", "entries")
     lines = [header] + [
-        (r["fingerprint"][:12], f"{r['budget_epsilon']:.4g}", f"{r['spent_epsilon']:.4g}", f"{r['reserved_epsilon']:.4g}",
-         f"{r['charged_epsilon']:.4g}", f"{r['remaining_epsilon']:.4g}", f"{r['spent_delta']:.3g}", str(r["runs"]))
+        (
+            r["fingerprint"][:12],
+            f"{r['budget_epsilon']:.4g}",
+            f"{r['spent_epsilon']:.4g}",
+            f"{r['reserved_epsilon']:.4g}",
+            f"{r['charged_epsilon']:.4g}",
+            f"{r['remaining_epsilon']:.4g}",
+            f"{r['spent_delta']:.3g}",
+            str(r["runs"]),
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -47,8 +54,9 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-aggregation-size", type=int, help="no released count or segment below this (default 100)")
     parser.add_argument("--allow-list-output", action=argparse.BooleanOptionalAction, help="user lists in exports (default yes)")
     parser.add_argument("--max-epsilon-per-run", type=float, help="largest epsilon one run may reserve (default: the budget)")
-    parser.add_argument("--allow-trusted-evaluation", action=argparse.BooleanOptionalAction,
-                        help="exact seed-derived metrics (default no: synthetic or public data only)")
+    parser.add_argument(
+        "--allow-trusted-evaluation", action=argparse.BooleanOptionalAction, help="exact seed-derived metrics (default no: synthetic or public data only)"
+    )
     parser.add_argument("--allow-non-private", action=argparse.BooleanOptionalAction, help="privacy.enabled=false runs (default no)")
 
 
@@ -86,8 +94,12 @@ def parser() -> argparse.ArgumentParser:
     rules.add_argument("fingerprint", help="the fingerprint, or a unique prefix of it")
     _rule_options(rules)
     preview = sub.add_parser("preview", help="how many more runs at a given epsilon the remaining budget covers")
-    preview.add_argument("--epsilon", type=float, required=True,
-                         help="epsilon per run: privacy.target_epsilon + evaluation.epsilon + privacy.size_epsilon (+ export's report_epsilon)")
+    preview.add_argument(
+        "--epsilon",
+        type=float,
+        required=True,
+        help="epsilon per run: privacy.target_epsilon + evaluation.epsilon + privacy.size_epsilon (+ export's report_epsilon)",
+    )
     return p
 
 
@@ -128,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
             row["runs_that_fit"] = runs_fitting(row["remaining_epsilon"], args.epsilon)
         if not args.json:
             for row in rows:
-                print(f"{row['fingerprint'][:12]}: {row['runs_that_fit']} more run(s) at epsilon {args.epsilon:g} "
-                      f"(remaining {row['remaining_epsilon']:.4g} of {row['budget_epsilon']:.4g})")
+                print(
+                    f"{row['fingerprint'][:12]}: {row['runs_that_fit']} more run(s) at epsilon {args.epsilon:g} "
+                    f"(remaining {row['remaining_epsilon']:.4g} of {row['budget_epsilon']:.4g})"
+                )
             return
     if args.command == "create":
         return

@@ -71,8 +71,16 @@ def write_demo(output_dir: Path, n_users: int, seed: int, observed: float = 0.6,
     if publisher.exists():
         shutil.rmtree(publisher)
     # Hive-partitioned by cohort, so `data.window` on it prunes whole folders.
-    ds.write_dataset(table, publisher, format="parquet", partitioning=["cohort"], partitioning_flavor="hive",
-                     existing_data_behavior="overwrite_or_ignore", max_rows_per_group=1 << 16, preserve_order=True)
+    ds.write_dataset(
+        table,
+        publisher,
+        format="parquet",
+        partitioning=["cohort"],
+        partitioning_flavor="hive",
+        existing_data_behavior="overwrite_or_ignore",
+        max_rows_per_group=1 << 16,
+        preserve_order=True,
+    )
     ids = table.column("user_id").to_numpy(zero_copy_only=False)
     lines = []
     for name, rows in converters.items():
@@ -90,16 +98,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("data/demo"))
     parser.add_argument("--users", type=int, default=250_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--dataset", choices=["synthetic", "adult"], default="synthetic",
-                        help="synthetic (planted structure) or adult (the shipped UCI Adult table, real data)")
+    parser.add_argument(
+        "--dataset", choices=["synthetic", "adult"], default="synthetic", help="synthetic (planted structure) or adult (the shipped UCI Adult table, real data)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.dataset == "adult":
         from lookalike.data.adult import write_adult
 
         users, seed = write_adult(args.output_dir)
-        log.info("wrote %s/publisher.parquet (%d Adult census records) and %s/seed.jsonl (%d income >50K users)",
-                 args.output_dir, users, args.output_dir, seed)
+        log.info("wrote %s/publisher.parquet (%d Adult census records) and %s/seed.jsonl (%d income >50K users)", args.output_dir, users, args.output_dir, seed)
         return
     if args.users < 1000:
         parser.error("--users must be at least 1000 so each audience clears the matching threshold")

@@ -43,8 +43,9 @@ class EncodedFeatures:
 
 
 def concat(a: EncodedFeatures, b: EncodedFeatures) -> EncodedFeatures:
-    return EncodedFeatures(np.concatenate([a.numeric, b.numeric]), np.concatenate([a.categorical, b.categorical]),
-                           [np.concatenate([x, y]) for x, y in zip(a.multi, b.multi)])
+    return EncodedFeatures(
+        np.concatenate([a.numeric, b.numeric]), np.concatenate([a.categorical, b.categorical]), [np.concatenate([x, y]) for x, y in zip(a.multi, b.multi)]
+    )
 
 
 def encode(table: pa.Table | pa.RecordBatch, spec: FeatureSpec, path: str = "<publisher>") -> EncodedFeatures:

@@ -47,15 +47,18 @@ class NumericSummary:
             base = self if self.count else other
             return NumericSummary(base.count, base.mean, base.m2, self.has_missing or other.has_missing)
         gap = other.mean - self.mean
-        return NumericSummary(n, self.mean + gap * other.count / n, self.m2 + other.m2 + gap * gap * self.count * other.count / n,
-                              self.has_missing or other.has_missing)
+        return NumericSummary(
+            n, self.mean + gap * other.count / n, self.m2 + other.m2 + gap * gap * self.count * other.count / n, self.has_missing or other.has_missing
+        )
 
     def feature(self, name: str) -> NumericFeature:
         std = float(np.sqrt(self.m2 / self.count)) if self.count else 1.0
         if not (np.isfinite(self.mean) and np.isfinite(std)):
             # Random bytes in a data page (footer intact) decoded as values up to 6.9e306.
-            raise DataError(f"publisher data: numeric column '{name}' has values too large to standardise (mean {self.mean:.3g}): "
-                            "the data is probably damaged; repair it or leave the column out (data.exclude_columns)")
+            raise DataError(
+                f"publisher data: numeric column '{name}' has values too large to standardise (mean {self.mean:.3g}): "
+                "the data is probably damaged; repair it or leave the column out (data.exclude_columns)"
+            )
         return NumericFeature(name, self.mean if self.count else 0.0, std if std > 0 else 1.0, self.has_missing)
 
 
@@ -66,8 +69,7 @@ class FeatureStatistics:
     counts: dict[str, pa.Table] = field(default_factory=dict)  # column -> (value, count), one row per value
 
 
-def table_statistics(table: pa.Table, kinds: dict[str, list[str]], non_finite: str, path: str,
-                     max_robust_z: float | None = None) -> FeatureStatistics:
+def table_statistics(table: pa.Table, kinds: dict[str, list[str]], non_finite: str, path: str, max_robust_z: float | None = None) -> FeatureStatistics:
     """Summarise one table (or one rank's share of it); refuses bad columns as the spec would."""
     stats = FeatureStatistics(kinds)
     for name in kinds["numeric"]:
@@ -96,9 +98,11 @@ def check_plausible(values: np.ndarray, name: str, path: str, bound: float) -> N
     worst = int(np.argmax(np.abs(values - median)))
     distance = abs(float(values[worst]) - median) / spread
     if distance > bound:
-        raise DataError(f"publisher data '{path}': numeric column '{name}' holds {values[worst]:.3g}, {distance:.3g} robust standard "
-                        f"deviations from its median (data.max_robust_z = {bound:g}): the data may be damaged; repair it, leave the "
-                        "column out (data.exclude_columns) or raise data.max_robust_z")
+        raise DataError(
+            f"publisher data '{path}': numeric column '{name}' holds {values[worst]:.3g}, {distance:.3g} robust standard "
+            f"deviations from its median (data.max_robust_z = {bound:g}): the data may be damaged; repair it, leave the "
+            "column out (data.exclude_columns) or raise data.max_robust_z"
+        )
 
 
 def merge_statistics(parts: Sequence[FeatureStatistics]) -> FeatureStatistics:
@@ -122,8 +126,10 @@ def spec_from_statistics(stats: FeatureStatistics, data_cfg: Any) -> FeatureSpec
     spec = FeatureSpec(id_column=data_cfg.id_column, non_finite=data_cfg.non_finite)
     spec.numeric = [stats.numeric[name].feature(name) for name in stats.kinds["numeric"]]
     spec.categorical = [CategoricalFeature(name, vocabulary(stats.counts[name], data_cfg.vocab)) for name in stats.kinds["categorical"]]
-    spec.multi_categorical = [MultiCategoricalFeature(name, vocabulary(stats.counts[name], data_cfg.vocab), int(data_cfg.max_multi_length))
-                              for name in stats.kinds["multi_categorical"]]
+    spec.multi_categorical = [
+        MultiCategoricalFeature(name, vocabulary(stats.counts[name], data_cfg.vocab), int(data_cfg.max_multi_length))
+        for name in stats.kinds["multi_categorical"]
+    ]
     return spec
 
 

@@ -92,8 +92,9 @@ def hash_file(source: Path, target: Path, column: str, salt: bytes, kind: str) -
 def _refuse_blank(values: list, source: Path, column: str, first_row: int = 1) -> None:
     for i, value in enumerate(values):
         if value is None or not str(value).strip():
-            raise DataError(f"input file '{source}': row {first_row + i} has an empty '{column}'; drop such rows first "
-                            "(an empty id would hash to a valid-looking id)")
+            raise DataError(
+                f"input file '{source}': row {first_row + i} has an empty '{column}'; drop such rows first (an empty id would hash to a valid-looking id)"
+            )
 
 
 def _hash_csv(source: Path, tmp: Path, column: str, salt: bytes, kind: str) -> int:

@@ -64,14 +64,21 @@ def match_seed(
     trusted: bool,
 ) -> TrainingSet:
     """Split publisher rows into seed positives (train / held out), negatives and eval negatives."""
-    training = lay_out(publisher_ids, seeds, holdout_fraction=holdout_fraction, negative_rate=negative_rate,
-                       eval_negative_rate=eval_negative_rate, draws=split_draws(publisher_ids, split_seed))
+    training = lay_out(
+        publisher_ids,
+        seeds,
+        holdout_fraction=holdout_fraction,
+        negative_rate=negative_rate,
+        eval_negative_rate=eval_negative_rate,
+        draws=split_draws(publisher_ids, split_seed),
+    )
     check_matched(training.matched, training.n_train, min_matching_seed_size, trusted)
     return training
 
 
-def lay_out(publisher_ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], *, holdout_fraction: float, negative_rate: float,
-            eval_negative_rate: float, draws: np.ndarray) -> TrainingSet:
+def lay_out(
+    publisher_ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], *, holdout_fraction: float, negative_rate: float, eval_negative_rate: float, draws: np.ndarray
+) -> TrainingSet:
     """The split of these rows (all of the table, or one torchrun rank's share), unchecked:
     the size checks need the counts of the whole table (check_matched)."""
     n = len(publisher_ids)

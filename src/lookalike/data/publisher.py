@@ -74,7 +74,10 @@ def window_filter(dataset: ds.Dataset, window: WindowConfig | None, path: str | 
 
 
 def scan_publisher(
-    dataset: ds.Dataset, columns: Sequence[str], row_filter: ds.Expression | None, path: str | Path,
+    dataset: ds.Dataset,
+    columns: Sequence[str],
+    row_filter: ds.Expression | None,
+    path: str | Path,
     share: tuple[int, int] | None = None,
 ) -> tuple[pa.Table, ScanStats]:
     """Read only ``columns`` of the rows in ``row_filter``; report what the scan cost.
@@ -102,8 +105,14 @@ def scan_publisher(
         raise DataError(f"publisher data '{path}' could not be read: {mismatch or _first_line(exc)}") from exc
     rows, size = _fragment_cost(fragments, set(columns))
     stats = ScanStats(files_scanned=len(fragments), rows_scanned=rows, bytes_scanned=size, rows_in_window=table.num_rows)
-    log.info("scanned %d files, %d rows, %d bytes; %d rows in window%s", stats.files_scanned, rows, size, table.num_rows,
-             " in this rank's share" if share is not None else "")
+    log.info(
+        "scanned %d files, %d rows, %d bytes; %d rows in window%s",
+        stats.files_scanned,
+        rows,
+        size,
+        table.num_rows,
+        " in this rank's share" if share is not None else "",
+    )
     return table, stats
 
 
@@ -125,8 +134,7 @@ def _fragment_cost(fragments: Iterable[ds.Fragment], columns: set[str]) -> tuple
 def _kind(t: pa.DataType) -> str:
     """Types that are the same data stored differently (int32/int64, dictionary strings)."""
     t = t.value_type if pa.types.is_dictionary(t) else t
-    for name, test in (("integer", pa.types.is_integer), ("floating", pa.types.is_floating),
-                       ("string", is_text)):
+    for name, test in (("integer", pa.types.is_integer), ("floating", pa.types.is_floating), ("string", is_text)):
         if test(t):
             return name
     return str(t)
@@ -143,11 +151,15 @@ def schema_mismatch(dataset: ds.Dataset, columns: Sequence[str], fragments=None)
             return f"file '{fragment.path}' is corrupt or truncated; replace it"
         for name in columns:
             if name not in schema.names and name not in from_paths:
-                return (f"file '{fragment.path}' has no column '{name}', which the dataset has: its users would train with "
-                        "it missing; add the column to that file or leave the file out")
+                return (
+                    f"file '{fragment.path}' has no column '{name}', which the dataset has: its users would train with "
+                    "it missing; add the column to that file or leave the file out"
+                )
             if name in schema.names and _kind(schema.field(name).type) != _kind(dataset.schema.field(name).type):
-                return (f"file '{fragment.path}' stores column '{name}' as {schema.field(name).type} but the dataset as "
-                        f"{dataset.schema.field(name).type}; rewrite the files with one schema")
+                return (
+                    f"file '{fragment.path}' stores column '{name}' as {schema.field(name).type} but the dataset as "
+                    f"{dataset.schema.field(name).type}; rewrite the files with one schema"
+                )
     return None
 
 

@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 
-def row_groups(fragments: Sequence[ds.ParquetFileFragment], row_filter: ds.Expression | None,
-               schema: pa.Schema) -> list[ds.ParquetFileFragment]:
+def row_groups(fragments: Sequence[ds.ParquetFileFragment], row_filter: ds.Expression | None, schema: pa.Schema) -> list[ds.ParquetFileFragment]:
     """One fragment per row group, in file order; groups whose statistics rule out the window are
     dropped. The dataset's schema, not the file's, so that a hive partition column resolves."""
     ordered = sorted(fragments, key=lambda f: f.path)
@@ -35,8 +34,9 @@ def assign(sizes: Sequence[int], ranks: int) -> list[list[int]]:
     return [sorted(share) for share in shares]
 
 
-def rank_share(dataset: ds.FileSystemDataset, fragments: Sequence[ds.ParquetFileFragment], row_filter: ds.Expression | None,
-               rank: int, ranks: int) -> tuple[ds.FileSystemDataset, int, int]:
+def rank_share(
+    dataset: ds.FileSystemDataset, fragments: Sequence[ds.ParquetFileFragment], row_filter: ds.Expression | None, rank: int, ranks: int
+) -> tuple[ds.FileSystemDataset, int, int]:
     """The dataset of this rank's row groups (hive partition values kept), their number, and
     the number of row groups in the whole scan."""
     groups = row_groups(fragments, row_filter, dataset.schema)

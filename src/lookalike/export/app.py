@@ -91,8 +91,10 @@ def check_budget(job: ExportJob) -> None:
         ledger = Ledger(job.cfg.ledger.path)
         fits, remaining = ledger.runs_that_fit(job.fingerprint, job.epsilon)
         if fits < 1:
-            raise BudgetExceededError(f"privacy budget in ledger '{ledger.path}' for data {job.fingerprint[:12]}: this export needs "
-                                      f"epsilon {job.epsilon:.3g} but only {remaining:.3g} remains; lower export.report_epsilon")
+            raise BudgetExceededError(
+                f"privacy budget in ledger '{ledger.path}' for data {job.fingerprint[:12]}: this export needs "
+                f"epsilon {job.epsilon:.3g} but only {remaining:.3g} remains; lower export.report_epsilon"
+            )
 
 
 def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | None = None) -> dict:
@@ -104,8 +106,9 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
     experiment_id = setup_experiment(cfg.mlflow)
     entry = None
     if job.epsilon > 0:
-        entry = ledger.reserve(job.fingerprint, job.epsilon, job.delta, kind="export", description=f"lookalike-export {job.uri}",
-                               attach=job.budget.new_snapshot)
+        entry = ledger.reserve(
+            job.fingerprint, job.epsilon, job.delta, kind="export", description=f"lookalike-export {job.uri}", attach=job.budget.new_snapshot
+        )
     try:
         experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run
     except Exception:  # the model came from another tracking store
@@ -113,24 +116,49 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
     staged, published = StagedOutput(out), False
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}"):
-            mlflow.set_tags({"lookalike.kind": "export", "lookalike.training_run_id": job.meta["run_id"], "lookalike.model_uri": job.uri,
-                             "lookalike.privacy": "dp" if job.meta.get("private") else "non-private",
-                             "lookalike.trusted_evaluation": str(trusted).lower(), "lookalike.fingerprint": job.fingerprint,
-                             "ledger.entry_id": str(entry) if entry is not None else "none",
-                             "lookalike.sharded": "true" if merged_from is not None else "false"})
-            mlflow.log_params({"audience_size.type": job.kind, "audience_size.bins": str(job.bins), "seed_exclusion": e.seed_exclusion,
-                               "include_seed_in_output": e.include_seed_in_output, "min_score": e.min_score,
-                               "report_epsilon": e.report_epsilon, "report_delta": e.report_delta, "allow_list_output": job.rules.allow_list_output,
-                               "min_aggregation_size": job.rules.min_aggregation_size})
+            mlflow.set_tags(
+                {
+                    "lookalike.kind": "export",
+                    "lookalike.training_run_id": job.meta["run_id"],
+                    "lookalike.model_uri": job.uri,
+                    "lookalike.privacy": "dp" if job.meta.get("private") else "non-private",
+                    "lookalike.trusted_evaluation": str(trusted).lower(),
+                    "lookalike.fingerprint": job.fingerprint,
+                    "ledger.entry_id": str(entry) if entry is not None else "none",
+                    "lookalike.sharded": "true" if merged_from is not None else "false",
+                }
+            )
+            mlflow.log_params(
+                {
+                    "audience_size.type": job.kind,
+                    "audience_size.bins": str(job.bins),
+                    "seed_exclusion": e.seed_exclusion,
+                    "include_seed_in_output": e.include_seed_in_output,
+                    "min_score": e.min_score,
+                    "report_epsilon": e.report_epsilon,
+                    "report_delta": e.report_delta,
+                    "allow_list_output": job.rules.allow_list_output,
+                    "min_aggregation_size": job.rules.min_aggregation_size,
+                }
+            )
             scored = produce()
             report = _write(job.rules.allow_list_output, staged, scored.state, job.population, job.bins, job.sizes, plan)
-            report |= {"model": {"uri": job.uri, "training_run_id": job.meta["run_id"], "private": bool(job.meta.get("private"))},
-                       "population": job.population, "audience_size": {"type": job.kind, "bins": job.bins},
-                       "privacy": {"trusted": trusted, "report_epsilon": None if trusted else float(e.report_epsilon),
-                                   "report_delta": None if trusted else float(e.report_delta), "noise_std": plan.sigma,
-                                   "l2_sensitivity": job.sensitivity, "seed_exclusion": "none" if e.include_seed_in_output else e.seed_exclusion,
-                                   "seed_exclusion_epsilon": float(e.seed_exclusion_epsilon) if job.randomized else None,
-                                   "min_aggregation_size": plan.min_aggregation_size, "ledger_entry_id": entry}}
+            report |= {
+                "model": {"uri": job.uri, "training_run_id": job.meta["run_id"], "private": bool(job.meta.get("private"))},
+                "population": job.population,
+                "audience_size": {"type": job.kind, "bins": job.bins},
+                "privacy": {
+                    "trusted": trusted,
+                    "report_epsilon": None if trusted else float(e.report_epsilon),
+                    "report_delta": None if trusted else float(e.report_delta),
+                    "noise_std": plan.sigma,
+                    "l2_sensitivity": job.sensitivity,
+                    "seed_exclusion": "none" if e.include_seed_in_output else e.seed_exclusion,
+                    "seed_exclusion_epsilon": float(e.seed_exclusion_epsilon) if job.randomized else None,
+                    "min_aggregation_size": plan.min_aggregation_size,
+                    "ledger_entry_id": entry,
+                },
+            }
             _save_report(report, staged.stage)
             staged.publish()
             published = True
@@ -143,14 +171,18 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
             mlflow.log_artifact(str(out / "report.json"))
             mlflow.log_artifact(str(out / "report.png"))
             rate = scored.users / max(scored.seconds, 1e-9)
-            mlflow.log_metrics({"export.users_scored": scored.users, "export.seconds": scored.seconds, "export.users_per_second": rate,
-                                "privacy.export_epsilon": job.epsilon})
+            mlflow.log_metrics(
+                {"export.users_scored": scored.users, "export.seconds": scored.seconds, "export.users_per_second": rate, "privacy.export_epsilon": job.epsilon}
+            )
             log.info("scored %d users in %.1f s (%.0f users/s); segments and report in %s", scored.users, scored.seconds, rate, out)
             for name, a in report["audiences"].items():
                 if a["held_out_seed_users"] is None and all(b["segment_size"] is None and b["recall"] is None for b in a["bins"]):
                     # The suppression was decided on the noisy counts, so it is a release too: charged.
-                    log.warning("audience '%s': every count in the report was suppressed (below rules.min_aggregation_size); the "
-                                "report's epsilon is charged all the same", name)
+                    log.warning(
+                        "audience '%s': every count in the report was suppressed (below rules.min_aggregation_size); the "
+                        "report's epsilon is charged all the same",
+                        name,
+                    )
                 if a["seed_quality"]["verdict"] == "not distinctive":
                     log.warning("audience '%s': %s", name, a["seed_quality"]["detail"])
             return report

@@ -13,8 +13,10 @@ def check_model_fits_publisher(spec: FeatureSpec, schema: pa.Schema, path: str, 
     """The publisher table must have every column the model was trained on, with a usable type."""
     for name in spec.columns:
         if name not in schema.names:
-            raise DataError(f"publisher data '{path}' has no column '{name}', which model '{model_uri}' was trained on: "
-                            "export with the publisher table the model was trained on")
+            raise DataError(
+                f"publisher data '{path}' has no column '{name}', which model '{model_uri}' was trained on: "
+                "export with the publisher table the model was trained on"
+            )
     for feature in spec.numeric:
         t = schema.field(feature.name).type
         if not is_number(t):

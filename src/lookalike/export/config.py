@@ -96,8 +96,10 @@ class ExportConfig(SharedSections):
     export: ExportSettings = field(default_factory=ExportSettings)
 
     def check(self) -> None:
-        check_outputs_outside_inputs({"export.output_dir": self.export.output_dir, "ledger.path": self.ledger.path},
-                                     {"data.publisher_path": self.data.publisher_path, "data.seed_path": self.data.seed_path})
+        check_outputs_outside_inputs(
+            {"export.output_dir": self.export.output_dir, "ledger.path": self.ledger.path},
+            {"data.publisher_path": self.data.publisher_path, "data.seed_path": self.data.seed_path},
+        )
 
 
 def export_config(cfg: Any) -> ExportConfig:

@@ -43,9 +43,17 @@ def model_uri(value: str, experiment_name: str) -> str:
     value = str(value).strip()
     if value == "latest":
         experiment = mlflow.get_experiment_by_name(experiment_name)
-        runs = [] if experiment is None else mlflow.search_runs(
-            [experiment.experiment_id], "tags.`lookalike.kind` = 'train' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        runs = (
+            []
+            if experiment is None
+            else mlflow.search_runs(
+                [experiment.experiment_id],
+                "tags.`lookalike.kind` = 'train' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+                output_format="list",
+            )
+        )
         if not runs:
             raise ConfigError("export.model", f"'latest': experiment '{experiment_name}' has no finished training run; train first or give a run id")
         return f"runs:/{runs[0].info.run_id}/model"
@@ -114,8 +122,9 @@ def plan_export(cfg: ExportConfig) -> ExportJob:
     seeds = read_seed(cfg.data.seed_path, spec.id_column, cfg.data.audience_column)
     missing = [a for a in audiences if a not in seeds]
     if missing:
-        raise ConfigError("data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); "
-                          "export needs each audience's seed to exclude it")
+        raise ConfigError(
+            "data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); export needs each audience's seed to exclude it"
+        )
     ids = dataset.to_table(columns=[spec.id_column], filter=row_filter).column(spec.id_column)
     check_publisher_ids(ids, spec.id_column, path)
     population = len(ids)
@@ -130,25 +139,67 @@ def plan_export(cfg: ExportConfig) -> ExportJob:
     sizes = bin_sizes(kind, bins, population)
 
     randomized = e.seed_exclusion == "randomized" and not e.include_seed_in_output
-    plan = ReleasePlan(trusted=trusted, sigma=0.0, min_aggregation_size=rules.min_aggregation_size,
-                       noisy_segment_sizes=e.seed_exclusion == "exact" and not e.include_seed_in_output)
+    plan = ReleasePlan(
+        trusted=trusted,
+        sigma=0.0,
+        min_aggregation_size=rules.min_aggregation_size,
+        noisy_segment_sizes=e.seed_exclusion == "exact" and not e.include_seed_in_output,
+    )
     sensitivity = (len(audiences) * plan.dims_per_audience(len(bins))) ** 0.5
     if not trusted:
         plan.sigma = gaussian_sigma(float(e.report_epsilon), float(e.report_delta), sensitivity)
     epsilon = (0.0 if trusted else float(e.report_epsilon)) + (float(e.seed_exclusion_epsilon) * len(audiences) if randomized else 0.0)
     check_run_allowed(rules, private=True, trusted=False, epsilon=epsilon, where=ledger.path)
-    options = ExportOptions(bool(e.include_seed_in_output), str(e.seed_exclusion), float(e.seed_exclusion_epsilon),
-                            None if e.min_score is None else float(e.min_score),
-                            float(meta.get("holdout_fraction", 0.0)), int(meta.get("split_seed", 0)))
-    return ExportJob(cfg, uri, model, spec, meta, audiences, dataset, row_filter, path, seeds, population, kind, bins, sizes, plan,
-                     sensitivity, randomized, epsilon, 0.0 if trusted else float(e.report_delta), budget, rules, options)
+    options = ExportOptions(
+        bool(e.include_seed_in_output),
+        str(e.seed_exclusion),
+        float(e.seed_exclusion_epsilon),
+        None if e.min_score is None else float(e.min_score),
+        float(meta.get("holdout_fraction", 0.0)),
+        int(meta.get("split_seed", 0)),
+    )
+    return ExportJob(
+        cfg,
+        uri,
+        model,
+        spec,
+        meta,
+        audiences,
+        dataset,
+        row_filter,
+        path,
+        seeds,
+        population,
+        kind,
+        bins,
+        sizes,
+        plan,
+        sensitivity,
+        randomized,
+        epsilon,
+        0.0 if trusted else float(e.report_delta),
+        budget,
+        rules,
+        options,
+    )
 
 
 def score(job: ExportJob, shard: tuple[int, int] | None = None) -> Scored:
     """Score the whole population, or shard ``(index, count)`` of its row groups."""
     device = pick_device(str(job.cfg.export.device), "export.device")
     start = time.perf_counter()
-    state, users = score_population(job.dataset, job.row_filter, job.spec, job.model.to(device), device, job.audiences,
-                                    {a: pa.array(job.seeds[a], type=pa.string()) for a in job.audiences}, max(job.sizes),
-                                    job.options, int(job.cfg.export.batch_rows), job.path, shard)
+    state, users = score_population(
+        job.dataset,
+        job.row_filter,
+        job.spec,
+        job.model.to(device),
+        device,
+        job.audiences,
+        {a: pa.array(job.seeds[a], type=pa.string()) for a in job.audiences},
+        max(job.sizes),
+        job.options,
+        int(job.cfg.export.batch_rows),
+        job.path,
+        shard,
+    )
     return Scored(state, users, time.perf_counter() - start)

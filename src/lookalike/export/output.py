@@ -30,14 +30,16 @@ def check_output_dir(path: Path, overwrite: bool, protected: dict[str, str] | No
     for key, value in (protected or {}).items():
         kept = Path(value).resolve()
         if kept == target or target in kept.parents:
-            raise ConfigError("export.output_dir", f"'{path}' holds {key} '{value}': an export replaces its folder whole; "
-                              "write exports to a folder of their own")
+            raise ConfigError(
+                "export.output_dir", f"'{path}' holds {key} '{value}': an export replaces its folder whole; write exports to a folder of their own"
+            )
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise ConfigError("export.output_dir", f"'{path}' is not empty; choose another folder or set export.overwrite=true")
         if not (path / MARKER).is_file():
-            raise ConfigError("export.output_dir", f"'{path}' holds files no export wrote; export.overwrite=true only replaces "
-                              "a previous export: choose an empty folder")
+            raise ConfigError(
+                "export.output_dir", f"'{path}' holds files no export wrote; export.overwrite=true only replaces a previous export: choose an empty folder"
+            )
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -59,8 +61,7 @@ class StagedOutput:
     def write_segment(self, audience: str, size: int, ids: pa.Array, scores: np.ndarray) -> Path:
         folder = self.stage / f"audience={check_audience_name(audience, 'export')}" / f"size={size}"
         folder.mkdir(parents=True)
-        table = pa.table({"user_id": ids, "score": pa.array(scores, type=pa.float32()),
-                          "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64))})
+        table = pa.table({"user_id": ids, "score": pa.array(scores, type=pa.float32()), "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64))})
         pq.write_table(table, folder / "part-0.parquet")
         return folder
 

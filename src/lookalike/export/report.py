@@ -39,8 +39,9 @@ def bin_sizes(kind: str, bins: list[float], population: int) -> list[int]:
     return [max(1, math.ceil(b / 100.0 * population)) for b in bins]
 
 
-def audience_report(st: AudienceScores, population: int, bins: list[float], sizes: list[int], plan: ReleasePlan,
-                    segment_counts: list[int], written: list[bool]) -> dict:
+def audience_report(
+    st: AudienceScores, population: int, bins: list[float], sizes: list[int], plan: ReleasePlan, segment_counts: list[int], written: list[bool]
+) -> dict:
     """Everything the advertiser may see about one audience."""
     _, pop_scores, pop_ids = st.population.result()
     mean_score = st.score_sum / max(population, 1)
@@ -52,8 +53,7 @@ def audience_report(st: AudienceScores, population: int, bins: list[float], size
     raw = np.concatenate(parts)
     released = plan.release(raw)
     n_held, released_hits = released[0], released[1 : 1 + len(sizes)]
-    released_sizes = released[1 + len(sizes) :] if plan.noisy_segment_sizes else [
-        c if c >= plan.min_aggregation_size else None for c in segment_counts]
+    released_sizes = released[1 + len(sizes) :] if plan.noisy_segment_sizes else [c if c >= plan.min_aggregation_size else None for c in segment_counts]
     rows = []
     for i, (b, k) in enumerate(zip(bins, sizes)):
         share = min(k, population) / max(population, 1)
@@ -62,21 +62,22 @@ def audience_report(st: AudienceScores, population: int, bins: list[float], size
         if n_held is not None and hit is not None:
             recall = min(hit / n_held, 1.0)
         relevance = float(pop_scores[: min(k, pop_scores.size)].mean() / mean_score) if pop_scores.size and mean_score > 0 else None
-        rows.append({
-            "bin": b,
-            "requested_size": k,
-            "population_share": round(share, 6),
-            "segment_size": released_sizes[i],
-            "segment": "written" if written[i] else f"not written: fewer than {plan.min_aggregation_size} users or list output off",
-            "relevance": None if relevance is None else round(relevance, 4),
-            "recall": None if recall is None else round(recall, 4),
-            "lift": None if recall is None or share == 0 else round(recall / share, 4),
-        })
+        rows.append(
+            {
+                "bin": b,
+                "requested_size": k,
+                "population_share": round(share, 6),
+                "segment_size": released_sizes[i],
+                "segment": "written" if written[i] else f"not written: fewer than {plan.min_aggregation_size} users or list output off",
+                "relevance": None if relevance is None else round(relevance, 4),
+                "recall": None if recall is None else round(recall, 4),
+                "lift": None if recall is None or share == 0 else round(recall / share, 4),
+            }
+        )
     return {"held_out_seed_users": n_held, "bins": rows, "seed_quality": seed_quality(rows)}
 
 
-def holdout_hits(held: np.ndarray, held_ids: pa.Array, pop_scores: np.ndarray, pop_ids: pa.Array,
-                 sizes: list[int]) -> np.ndarray:
+def holdout_hits(held: np.ndarray, held_ids: pa.Array, pop_scores: np.ndarray, pop_ids: pa.Array, sizes: list[int]) -> np.ndarray:
     """Per bin size k, how many held-out seed users rank within the population's top k.
 
     ``pop_scores``/``pop_ids`` are the population's best users ordered by (score descending, id
@@ -110,9 +111,11 @@ def seed_quality(rows: list[dict]) -> dict:
     if not lifts:
         return {"verdict": "unknown", "detail": "held-out counts were suppressed (below the minimum aggregation size)"}
     if max(lifts) <= 1.0:
-        return {"verdict": "not distinctive",
-                "detail": "held-out seed users fall in each segment no more often than random users: the seed does not stand out; "
-                          "check the seed (size, id matching) or the features"}
+        return {
+            "verdict": "not distinctive",
+            "detail": "held-out seed users fall in each segment no more often than random users: the seed does not stand out; "
+            "check the seed (size, id matching) or the features",
+        }
     return {"verdict": "distinctive", "detail": f"best lift over random {max(lifts):.2f}x"}
 
 

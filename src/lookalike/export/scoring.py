@@ -57,9 +57,20 @@ def empty_state(audiences: dict[str, int], k: int) -> dict[str, AudienceScores]:
     return {name: AudienceScores(name, col, TopK(k), TopK(k)) for name, col in audiences.items()}
 
 
-def score_population(dataset: ds.Dataset, row_filter, spec: FeatureSpec, model: torch.nn.Module, device: torch.device,
-                     audiences: dict[str, int], seeds: dict[str, pa.Array], k: int, options: ExportOptions,
-                     batch_rows: int, path: str, shard: tuple[int, int] | None = None) -> tuple[dict[str, AudienceScores], int]:
+def score_population(
+    dataset: ds.Dataset,
+    row_filter,
+    spec: FeatureSpec,
+    model: torch.nn.Module,
+    device: torch.device,
+    audiences: dict[str, int],
+    seeds: dict[str, pa.Array],
+    k: int,
+    options: ExportOptions,
+    batch_rows: int,
+    path: str,
+    shard: tuple[int, int] | None = None,
+) -> tuple[dict[str, AudienceScores], int]:
     """Score all users (or shard ``(index, count)`` of the row groups); returns per-audience
     state and the number of users scored."""
     state = empty_state(audiences, k)
@@ -96,8 +107,7 @@ def row_group_batches(dataset: ds.Dataset, columns: list[str], row_filter, batch
         yield from piece.to_batches(schema=dataset.schema, columns=columns, filter=row_filter, batch_size=batch_rows, use_threads=False)
 
 
-def _update(st: AudienceScores, score: np.ndarray, ids: pa.Array, seed: pa.Array, options: ExportOptions,
-            rng: np.random.Generator) -> None:
+def _update(st: AudienceScores, score: np.ndarray, ids: pa.Array, seed: pa.Array, options: ExportOptions, rng: np.random.Generator) -> None:
     member = pc.is_in(ids, value_set=seed).to_numpy(zero_copy_only=False)
     # Ids ride along so the report can rank tied scores by id (see report.holdout_hits).
     st.population.push(score, None, ids)

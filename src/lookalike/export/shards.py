@@ -26,8 +26,14 @@ from lookalike.export.scoring import empty_state
 
 def signature(job: ExportJob) -> dict:
     """What every shard and the merge must agree on."""
-    return {"model": job.uri, "fingerprint": job.fingerprint, "population": job.population, "sizes": job.sizes,
-            "audiences": job.audiences, "options": vars(job.options)}
+    return {
+        "model": job.uri,
+        "fingerprint": job.fingerprint,
+        "population": job.population,
+        "sizes": job.sizes,
+        "audiences": job.audiences,
+        "options": vars(job.options),
+    }
 
 
 def save_part(job: ExportJob, scored: Scored, index: int, count: int, folder: Path) -> Path:
@@ -42,8 +48,12 @@ def save_part(job: ExportJob, scored: Scored, index: int, count: int, folder: Pa
         pq.write_table(pa.table({"score": scores, "id": ids}), staging / f"{name}.population.parquet")
         scores, ids = st.holdout_scores()
         pq.write_table(pa.table({"score": scores, "id": ids}), staging / f"{name}.holdout.parquet")
-    meta = {"signature": signature(job), "users": scored.users, "seconds": scored.seconds,
-            "totals": {name: {"score_sum": st.score_sum, "eligible": st.eligible} for name, st in scored.state.items()}}
+    meta = {
+        "signature": signature(job),
+        "users": scored.users,
+        "seconds": scored.seconds,
+        "totals": {name: {"score_sum": st.score_sum, "eligible": st.eligible} for name, st in scored.state.items()},
+    }
     (staging / "part.json").write_text(json.dumps(meta))
     shutil.rmtree(part, ignore_errors=True)
     staging.rename(part)  # a part is there whole or not at all

@@ -27,8 +27,7 @@ class TopK:
         self._size = 0
         self.floor = -np.inf  # keys below this can never make the top k again
 
-    def push(self, keys: np.ndarray, scores: np.ndarray | None = None, ids: pa.Array | None = None,
-             rows: np.ndarray | None = None) -> None:
+    def push(self, keys: np.ndarray, scores: np.ndarray | None = None, ids: pa.Array | None = None, rows: np.ndarray | None = None) -> None:
         """Offer candidates. ``ids[rows[i]]`` is the id of ``keys[i]`` (``rows`` defaults to all),
         so ids are only copied for candidates that beat the current floor."""
         if self.k == 0 or keys.size == 0:
@@ -96,8 +95,9 @@ def _ties_by_id(order: np.ndarray, keys: np.ndarray, ids: pa.Array) -> np.ndarra
     # Tied positions form runs of equal keys in descending key order; sorting just them by
     # (key desc, id asc) and writing them back in place keeps every other position fixed.
     tied = np.union1d(ties, ties + 1)
-    sub = pc.sort_indices(pa.table({"key": ranked[tied], "id": ids.take(pa.array(order[tied]))}),
-                          sort_keys=[("key", "descending"), ("id", "ascending")]).to_numpy()
+    sub = pc.sort_indices(
+        pa.table({"key": ranked[tied], "id": ids.take(pa.array(order[tied]))}), sort_keys=[("key", "descending"), ("id", "ascending")]
+    ).to_numpy()
     order = order.copy()
     order[tied] = order[tied][sub]
     return order

@@ -100,8 +100,7 @@ def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: t
     return total, parts
 
 
-def audience_clipped_sum(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor, coef: torch.Tensor,
-                         parts: tuple | None = None) -> dict:
+def audience_clipped_sum(layer: AudienceTower, user: torch.Tensor, backprops: torch.Tensor, coef: torch.Tensor, parts: tuple | None = None) -> dict:
     """Sum over examples of coef_b times each example's gradient, as matrix products."""
     weighted = backprops * coef.unsqueeze(1)
     sums = {layer.bias: weighted.sum(0)} if layer.bias.requires_grad else {}

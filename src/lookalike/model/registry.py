@@ -28,11 +28,14 @@ class ModelKind:
     description: str
 
 
-REGISTRY = {kind.name: kind for kind in (
-    ModelKind("two_tower", TwoTower, True, "user tower and audience tower, scored by their similarity"),
-    ModelKind("logistic", LogisticRegression, True, "one weight per feature value and audience (a baseline)"),
-    ModelKind("centroid", CentroidSimilarity, False, "cosine to the noisy sum of seed users' feature vectors (a baseline)"),
-)}
+REGISTRY = {
+    kind.name: kind
+    for kind in (
+        ModelKind("two_tower", TwoTower, True, "user tower and audience tower, scored by their similarity"),
+        ModelKind("logistic", LogisticRegression, True, "one weight per feature value and audience (a baseline)"),
+        ModelKind("centroid", CentroidSimilarity, False, "cosine to the noisy sum of seed users' feature vectors (a baseline)"),
+    )
+}
 KINDS = tuple(REGISTRY)
 
 

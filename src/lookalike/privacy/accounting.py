@@ -26,17 +26,20 @@ def resolve_delta(target_delta: float | None, publisher_rows: int) -> float:
         return 1.0 / (10.0 * publisher_rows)
     delta = float(target_delta)
     if not (math.isfinite(delta) and 0 < delta < 1.0 / publisher_rows):
-        raise ConfigError("privacy.target_delta", f"{delta:g} must be in (0, 1/R) = (0, {1.0 / publisher_rows:.3g}) for the R = {publisher_rows} "
-                          "publisher users in the window; leave it null for 1/(10 R)")
+        raise ConfigError(
+            "privacy.target_delta",
+            f"{delta:g} must be in (0, 1/R) = (0, {1.0 / publisher_rows:.3g}) for the R = {publisher_rows} "
+            "publisher users in the window; leave it null for 1/(10 R)",
+        )
     if delta > 1.0 / (10.0 * publisher_rows):
         log.warning("privacy.target_delta %.3g is above 1/(10 R) = %.3g", delta, 1.0 / (10.0 * publisher_rows))
     return delta
 
 
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
-                    rel_tolerance: float = 0.005) -> float:
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, rel_tolerance: float = 0.005) -> float:
     """Smallest noise multiplier (within ``rel_tolerance`` of epsilon) whose reported epsilon
     for exactly ``steps`` steps at ``sample_rate`` is <= ``target_epsilon``."""
+
     @functools.lru_cache(maxsize=None)
     def epsilon(sigma: float) -> float:
         return epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant)
@@ -82,7 +85,10 @@ def validate_privacy_config(privacy: Any) -> None:
         # Opacus' secure_mode draws noise from torchcsprng, whose last release (0.2.1, 2021)
         # has no build for current torch: refuse up front rather than fail mid-run.
         if importlib.util.find_spec("torchcsprng") is None:
-            raise ConfigError("privacy.secure_mode", "true needs the torchcsprng package (Opacus' secure RNG), which is not installed "
-                              "and has no build for this torch; set privacy.secure_mode=false")
+            raise ConfigError(
+                "privacy.secure_mode",
+                "true needs the torchcsprng package (Opacus' secure RNG), which is not installed "
+                "and has no build for this torch; set privacy.secure_mode=false",
+            )
     if privacy.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}")

@@ -13,8 +13,7 @@ def binomial_tail(r: int, c: int, p: float) -> float:
         return 1.0
     if p >= 1.0:
         return 1.0
-    logs = [math.lgamma(r + 1) - math.lgamma(i + 1) - math.lgamma(r - i + 1) + i * math.log(p) + (r - i) * math.log1p(-p)
-            for i in range(c, r + 1)]
+    logs = [math.lgamma(r + 1) - math.lgamma(i + 1) - math.lgamma(r - i + 1) + i * math.log(p) + (r - i) * math.log1p(-p) for i in range(c, r + 1)]
     top = max(logs)
     return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
 

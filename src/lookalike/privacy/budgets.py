@@ -38,8 +38,10 @@ def _datasets(ledger: Ledger) -> list[tuple[str, UsersKey]]:
 def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
     """Read-only: the budget that covers these users, or a one-line refusal."""
     if not ledger.exists():
-        raise LookalikeError(f"ledger '{ledger.path}' does not exist: the data owners create the ledger and a budget for their data "
-                             "with lookalike-budget create (or set ledger.path to theirs)")
+        raise LookalikeError(
+            f"ledger '{ledger.path}' does not exist: the data owners create the ledger and a budget for their data "
+            "with lookalike-budget create (or set ledger.path to theirs)"
+        )
     ledger._ready(create=False)
     best: dict[str, float] = {}
     datasets = _datasets(ledger)
@@ -48,11 +50,15 @@ def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
         best[fingerprint] = max(best.get(fingerprint, 0.0), share)
     matches = sorted(((share, fp) for fp, share in best.items() if share >= SHARED_USERS), reverse=True)
     if not matches:
-        raise LookalikeError(f"ledger '{ledger.path}' has no budget for this publisher data ({key.users} users): the data owners "
-                             "create one with lookalike-budget create --publisher <path>")
+        raise LookalikeError(
+            f"ledger '{ledger.path}' has no budget for this publisher data ({key.users} users): the data owners "
+            "create one with lookalike-budget create --publisher <path>"
+        )
     if len(matches) > 1:
-        raise LookalikeError(f"ledger '{ledger.path}': this publisher data shares most of its users with two budgets "
-                             f"({matches[0][1][:12]}, {matches[1][1][:12]}); the data owners must retire one before it is used")
+        raise LookalikeError(
+            f"ledger '{ledger.path}': this publisher data shares most of its users with two budgets "
+            f"({matches[0][1][:12]}, {matches[1][1][:12]}); the data owners must retire one before it is used"
+        )
     share, fingerprint = matches[0]
     known_digests = {k.digest for fp, k in datasets if fp == fingerprint}
     with ledger.transaction(write=False) as conn:
@@ -68,14 +74,14 @@ def create_budget(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | 
     for fingerprint, known in _datasets(ledger):
         share = max(key.share_in(known), known.share_in(key), 1.0 if known.digest == key.digest else 0.0)
         if share >= SHARED_USERS:
-            raise LookalikeError(f"ledger '{ledger.path}': about {share:.0%} of these users are already covered by budget {fingerprint[:12]}; "
-                                 "add this data to it with lookalike-budget attach, and renew it with set-budget")
+            raise LookalikeError(
+                f"ledger '{ledger.path}': about {share:.0%} of these users are already covered by budget {fingerprint[:12]}; "
+                "add this data to it with lookalike-budget attach, and renew it with set-budget"
+            )
     now = time.time()
     with ledger.transaction() as conn:
-        conn.execute(insert(BUDGETS).values(fingerprint=key.digest, budget_epsilon=epsilon, budget_delta=delta, created_at=now,
-                                            rules=rules.to_json()))
-        conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=key.digest, users=key.users, sketch=key.to_json(),
-                                             created_at=now))
+        conn.execute(insert(BUDGETS).values(fingerprint=key.digest, budget_epsilon=epsilon, budget_delta=delta, created_at=now, rules=rules.to_json()))
+        conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=key.digest, users=key.users, sketch=key.to_json(), created_at=now))
     return key.digest
 
 
@@ -90,8 +96,7 @@ def attach_snapshot(ledger: Ledger, prefix: str, key: UsersKey) -> str:
             raise LookalikeError(f"ledger '{ledger.path}': these users are mostly covered by budget {other[:12]} too; attach them there")
     with ledger.transaction() as conn:
         if conn.execute(select(DATASETS.c.digest).where(DATASETS.c.digest == key.digest)).first() is None:
-            conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=fingerprint, users=key.users, sketch=key.to_json(),
-                                                 created_at=time.time()))
+            conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=fingerprint, users=key.users, sketch=key.to_json(), created_at=time.time()))
     return fingerprint
 
 

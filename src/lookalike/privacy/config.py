@@ -38,8 +38,11 @@ class PrivacyConfig:
         if self.secure_mode and importlib.util.find_spec("torchcsprng") is None:
             # Opacus' secure_mode draws noise from torchcsprng, whose last release (0.2.1, 2021)
             # has no build for current torch: refuse up front rather than fail mid-run.
-            raise ConfigError("privacy.secure_mode", "true needs the torchcsprng package (Opacus' secure RNG), which is not installed "
-                              "and has no build for this torch; set privacy.secure_mode=false")
+            raise ConfigError(
+                "privacy.secure_mode",
+                "true needs the torchcsprng package (Opacus' secure RNG), which is not installed "
+                "and has no build for this torch; set privacy.secure_mode=false",
+            )
         one_of("privacy.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
 
 

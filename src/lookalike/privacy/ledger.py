@@ -81,8 +81,10 @@ class Ledger:
             try:
                 self._engine = open_engine(self.location)
             except (ArgumentError, ImportError) as exc:  # a malformed URL, or its driver is not installed
-                raise ConfigError("ledger.path", f"'{self.path}' is not a usable ledger: {str(exc).splitlines()[0]}; "
-                                  "give a file path or a SQLAlchemy URL whose driver is installed") from exc
+                raise ConfigError(
+                    "ledger.path",
+                    f"'{self.path}' is not a usable ledger: {str(exc).splitlines()[0]}; give a file path or a SQLAlchemy URL whose driver is installed",
+                ) from exc
         return self._engine
 
     def exists(self) -> bool:
@@ -96,11 +98,13 @@ class Ledger:
         """A connection in one transaction (write: holding the write lock); a database error (a
         corrupt, read-only or vanished file, a lost server) becomes one line."""
         try:
-            with (self.engine.begin() if write else self.engine.connect()) as conn:
+            with self.engine.begin() if write else self.engine.connect() as conn:
                 yield conn
         except DBAPIError as exc:
-            raise LookalikeError(f"ledger '{self.path}' cannot be used: {str(exc.orig).splitlines()[0] if exc.orig else exc}; "
-                                 "nothing was recorded: check the file or server (lookalike-budget --ledger shows it)") from exc
+            raise LookalikeError(
+                f"ledger '{self.path}' cannot be used: {str(exc.orig).splitlines()[0] if exc.orig else exc}; "
+                "nothing was recorded: check the file or server (lookalike-budget --ledger shows it)"
+            ) from exc
 
     def _ready(self, create: bool = True) -> None:
         if self._schema_checked:
@@ -115,8 +119,9 @@ class Ledger:
             raise LookalikeError(f"ledger '{self.path}' cannot be opened for writing ({first}): check the path and its permissions") from exc
         self._schema_checked = True
 
-    def reserve(self, fingerprint: str, epsilon: float, delta: float, *, kind: str, description: str,
-                attach: UsersKey | None = None, claim: str | None = None) -> int:
+    def reserve(
+        self, fingerprint: str, epsilon: float, delta: float, *, kind: str, description: str, attach: UsersKey | None = None, claim: str | None = None
+    ) -> int:
         """Atomically reserve ``epsilon`` (and ``delta``) on an existing budget or raise
         :class:`BudgetExceededError`. ``attach``: a new snapshot of the budget's users, recorded
         with the reservation so that later snapshots are recognised through it too."""
@@ -145,11 +150,23 @@ class Ledger:
                     f"the remaining {max(total_delta - charged_delta, 0):.3g} of {total_delta:.3g}; lower privacy.target_delta"
                 )
             if attach is not None and conn.execute(select(DATASETS.c.digest).where(DATASETS.c.digest == attach.digest)).first() is None:
-                conn.execute(insert(DATASETS).values(digest=attach.digest, fingerprint=fingerprint, users=attach.users,
-                                                     sketch=attach.to_json(), created_at=now))
-            result = conn.execute(insert(ENTRIES).values(
-                fingerprint=fingerprint, kind=kind, description=description, status="reserved", reserved_epsilon=epsilon,
-                spent_epsilon=None, delta=delta, created_at=now, updated_at=now, claim=claim))
+                conn.execute(
+                    insert(DATASETS).values(digest=attach.digest, fingerprint=fingerprint, users=attach.users, sketch=attach.to_json(), created_at=now)
+                )
+            result = conn.execute(
+                insert(ENTRIES).values(
+                    fingerprint=fingerprint,
+                    kind=kind,
+                    description=description,
+                    status="reserved",
+                    reserved_epsilon=epsilon,
+                    spent_epsilon=None,
+                    delta=delta,
+                    created_at=now,
+                    updated_at=now,
+                    claim=claim,
+                )
+            )
             return int(result.inserted_primary_key[0])
 
     def record_spent(self, entry_id: int, epsilon: float, events: list | None = None) -> None:
@@ -165,8 +182,10 @@ class Ledger:
         reserved = float(self.entry(entry_id)["reserved_epsilon"])
         self._close(entry_id, "spent", max(epsilon, 0.0), None if events is None else json.dumps([list(e) for e in events]))
         if epsilon > reserved + TOLERANCE:
-            raise BudgetExceededError(f"ledger '{self.path}': entry {entry_id} spent epsilon {epsilon:.4g}, more than its reservation "
-                                      f"{reserved:.4g}; the spend is recorded and the budget may be overdrawn")
+            raise BudgetExceededError(
+                f"ledger '{self.path}': entry {entry_id} spent epsilon {epsilon:.4g}, more than its reservation "
+                f"{reserved:.4g}; the spend is recorded and the budget may be overdrawn"
+            )
 
     def take_over(self, entry_id: int, expected: str | None, claim: str) -> None:
         """Move an open reservation to a resuming process, atomically: only from the claim the
@@ -174,12 +193,15 @@ class Ledger:
         the claim already moved and is refused)."""
         self._ready(create=False)
         with self.transaction() as conn:
-            moved = conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved",
-                                                       ENTRIES.c.claim.is_(None) if expected is None else ENTRIES.c.claim == expected)
-                                 .values(claim=claim, updated_at=time.time())).rowcount
+            moved = conn.execute(
+                update(ENTRIES)
+                .where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved", ENTRIES.c.claim.is_(None) if expected is None else ENTRIES.c.claim == expected)
+                .values(claim=claim, updated_at=time.time())
+            ).rowcount
         if moved != 1:
-            raise LookalikeError(f"ledger '{self.path}': entry {entry_id} was resumed by another process (or from a later checkpoint); "
-                                 "resume from that run's newest checkpoint")
+            raise LookalikeError(
+                f"ledger '{self.path}': entry {entry_id} was resumed by another process (or from a later checkpoint); resume from that run's newest checkpoint"
+            )
 
     def release(self, entry_id: int) -> None:
         """Give a reservation back; only for runs that never touched the data with a DP step."""
@@ -188,8 +210,11 @@ class Ledger:
     def _close(self, entry_id: int, status: str, epsilon: float, events: str | None = None) -> None:
         self._ready(create=False)
         with self.transaction() as conn:
-            updated = conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved").values(
-                status=status, spent_epsilon=epsilon, events=events, updated_at=time.time())).rowcount
+            updated = conn.execute(
+                update(ENTRIES)
+                .where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved")
+                .values(status=status, spent_epsilon=epsilon, events=events, updated_at=time.time())
+            ).rowcount
         if updated != 1:
             raise LookalikeError(f"ledger '{self.path}': entry {entry_id} is not an open reservation")
 
@@ -230,16 +255,26 @@ class Ledger:
     def status(self) -> list[BudgetStatus]:
         self._ready(create=False)
         with self.transaction(write=False) as conn:
-            budgets = conn.execute(select(BUDGETS.c.fingerprint, BUDGETS.c.budget_epsilon, BUDGETS.c.budget_delta, BUDGETS.c.rules)
-                                   .order_by(BUDGETS.c.created_at)).all()
+            budgets = conn.execute(
+                select(BUDGETS.c.fingerprint, BUDGETS.c.budget_epsilon, BUDGETS.c.budget_delta, BUDGETS.c.rules).order_by(BUDGETS.c.created_at)
+            ).all()
             entries = {b[0]: self._rows(conn, b[0]) for b in budgets}
         result = []
         for fp, budget_epsilon, budget_delta, rules in budgets:
             rows = entries[fp]
             cost = charge(rows, gaussian_block(rows))
-            result.append(BudgetStatus(
-                fp, budget_epsilon, budget_delta,
-                sum(r["spent_epsilon"] for r in rows if r["status"] == "spent"),
-                sum(r["reserved_epsilon"] for r in rows if r["status"] == "reserved"),
-                cost.delta, len(rows), cost.charged_epsilon, cost.reason, asdict(Rules.from_json(rules))))
+            result.append(
+                BudgetStatus(
+                    fp,
+                    budget_epsilon,
+                    budget_delta,
+                    sum(r["spent_epsilon"] for r in rows if r["status"] == "spent"),
+                    sum(r["reserved_epsilon"] for r in rows if r["status"] == "reserved"),
+                    cost.delta,
+                    len(rows),
+                    cost.charged_epsilon,
+                    cost.reason,
+                    asdict(Rules.from_json(rules)),
+                )
+            )
         return result

@@ -36,7 +36,8 @@ from sqlalchemy.pool import NullPool
 
 METADATA = MetaData()
 BUDGETS = Table(
-    "budgets", METADATA,
+    "budgets",
+    METADATA,
     Column("fingerprint", String(64), primary_key=True),
     Column("budget_epsilon", Float, nullable=False),
     Column("budget_delta", Float),
@@ -46,7 +47,8 @@ BUDGETS = Table(
 # Each snapshot of publisher users a budget covers: the first is the one the owners created it
 # for; later ones joined because most of their users were already there (fingerprint.py).
 DATASETS = Table(
-    "datasets", METADATA,
+    "datasets",
+    METADATA,
     Column("digest", String(64), primary_key=True),
     Column("fingerprint", String(64), ForeignKey("budgets.fingerprint"), nullable=False),
     Column("users", Integer, nullable=False),
@@ -54,7 +56,8 @@ DATASETS = Table(
     Column("created_at", Float, nullable=False),
 )
 ENTRIES = Table(
-    "entries", METADATA,
+    "entries",
+    METADATA,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("fingerprint", String(64), ForeignKey("budgets.fingerprint"), nullable=False),
     Column("kind", String(32), nullable=False),

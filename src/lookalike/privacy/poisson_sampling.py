@@ -26,7 +26,7 @@ def poisson_rows(n: int, q: float, generator: torch.Generator | None, device: to
     if q >= 0.25:  # dense sampling: the plain mask is as cheap
         return (torch.rand(n, generator=generator, device=device) < q).nonzero().squeeze(1)
     expected = n * q
-    draws = int(expected + 8 * (expected ** 0.5) + 16)
+    draws = int(expected + 8 * (expected**0.5) + 16)
     positions = torch.empty(0, dtype=torch.long, device=device)
     last = -1
     while last < n:
@@ -38,8 +38,7 @@ def poisson_rows(n: int, q: float, generator: torch.Generator | None, device: to
 
 
 class PoissonBatches:
-    def __init__(self, tensors: Sequence[torch.Tensor], sample_rate: float, max_physical_batch: int, optimizer,
-                 generator: torch.Generator | None = None):
+    def __init__(self, tensors: Sequence[torch.Tensor], sample_rate: float, max_physical_batch: int, optimizer, generator: torch.Generator | None = None):
         self.tensors = list(tensors)
         self.sample_rate = float(sample_rate)
         self.steps = int(1 / self.sample_rate)  # what Opacus' sampler takes: the accountant counts these

@@ -54,11 +54,15 @@ class Rules:
 def effective_rules(stored: Rules, overrides: "RulesConfig", where: str) -> Rules:
     """The stored rules, tightened by the config's ``rules`` section (null keeps the stored
     value). A looser override is refused: the rules are the data owners'."""
+
     def looser(key: str, value: Any, stricter_is_larger: bool) -> None:
         current = getattr(stored, key)
         if (value < current) if stricter_is_larger else (value > current):
-            raise ConfigError(f"rules.{key}", f"{value} is looser than the data owners' rule ({current}) in ledger '{where}': "
-                              "only the owners change it (lookalike-budget set-rules); leave it unset to use theirs")
+            raise ConfigError(
+                f"rules.{key}",
+                f"{value} is looser than the data owners' rule ({current}) in ledger '{where}': "
+                "only the owners change it (lookalike-budget set-rules); leave it unset to use theirs",
+            )
 
     changes: dict[str, Any] = {}
     size = overrides.min_matching_seed_size
@@ -72,8 +76,10 @@ def effective_rules(stored: Rules, overrides: "RulesConfig", where: str) -> Rule
     lists = overrides.allow_list_output
     if lists is not None:
         if bool(lists) and not stored.allow_list_output:
-            raise ConfigError("rules.allow_list_output", f"true is looser than the data owners' rule (false) in ledger '{where}': "
-                              "only the owners change it (lookalike-budget set-rules)")
+            raise ConfigError(
+                "rules.allow_list_output",
+                f"true is looser than the data owners' rule (false) in ledger '{where}': only the owners change it (lookalike-budget set-rules)",
+            )
         changes["allow_list_output"] = bool(lists)
     return replace(stored, **changes)
 
@@ -82,11 +88,18 @@ def check_run_allowed(rules: Rules, *, private: bool, trusted: bool, epsilon: fl
     """Refuse what the owners do not allow: trusted evaluation, non-private runs, an epsilon
     above their per-run maximum."""
     if trusted and not rules.allow_trusted_evaluation:
-        raise ConfigError("trusted_evaluation", f"true is not allowed by the data owners' rules in ledger '{where}' (exact seed-derived "
-                          "numbers would leave the room); the owners allow it with lookalike-budget set-rules --allow-trusted-evaluation")
+        raise ConfigError(
+            "trusted_evaluation",
+            f"true is not allowed by the data owners' rules in ledger '{where}' (exact seed-derived "
+            "numbers would leave the room); the owners allow it with lookalike-budget set-rules --allow-trusted-evaluation",
+        )
     if not private and not rules.allow_non_private:
-        raise ConfigError("privacy.enabled", f"false is not allowed by the data owners' rules in ledger '{where}'; "
-                          "the owners allow it with lookalike-budget set-rules --allow-non-private")
+        raise ConfigError(
+            "privacy.enabled",
+            f"false is not allowed by the data owners' rules in ledger '{where}'; the owners allow it with lookalike-budget set-rules --allow-non-private",
+        )
     if rules.max_epsilon_per_run is not None and epsilon > rules.max_epsilon_per_run + 1e-9:
-        raise ConfigError("privacy.target_epsilon", f"this run needs epsilon {epsilon:.4g}, above the data owners' maximum per run "
-                          f"({rules.max_epsilon_per_run:g}) in ledger '{where}'")
+        raise ConfigError(
+            "privacy.target_epsilon",
+            f"this run needs epsilon {epsilon:.4g}, above the data owners' maximum per run ({rules.max_epsilon_per_run:g}) in ledger '{where}'",
+        )

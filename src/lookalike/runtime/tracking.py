@@ -27,7 +27,7 @@ def resolve_tracking_uri(uri: str) -> str:
     regardless of the working directory."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(uri[len(prefix):]).resolve()
+        path = Path(uri[len(prefix) :]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path)
     return uri
@@ -49,7 +49,7 @@ def _store_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    lock = Path(uri[len("sqlite:///") :] + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

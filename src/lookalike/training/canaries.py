@@ -75,9 +75,14 @@ class Canaries:
         # At most m // 2 each way: a canary guessed both in and out is not a guess the bound allows.
         k = min(max(1, int(self.guess_fraction * m)), m // 2)
         order = np.argsort(-scores, kind="stable")
-        correct = int(self.included[order[:k]].sum() + (~self.included[order[m - k:]]).sum())
-        return {"audit.canaries": m, "audit.guesses": 2 * k, "audit.correct": correct, "audit.delta": delta,
-                "audit.epsilon_lower_bound": epsilon_lower_bound(correct, 2 * k, m, delta, confidence)}
+        correct = int(self.included[order[:k]].sum() + (~self.included[order[m - k :]]).sum())
+        return {
+            "audit.canaries": m,
+            "audit.guesses": 2 * k,
+            "audit.correct": correct,
+            "audit.delta": delta,
+            "audit.epsilon_lower_bound": epsilon_lower_bound(correct, 2 * k, m, delta, confidence),
+        }
 
 
 def plant_canaries(data, count: int, guess_fraction: float, rng: np.random.Generator) -> Canaries:
@@ -86,13 +91,12 @@ def plant_canaries(data, count: int, guess_fraction: float, rng: np.random.Gener
         raise ConfigError("audit", "needs a categorical feature to give each canary a token of its own")
     feature = data.spec.categorical[0]
     first = feature.cardinality  # canary tokens go after the real vocabulary
-    feature.vocabulary = list(feature.vocabulary) + [f"__lookalike_canary_{i}" for i in range(count)] + [
-        f"__lookalike_decoy_{i}" for i in range(count)]
+    feature.vocabulary = list(feature.vocabulary) + [f"__lookalike_canary_{i}" for i in range(count)] + [f"__lookalike_decoy_{i}" for i in range(count)]
     real = data.train_features
-    blank = EncodedFeatures(np.zeros((count, real.numeric.shape[1]), dtype=np.float32),
-                            np.zeros((count, real.categorical.shape[1]), dtype=np.int64),
-                            [np.zeros((count, m.shape[1]), dtype=np.int64) for m in real.multi])
+    blank = EncodedFeatures(
+        np.zeros((count, real.numeric.shape[1]), dtype=np.float32),
+        np.zeros((count, real.categorical.shape[1]), dtype=np.int64),
+        [np.zeros((count, m.shape[1]), dtype=np.int64) for m in real.multi],
+    )
     blank.categorical[:, 0] = first + np.arange(count)
     return Canaries(blank, rng.random(count) < 0.5, guess_fraction, first)
-
-

@@ -81,10 +81,13 @@ class TrainConfig(SharedSections):
         number("seed", self.seed)
         model_kind(self.model.kind)
         if not self.privacy.enabled and not self.trusted_evaluation:
-            raise ConfigError("privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true "
-                              "(synthetic or self-owned data)")
-        check_outputs_outside_inputs({"paths.output_dir": self.paths.output_dir, "ledger.path": self.ledger.path},
-                                     {"data.publisher_path": self.data.publisher_path, "data.seed_path": self.data.seed_path})
+            raise ConfigError(
+                "privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true (synthetic or self-owned data)"
+            )
+        check_outputs_outside_inputs(
+            {"paths.output_dir": self.paths.output_dir, "ledger.path": self.ledger.path},
+            {"data.publisher_path": self.data.publisher_path, "data.seed_path": self.data.seed_path},
+        )
 
 
 def train_config(cfg: Any) -> TrainConfig:

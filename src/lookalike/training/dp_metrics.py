@@ -31,7 +31,7 @@ def noisy_histograms(pos: list[np.ndarray], neg: list[np.ndarray], epsilon: floa
     # Not clipped per bucket: clipping would bias every empty bucket upwards; the metrics
     # clip their own results instead.
     noisy = [add_gaussian_noise(histogram(x), sigma) for x in pos + neg]
-    return noisy[: len(pos)], noisy[len(pos):], sigma
+    return noisy[: len(pos)], noisy[len(pos) :], sigma
 
 
 def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -34,8 +34,7 @@ def evaluate_holdout(model, data, device, cfg: Any, epsilon: float, delta: float
     top = float(cfg.evaluation.top_fraction)
     negatives = score(model, data.eval_negative_features, device)
     audiences = data.training.audiences
-    pos = [score(model, data.holdout_features[a], device)[:, i] if len(data.holdout_features[a]) else np.zeros(0)
-           for i, a in enumerate(audiences)]
+    pos = [score(model, data.holdout_features[a], device)[:, i] if len(data.holdout_features[a]) else np.zeros(0) for i, a in enumerate(audiences)]
     neg = [negatives[:, i] for i in range(len(audiences))]
     prefix, curves, aucs, multiplier = ("trusted" if trusted else "dp"), {}, [], 0.0
     if trusted:
@@ -68,8 +67,11 @@ def _log_curve(curves: dict[str, np.ndarray], prefix: str) -> None:
     for name, curve in curves.items():
         ax.plot(100 * REACH, curve, label=name)
     ax.plot([0, 100], [0, 1], "k:", label="random")
-    ax.set(xlabel="reach (% of non-seed users targeted)", ylabel="held-out seed recall",
-           title="Reach vs recall (" + ("exact, trusted" if prefix == "trusted" else "DP") + ")")
+    ax.set(
+        xlabel="reach (% of non-seed users targeted)",
+        ylabel="held-out seed recall",
+        title="Reach vs recall (" + ("exact, trusted" if prefix == "trusted" else "DP") + ")",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -44,10 +44,19 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
 
 
-def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: float, device: torch.device,
-          on_epoch_end: Callable[[int, dict], None] | None = None, resume: Checkpoint | None = None,
-          save_checkpoint: Callable[[Checkpoint], None] | None = None, world: World | None = None,
-          examples: int | None = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    tensors: list[torch.Tensor],
+    cfg: Any,
+    *,
+    delta: float,
+    device: torch.device,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    resume: Checkpoint | None = None,
+    save_checkpoint: Callable[[Checkpoint], None] | None = None,
+    world: World | None = None,
+    examples: int | None = None,
+) -> TrainResult:
     """Train ``model`` on ``tensors`` (inputs..., labels last). DP when ``cfg.privacy.enabled``.
 
     ``examples`` is what the sample rate is one batch of: the run's DP estimate of the training
@@ -67,16 +76,23 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
     # The training set is small next to any accelerator's memory: put it there once, not per batch.
     tensors = [t.to(device) for t in tensors]
     # A torchrun rank may hold no examples (fewer row groups than ranks): nothing to shuffle.
-    loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=len(tensors[0]) > 0,
-                        collate_fn=keep_batch)  # type: ignore[arg-type]  # batches are tuples of tensors, not lists
+    loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=len(tensors[0]) > 0, collate_fn=keep_batch)  # type: ignore[arg-type]  # batches are tuples of tensors, not lists
 
     private = None
     if privacy.enabled:
-        private = make_private(model, optimizer, loader, privacy, epochs=int(trainer.epochs), delta=delta,
-                               noise_multiplier=resume.noise_multiplier if resume else None,
-                               accountant_state=resume.accountant_state if resume else None,
-                               max_physical_batch=int(trainer.physical_batch_size), world=world,
-                               examples=len(tensors[0]) if examples is None else int(examples))
+        private = make_private(
+            model,
+            optimizer,
+            loader,
+            privacy,
+            epochs=int(trainer.epochs),
+            delta=delta,
+            noise_multiplier=resume.noise_multiplier if resume else None,
+            accountant_state=resume.accountant_state if resume else None,
+            max_physical_batch=int(trainer.physical_batch_size),
+            world=world,
+            examples=len(tensors[0]) if examples is None else int(examples),
+        )
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
 
@@ -117,8 +133,9 @@ def train(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, *, delta: flo
         losses.append(float(total) / max(count, 1))
         if not math.isfinite(losses[-1]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             # Nothing a non-finite model scores means anything; its reservation stays charged.
-            raise LookalikeError(f"training diverged in epoch {epoch + 1}: the loss or a weight is NaN/inf; lower trainer.optimizer.lr "
-                                 "(or check the data's numeric columns)")
+            raise LookalikeError(
+                f"training diverged in epoch {epoch + 1}: the loss or a weight is NaN/inf; lower trainer.optimizer.lr (or check the data's numeric columns)"
+            )
         if private is not None:
             epsilon = private.engine.get_epsilon(delta)
         metrics = {"steps": steps} | ({"epsilon": epsilon} if epsilon is not None else {})

@@ -135,8 +135,14 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
 
 
 def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray) -> tuple[TrainingSet, dict[str, int]]:
-    training = lay_out(ids, seeds, holdout_fraction=float(data.holdout_fraction), negative_rate=float(data.negative_rate),
-                       eval_negative_rate=float(data.eval_negative_rate), draws=draws)
+    training = lay_out(
+        ids,
+        seeds,
+        holdout_fraction=float(data.holdout_fraction),
+        negative_rate=float(data.negative_rate),
+        eval_negative_rate=float(data.eval_negative_rate),
+        draws=draws,
+    )
     return training, training.matched | {TRAIN_COUNT: training.n_train}
 
 

@@ -29,9 +29,18 @@ log = logging.getLogger(__name__)
 
 
 # What a resumed run must keep from its original plan: its reservation covers only that plan.
-PLAN_KEYS = {"trainer.epochs": int, "trainer.batch_size": int, "privacy.target_epsilon": float, "privacy.max_grad_norm": float,
-             "privacy.accountant": str, "privacy.grad_sample_mode": str, "privacy.size_epsilon": float, "evaluation.epsilon": float,
-             "trusted_evaluation": bool, "model.kind": str}
+PLAN_KEYS = {
+    "trainer.epochs": int,
+    "trainer.batch_size": int,
+    "privacy.target_epsilon": float,
+    "privacy.max_grad_norm": float,
+    "privacy.accountant": str,
+    "privacy.grad_sample_mode": str,
+    "privacy.size_epsilon": float,
+    "evaluation.epsilon": float,
+    "trusted_evaluation": bool,
+    "model.kind": str,
+}
 
 
 class RunContext:
@@ -68,12 +77,10 @@ class RunContext:
         the data owners' rules, tightened by the config, and the seed's minimum size."""
         self.budget = find_budget(self.ledger, self.data.users)
         self.rules = effective_rules(self.budget.rules, self.cfg.rules, self.ledger.path)
-        check_run_allowed(self.rules, private=self.private, trusted=bool(self.cfg.trusted_evaluation), epsilon=self.epsilon,
-                          where=self.ledger.path)
+        check_run_allowed(self.rules, private=self.private, trusted=bool(self.cfg.trusted_evaluation), epsilon=self.epsilon, where=self.ledger.path)
         check_matched(self.data.training.matched, self.data.n_train, self.rules.min_matching_seed_size, bool(self.cfg.trusted_evaluation))
         if self.budget.new_snapshot is not None:
-            log.info("publisher data: about %.0f%% of its users are in budget %s's data; charged there", 100 * self.budget.share,
-                     self.budget.fingerprint[:12])
+            log.info("publisher data: about %.0f%% of its users are in budget %s's data; charged there", 100 * self.budget.share, self.budget.fingerprint[:12])
         return self.rules
 
     def plan(self) -> dict:
@@ -89,18 +96,33 @@ class RunContext:
             return
         budget = self._matched()
         self.entry_id = self.ledger.reserve(
-            budget.fingerprint, self.epsilon, float(self.delta or 0.0) + self.size_delta + self.eval_delta,
-            kind="train", description=f"lookalike-train {self.cfg.mlflow.experiment_name}", attach=budget.new_snapshot,
-            claim=self.claim)
-        log.info("ledger entry %d: reserved epsilon %.4g (training %.4g, size estimate %.4g, evaluation %.4g) on budget %s", self.entry_id,
-                 self.epsilon, self.cfg.privacy.target_epsilon, self.size_epsilon, self.eval_epsilon, budget.fingerprint[:12])
+            budget.fingerprint,
+            self.epsilon,
+            float(self.delta or 0.0) + self.size_delta + self.eval_delta,
+            kind="train",
+            description=f"lookalike-train {self.cfg.mlflow.experiment_name}",
+            attach=budget.new_snapshot,
+            claim=self.claim,
+        )
+        log.info(
+            "ledger entry %d: reserved epsilon %.4g (training %.4g, size estimate %.4g, evaluation %.4g) on budget %s",
+            self.entry_id,
+            self.epsilon,
+            self.cfg.privacy.target_epsilon,
+            self.size_epsilon,
+            self.eval_epsilon,
+            budget.fingerprint[:12],
+        )
 
     def _adopt(self, resume: Checkpoint) -> None:
         planned = resume.meta.get("plan") or {}
         for key, value in self.plan().items():
             if key not in planned or planned[key] != value:
-                raise ConfigError(key, f"is {value} but the checkpoint's run planned {planned.get(key)}: a resumed run keeps its plan, "
-                                  "which its ledger reservation covers; resume with the original settings")
+                raise ConfigError(
+                    key,
+                    f"is {value} but the checkpoint's run planned {planned.get(key)}: a resumed run keeps its plan, "
+                    "which its ledger reservation covers; resume with the original settings",
+                )
         entry = self.ledger.entry(int(resume.meta["ledger_entry_id"]))
         if entry["status"] != "reserved":
             raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
@@ -154,8 +176,14 @@ class RunContext:
             log.info("ledger entry %d released: the run failed before training", self.entry_id)
 
     def checkpoint_meta(self) -> dict:
-        return {"users": self.data.users.digest, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path), "claim": self.claim,
-                "plan": self.plan(), "size": asdict(self.size) if self.size is not None else None}
+        return {
+            "users": self.data.users.digest,
+            "ledger_entry_id": self.entry_id,
+            "ledger_path": str(self.ledger.path),
+            "claim": self.claim,
+            "plan": self.plan(),
+            "size": asdict(self.size) if self.size is not None else None,
+        }
 
     def run_name(self) -> str:
         return ("dp" if self.private else "NON-PRIVATE") + f"-{self.cfg.model.kind}-" + time.strftime("%H%M%S")
@@ -176,8 +204,12 @@ class RunContext:
     def data_metrics(self) -> dict[str, float]:
         scan = self.data.scan
         # Publisher-side counts are public; the training-set size and match counts are seed-derived.
-        metrics = {"scan.files_scanned": scan.files_scanned, "scan.rows_scanned": scan.rows_scanned,
-                   "scan.bytes_scanned": scan.bytes_scanned, "scan.rows_in_window": scan.rows_in_window}
+        metrics = {
+            "scan.files_scanned": scan.files_scanned,
+            "scan.rows_scanned": scan.rows_scanned,
+            "scan.bytes_scanned": scan.bytes_scanned,
+            "scan.rows_in_window": scan.rows_in_window,
+        }
         if self.cfg.trusted_evaluation:
             metrics |= {f"trusted.{name}.matched_seed_users": n for name, n in self.data.training.matched.items()}
             metrics["trusted.training_examples"] = self.data.n_train
@@ -199,21 +231,36 @@ class RunContext:
             return {"privacy.steps": r.steps}
         size = {"privacy.size_epsilon": self.size_epsilon, "data.training_examples_dp": self.size.value} if self.size is not None else {}
         spent = r.epsilon or 0.0  # a private run always has one
-        return size | {"privacy.epsilon_spent": spent, "privacy.eval_epsilon": self.eval_epsilon,
-                "privacy.total_epsilon": spent + self.size_epsilon + self.eval_epsilon, "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
-                "privacy.delta": self.delta or 0.0, "privacy.noise_multiplier": r.noise_multiplier or 0.0,
-                "privacy.sample_rate": r.sample_rate or 0.0, "privacy.steps": r.steps}
+        return size | {
+            "privacy.epsilon_spent": spent,
+            "privacy.eval_epsilon": self.eval_epsilon,
+            "privacy.total_epsilon": spent + self.size_epsilon + self.eval_epsilon,
+            "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
+            "privacy.delta": self.delta or 0.0,
+            "privacy.noise_multiplier": r.noise_multiplier or 0.0,
+            "privacy.sample_rate": r.sample_rate or 0.0,
+            "privacy.steps": r.steps,
+        }
 
     def model_meta(self, run_id: str) -> dict:
         # The split parameters let export find the same held-out seed users (hash-based split).
-        return {"private": self.private, "run_id": run_id, "fingerprint": self.budget.fingerprint if self.budget else None,
-                "id_column": str(self.cfg.data.id_column), "split_seed": int(self.cfg.seed),
-                "holdout_fraction": float(self.cfg.data.holdout_fraction)} | {k: v for k, v in self.privacy_metrics().items()}
+        return {
+            "private": self.private,
+            "run_id": run_id,
+            "fingerprint": self.budget.fingerprint if self.budget else None,
+            "id_column": str(self.cfg.data.id_column),
+            "split_seed": int(self.cfg.seed),
+            "holdout_fraction": float(self.cfg.data.holdout_fraction),
+        } | {k: v for k, v in self.privacy_metrics().items()}
 
     def summary(self, model_uri: str) -> dict:
-        return {"model_uri": model_uri, "ledger_entry_id": self.entry_id, "ledger_path": str(self.ledger.path),
-                "accountant": str(self.cfg.privacy.accountant) if self.private else None,
-                "history": self._trained().history} | self.privacy_metrics()
+        return {
+            "model_uri": model_uri,
+            "ledger_entry_id": self.entry_id,
+            "ledger_path": str(self.ledger.path),
+            "accountant": str(self.cfg.privacy.accountant) if self.private else None,
+            "history": self._trained().history,
+        } | self.privacy_metrics()
 
     def describe(self) -> str:
         r = self._trained()

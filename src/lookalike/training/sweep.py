@@ -40,8 +40,11 @@ def trial_epsilon(cfg: TrainConfig) -> float:
     if not cfg.privacy.enabled:
         return 0.0
     sized = model_kind(cfg.model.kind).learned
-    return (float(cfg.privacy.target_epsilon) + (float(cfg.privacy.size_epsilon) if sized else 0.0)
-            + (0.0 if cfg.trusted_evaluation else float(cfg.evaluation.epsilon)))
+    return (
+        float(cfg.privacy.target_epsilon)
+        + (float(cfg.privacy.size_epsilon) if sized else 0.0)
+        + (0.0 if cfg.trusted_evaluation else float(cfg.evaluation.epsilon))
+    )
 
 
 class SweepSummary(Callback):
@@ -55,15 +58,16 @@ class SweepSummary(Callback):
             ledger = Ledger(config.ledger.path)
             fits, remaining = ledger.runs_that_fit(find_budget(ledger, data_users(typed)).fingerprint, needed)
             if fits == 0:
-                raise LookalikeError(f"privacy budget in ledger '{ledger.path}' covers no trial of this sweep: "
-                                     f"each needs epsilon {needed:.3g}, {remaining:.3g} remains (lookalike-budget preview --epsilon {needed:.3g})")
+                raise LookalikeError(
+                    f"privacy budget in ledger '{ledger.path}' covers no trial of this sweep: "
+                    f"each needs epsilon {needed:.3g}, {remaining:.3g} remains (lookalike-budget preview --epsilon {needed:.3g})"
+                )
             log.info("sweep: each trial reserves epsilon %.3g; the budget covers %d more", needed, fits)
             experiment_id = setup_experiment(typed.mlflow)
         except LookalikeError as exc:
             print(f"lookalike-train: error: {exc}", file=sys.stderr)
             sys.exit(2)
-        run = MlflowClient().create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                                        tags={"lookalike.kind": "sweep"})
+        run = MlflowClient().create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", tags={"lookalike.kind": "sweep"})
         self.parent = run.info.run_id
         os.environ[PARENT_ENV] = self.parent  # read by each trial (also in launcher subprocesses)
 
@@ -85,8 +89,9 @@ class SweepSummary(Callback):
         if self.parent is None:
             return
         client = MlflowClient()
-        children = client.search_runs([client.get_run(self.parent).info.experiment_id],
-                                      f"tags.`mlflow.parentRunId` = '{self.parent}' and attributes.status = 'FINISHED'")
+        children = client.search_runs(
+            [client.get_run(self.parent).info.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent}' and attributes.status = 'FINISHED'"
+        )
         outcomes = [json.loads(p.read_text())["value"] for p in (Path(str(config.hydra.sweep.dir)) / OUTCOMES).glob("*.json")]
         done = [v for v in outcomes if v is not None]
         refused = len(outcomes) - len(done)
@@ -97,5 +102,10 @@ class SweepSummary(Callback):
             client.log_metric(self.parent, "sweep.best_value", best)
         client.set_terminated(self.parent)
         os.environ.pop(PARENT_ENV, None)
-        log.info("sweep summary: %d trials finished, %d refused or failed (a refused trial charged nothing); best held-out AUC %s; "
-                 "parent MLflow run %s", len(children), refused, f"{best:.4f}" if done else "none", self.parent)
+        log.info(
+            "sweep summary: %d trials finished, %d refused or failed (a refused trial charged nothing); best held-out AUC %s; parent MLflow run %s",
+            len(children),
+            refused,
+            f"{best:.4f}" if done else "none",
+            self.parent,
+        )

@@ -77,8 +77,7 @@ def _train_shard(cfg: TrainConfig, world: World, signal: StartSignal) -> None:
     go, examples = signal.wait()
     if not go:
         raise LookalikeError(f"rank {world.rank}: rank 0 stopped before training (its error says why)")
-    train(model, inputs.training_tensors(), cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume,
-          world=world, examples=examples)
+    train(model, inputs.training_tensors(), cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume, world=world, examples=examples)
 
 
 def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | None:
@@ -94,8 +93,9 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
         run_dir = run_directory(cfg)
         # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
         resumed_run_id = resume_run_id(inputs.resume)
-        with mlflow.start_run(run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id,
-                              run_name=None if resumed_run_id else ctx.run_name()) as active:
+        with mlflow.start_run(
+            run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id, run_name=None if resumed_run_id else ctx.run_name()
+        ) as active:
             try:
                 if resumed_run_id is None:
                     log_params(flat_params(cfg))
@@ -110,9 +110,9 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
                 raise
 
 
-def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, model, world: World | None, signal: StartSignal, run_id: str,
-         run_dir: Path) -> TrainResult:
+def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, model, world: World | None, signal: StartSignal, run_id: str, run_dir: Path) -> TrainResult:
     """Charge the reservation, then train (or, for a kind that is not learned, release it once)."""
+
     def save(ckpt: Checkpoint) -> None:
         ckpt.meta = ctx.checkpoint_meta() | {"mlflow_run_id": run_id}
         ckpt.save(run_dir / "checkpoints" / "last.pt")
@@ -125,8 +125,18 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, model, world: World 
     if not model_kind(cfg.model.kind).learned:
         result = fit_centroid(model, tensors, cfg, inputs.delta or 0.0)
     else:
-        result = train(model, tensors, cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume, save_checkpoint=save,
-                       on_epoch_end=_log_epoch, world=world, examples=examples)
+        result = train(
+            model,
+            tensors,
+            cfg,
+            delta=inputs.delta or 0.0,
+            device=inputs.device,
+            resume=inputs.resume,
+            save_checkpoint=save,
+            on_epoch_end=_log_epoch,
+            world=world,
+            examples=examples,
+        )
     ctx.trained(result)
     return result
 
@@ -142,12 +152,16 @@ def _evaluate_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, result:
         found = inputs.canaries.audit(result.model, device, delta)
         mlflow.log_metrics(found)
         mlflow.set_tag("lookalike.audit", "one_run")
-        log.info("one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)", found["audit.correct"],
-                 found["audit.guesses"], found["audit.epsilon_lower_bound"], f"{result.epsilon:.3f}" if result.epsilon else "non-private")
+        log.info(
+            "one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)",
+            found["audit.correct"],
+            found["audit.guesses"],
+            found["audit.epsilon_lower_bound"],
+            f"{result.epsilon:.3f}" if result.epsilon else "non-private",
+        )
     metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
     bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences, extra=ctx.model_meta(run_id))
-    model_uri = log_model(bundle, cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences),
-                          synthetic_input_example(data.spec))
+    model_uri = log_model(bundle, cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences), synthetic_input_example(data.spec))
     ctx.finish()
     mlflow.log_metrics(ctx.privacy_metrics())
     mlflow.set_tag("lookalike.model_uri", model_uri)

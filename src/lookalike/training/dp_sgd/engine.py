@@ -47,10 +47,20 @@ class PrivateTraining:
         return getattr(self.model, "_module", self.model)
 
 
-def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoader, privacy: Any, *,
-                 epochs: int, delta: float, noise_multiplier: float | None = None,
-                 accountant_state: dict | None = None, max_physical_batch: int = 512, world: World | None = None,
-                 examples: int) -> PrivateTraining:
+def make_private(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    loader: DataLoader,
+    privacy: Any,
+    *,
+    epochs: int,
+    delta: float,
+    noise_multiplier: float | None = None,
+    accountant_state: dict | None = None,
+    max_physical_batch: int = 512,
+    world: World | None = None,
+    examples: int,
+) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
     A fresh run calibrates the noise so that the accountant's epsilon for the steps the Poisson
@@ -74,8 +84,7 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
     dp_optimizer: Any = optimizer
     dp_loader: Any = loader
     if privacy.grad_sample_mode == "fused":
-        model, dp_optimizer, dp_loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch,
-                                                    world, examples)
+        model, dp_optimizer, dp_loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch, world, examples)
     elif world is not None:
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' runs in one process only; torchrun training needs fused")
     else:
@@ -85,10 +94,15 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
         secure = bool(privacy.secure_mode)
         batch_size = int(loader.batch_size or 1)
         model, dp_optimizer, dp_loader = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=float(privacy.max_grad_norm),
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            max_grad_norm=float(privacy.max_grad_norm),
             noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
-            poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode,
-            noise_generator=None if secure else entropy_generator(next(model.parameters()).device))
+            poisson_sampling=True,
+            grad_sample_mode=privacy.grad_sample_mode,
+            noise_generator=None if secure else entropy_generator(next(model.parameters()).device),
+        )
         if not secure:
             dp_loader.batch_sampler.generator = entropy_generator(torch.device("cpu"))
         _sample_at(dp_loader, dp_optimizer, engine, math.ceil(examples / batch_size), examples)
@@ -104,8 +118,17 @@ def make_private(model: nn.Module, optimizer: optim.Optimizer, loader: DataLoade
     return PrivateTraining(engine, model, dp_optimizer, dp_loader, float(dp_optimizer.noise_multiplier), sample_rate, clipping)
 
 
-def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, loader: Any, privacy: Any,
-           noise_multiplier: float | None, max_physical_batch: int, world: World | None, examples: int):
+def _fused(
+    engine: PrivacyEngine,
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    loader: Any,
+    privacy: Any,
+    noise_multiplier: float | None,
+    max_physical_batch: int,
+    world: World | None,
+    examples: int,
+):
     """What ``engine.make_private`` sets up, with our fused clipping in place of Opacus' model
     wrapper: Poisson sampling at Opacus' rate and step count, Opacus' noise-adding optimizer for
     pre-clipped sums (the one its ghost mode uses, minus its per-step copies) and its accountant
@@ -114,9 +137,15 @@ def _fused(engine: PrivacyEngine, model: nn.Module, optimizer: optim.Optimizer, 
     device = loader.dataset.tensors[0].device
     kind, extra = (NoisySumOptimizer, {}) if world is None else (DistributedNoisySumOptimizer, {"world": world})
     optimizer = kind(
-        optimizer, noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier, max_grad_norm=float(privacy.max_grad_norm),
-        expected_batch_size=1, loss_reduction="mean", secure_mode=bool(privacy.secure_mode),
-        generator=entropy_generator(device), **extra)  # batch size set below
+        optimizer,
+        noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
+        max_grad_norm=float(privacy.max_grad_norm),
+        expected_batch_size=1,
+        loss_reduction="mean",
+        secure_mode=bool(privacy.secure_mode),
+        generator=entropy_generator(device),
+        **extra,
+    )  # batch size set below
     # Sampled at 1 / len(loader), as DPDataLoader.from_data_loader does; accounted (and averaged)
     # at 1 / steps taken, as make_private does with that loader's length. Under torchrun the
     # loader holds this rank's examples: the length is that of a loader over all ranks'
@@ -139,5 +168,3 @@ def _sample_at(loader: Any, optimizer: Any, engine: PrivacyEngine, steps: int, e
     loader.sample_rate = rate
     optimizer.expected_batch_size = int(examples * rate)
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=rate))
-
-

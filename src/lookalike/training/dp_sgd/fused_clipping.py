@@ -49,8 +49,9 @@ class FusedClipping:
             if not any(p.requires_grad for p in module.parameters(recurse=False)):
                 continue
             if not isinstance(module, SUPPORTED) or (isinstance(module, nn.Embedding) and module.max_norm is not None):
-                raise ConfigError("privacy.grad_sample_mode", f"fused clipping does not cover {type(module).__name__} "
-                                  f"('{name}'); use grad_sample_mode=hooks for this model")
+                raise ConfigError(
+                    "privacy.grad_sample_mode", f"fused clipping does not cover {type(module).__name__} ('{name}'); use grad_sample_mode=hooks for this model"
+                )
             self.handles.append(module.register_forward_hook(self._keep))
 
     def _keep(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
