@@ -16,7 +16,8 @@ repeat. lift@20% = share of hidden positives in the top 20% of that population b
 of hidden positives in the whole population (ties at the cut share the remaining places pro rata).
 AUC (hidden positives vs negatives) is recorded too.
 
-Prints a Markdown table and writes benchmarks/results/utility.json (rewritten after every run, so
+Prints a Markdown table (also saved as benchmarks/results/utility.md) and writes
+benchmarks/results/utility.json (rewritten after every run, so
 a stopped run keeps what it measured). Model glue: utility_models.py; tables: utility_tables.py.
 """
 
@@ -32,6 +33,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,6 +47,10 @@ import utility_tables as tables  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 TOP = 0.2
 MODELS = ("dp", "own", "gbm")  # DP two-tower, the same without DP, gradient boosting
+
+
+class SeedTooLarge(ValueError):
+    """A sub-sampled seed larger than the table's seed half: that setting is skipped."""
 
 
 def keyed_draws(ids: np.ndarray, key: str) -> np.ndarray:
@@ -64,7 +70,7 @@ def split(ids: np.ndarray, labels: np.ndarray, repeat: int, size: int | None) ->
     else:
         rows = np.flatnonzero(seed_half)
         if size > rows.size:
-            raise ValueError(f"seed of {size} asked for, but the seed half has {rows.size} users")
+            raise SeedTooLarge(f"seed of {size} asked for, but the seed half has {rows.size} users")
         seed = np.zeros_like(seed_half)
         seed[rows[np.argsort(draws[rows, 1], kind="stable")[:size]]] = True
     evaluated = ~seed_half  # hidden positives and negatives; the rest of the seed half is left out
@@ -102,6 +108,7 @@ def one_setting(table: tables.Table, ids: np.ndarray, frame, size: int | None, r
         if name == "gbm":
             scores, facts = models.gbm_scores(frame, seed, repeat)
         else:
+            shutil.rmtree(folder / name, ignore_errors=True)  # a fresh output folder: its one run's bundle is read back
             scores, facts = models.two_tower_scores(table.publisher, seed_file, folder / name, epsilon if name == "dp" else None, repeat)
         wall = time.perf_counter() - start
         s = scores[evaluated]
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             for repeat in range(1, repeats + 1):
                 try:
                     doc["runs"] += one_setting(table, ids, frame, size, repeat, args.work_dir, args.epsilon, tuple(args.models))
-                except ValueError as exc:  # a sub-sample larger than the table's seed half
+                except SeedTooLarge as exc:  # a sub-sample larger than the table's seed half
                     doc["skipped"].append({"table": name, "seed_size": size_text, "reason": str(exc)})
                     print(f"{name}: seed {size_text} skipped: {exc}", flush=True)
                     break
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     doc["summary"] = summary(doc["runs"])
     doc["total_wall_s"] = round(time.perf_counter() - started, 1)
     output.write_text(json.dumps(doc, indent=1))
+    output.with_suffix(".md").write_text(markdown(doc["summary"]) + "\n")
     print()
     print(markdown(doc["summary"]))
     for row in doc["summary"]:
