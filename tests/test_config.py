@@ -151,3 +151,19 @@ def test_runs_opening_a_fresh_mlflow_store_at_once(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 3, outs[0][1][-2000:]
     assert len({o.strip() for o, _ in outs}) == 1  # one experiment, the same id for all
+
+
+def test_an_experiment_sets_both_commands_and_each_reads_its_own_sections():
+    from hydra import compose, initialize_config_dir
+
+    from lookalike.export.config import export_config
+    from lookalike.paths import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        shown = compose(config_name="export", overrides=["experiment=adult", "export.model=abc123"], return_hydra_config=True)
+        trained = compose(config_name="train", overrides=["experiment=adult", "+export.report_epsilon=0.3"], return_hydra_config=True)
+    assert "privacy" in shown and export_config(shown).export.model == "abc123"  # training's sections left out
+    assert train_config(trained).trainer.epochs == 10
+    with pytest.raises(ConfigError) as err:  # a section neither command has is still refused
+        export_config(OmegaConf.create({"export": {"model": "x"}, "privacy_typo": {}}))
+    assert err.value.key == "privacy_typo"

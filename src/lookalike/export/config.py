@@ -15,6 +15,8 @@ from lookalike.runtime.typed_config import to_typed
 from lookalike.settings import device_name, number, one_of, require, whole
 
 MAX_BINS, MAX_ABSOLUTE = 25, 20_000_000  # as in AWS Clean Rooms ML
+# An experiment config sets both commands; export reads none of training's sections.
+TRAINING_SECTIONS = ("model", "privacy", "trainer", "evaluation", "audit", "seed")
 
 
 @dataclass
@@ -104,7 +106,7 @@ class ExportConfig(SharedSections):
 
 def export_config(cfg: Any) -> ExportConfig:
     """The composed config, checked and typed (one-line ConfigError naming the key otherwise)."""
-    return to_typed(cfg, ExportConfig)
+    return to_typed(cfg, ExportConfig, other_commands=TRAINING_SECTIONS)
 
 
 ConfigStore.instance().store(group="lookalike_schema", name="export", node=ExportConfig)

@@ -20,9 +20,14 @@ from lookalike.errors import ConfigError
 T = TypeVar("T")
 
 
-def to_typed(cfg: DictConfig | Any, schema: type[T]) -> T:
+def to_typed(cfg: DictConfig | Any, schema: type[T], other_commands: tuple[str, ...] = ()) -> T:
+    """``cfg`` checked into ``schema``. Top-level sections named in ``other_commands`` belong to
+    the other command (an experiment config sets both) and are left out; so is Hydra's own node."""
     if isinstance(cfg, schema):
         return cfg
+    if isinstance(cfg, DictConfig):
+        skip = {"hydra", *other_commands}
+        cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg.keys() if k not in skip])
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         typed = OmegaConf.to_object(merged)

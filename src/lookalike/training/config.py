@@ -92,7 +92,7 @@ class TrainConfig(SharedSections):
 
 def train_config(cfg: Any) -> TrainConfig:
     """The composed config, checked and typed (one-line ConfigError naming the key otherwise)."""
-    return to_typed(cfg, TrainConfig)
+    return to_typed(cfg, TrainConfig, other_commands=("export",))
 
 
 ConfigStore.instance().store(group="lookalike_schema", name="train", node=TrainConfig)
