@@ -153,16 +153,18 @@ def summary(runs: list[dict]) -> list[dict]:
         for a, b in (("dp", "gbm"), ("dp", "own"), ("own", "gbm")):
             if a in row and b in row:
                 row[f"{a}/{b}"] = row[a]["mean"] / row[b]["mean"]
-        row["flags"] = [
-            text
-            for key, limit, text in (
-                ("own/gbm", 0.97, "own non-private trails GBM by more than 3%"),
-                ("dp/own", 0.95, "DP trails own non-private by more than 5%"),
-            )
-            if key in row and row[key] < limit
-        ]
+        row["misses"] = [f"{key} {row[key]:.3f} < {goal:g}" for key, goal in goals(row["seed_size"]).items() if key in row and row[key] < goal]
         out.append(row)
     return out
+
+
+def goals(seed_size: str) -> dict[str, float]:
+    """Issue 15's goals: at the full seed DP >= 0.9x gradient boosting and >= 0.95x our own
+    non-private model; with a seed of 500-1,000 users >= 0.8x our own; our own non-private model
+    within 3% of gradient boosting everywhere."""
+    if seed_size == "full":
+        return {"dp/gbm": 0.9, "dp/own": 0.95, "own/gbm": 0.97}
+    return {"dp/own": 0.8, "own/gbm": 0.97}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -176,14 +178,14 @@ def markdown(rows: list[dict]) -> str:
         return f"{row[key]:.3f}" if key in row else "-"
 
     lines = [
-        "| data | seed users | DP two-tower (mean, min-max of n) | own non-private | gradient boosting | DP/GBM | DP/own | own/GBM |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| data | seed users | DP two-tower (mean, min-max of n) | own non-private | gradient boosting | DP/GBM | DP/own | own/GBM | goals |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         seed = f"{r['seed_users']:,}" + (" (half)" if r["seed_size"] == "full" else "")
         lines.append(
             f"| {r['table']} | {seed} | {cell(r, 'dp')} | {cell(r, 'own')} | {cell(r, 'gbm')} | {ratio(r, 'dp/gbm')} | "
-            f"{ratio(r, 'dp/own')} | {ratio(r, 'own/gbm')} |"
+            f"{ratio(r, 'dp/own')} | {ratio(r, 'own/gbm')} | {'met' if not r['misses'] else 'missed: ' + '; '.join(r['misses'])} |"
         )
     return "\n".join(lines)
 
@@ -253,8 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(markdown(doc["summary"]))
     for row in doc["summary"]:
-        for flag in row["flags"]:
-            print(f"FLAG {row['table']} seed {row['seed_size']}: {flag}")
+        for miss in row["misses"]:
+            print(f"goal missed: {row['table']} seed {row['seed_size']}: {miss}")
     print(f"\ntotal {doc['total_wall_s']:.0f} s; results in {output}")
 
 

@@ -113,6 +113,7 @@ def two_tower_scores(publisher: Path, seed_file: Path, out: Path, epsilon: float
         "steps": meta.get("privacy.steps"),
         "noise_multiplier": meta.get("privacy.noise_multiplier"),
         "sample_rate": meta.get("privacy.sample_rate"),
+        "batch_size": meta.get("trainer.batch_size_used"),
         "defaults": _defaults(cfg),
     }
 
@@ -130,7 +131,8 @@ def _defaults(cfg) -> dict:
     """The settings the run used (all package defaults): recorded beside the numbers."""
     return {
         "epochs": int(cfg.trainer.epochs),
-        "batch_size": int(cfg.trainer.batch_size),
+        "batch_size": "rule" if cfg.trainer.batch_size is None else int(cfg.trainer.batch_size),
+        "heavy_tail_log": bool(cfg.data.heavy_tail_log),
         "lr": float(cfg.trainer.optimizer.lr),
         "negative_rate": float(cfg.data.negative_rate),
         "eval_negative_rate": float(cfg.data.eval_negative_rate),

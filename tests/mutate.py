@@ -128,6 +128,13 @@ MUTATIONS = [
         ["tests/test_ledger_key.py"],
     ),
     (
+        "batch rule reads the exact training-set size",
+        "training/loop.py",
+        "batch_size = logical_batch_size(cfg, examples, delta)",
+        "batch_size = logical_batch_size(cfg, len(tensors[0]), delta)",
+        ["tests/test_batch_rule.py::test_a_run_takes_the_rule_batch_of_the_released_size_not_the_exact_one"],
+    ),
+    (
         "audit ignores delta",
         "privacy/audit_bound.py",
         "return min(1.0, tail + 2.0 * canaries * delta * steepest)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,7 +14,9 @@ from lookalike.data.feature_stats import fit_feature_spec
 from lookalike.data.features import FeatureSpec, declared_feature_kinds, infer_feature_kinds
 from lookalike.errors import ConfigError, DataError
 
-DATA_CFG = OmegaConf.create({"id_column": "user_id", "non_finite": "refuse", "vocab": {"max_size": 2, "min_count": 1}, "max_multi_length": 3})
+DATA_CFG = OmegaConf.create(
+    {"id_column": "user_id", "non_finite": "refuse", "vocab": {"max_size": 2, "min_count": 1}, "max_multi_length": 3, "heavy_tail_log": True}
+)
 
 
 def table() -> pa.Table:
@@ -83,3 +87,29 @@ def test_spec_round_trips_through_json():
     again = FeatureSpec.from_json(spec.to_json())
     assert again == spec
     np.testing.assert_array_equal(encode(table(), again).numeric, encode(table(), spec).numeric)
+
+
+def test_a_heavy_tailed_amount_is_read_on_the_log_scale_and_old_specs_still_load():
+    from lookalike.data.feature_stats import merge_statistics, spec_from_statistics, table_statistics
+
+    gains = np.zeros(1000)
+    gains[:10] = np.linspace(1_000, 99_999, 10)  # mostly zero, a few far out: like Adult's capital gain
+    t = pa.table({"user_id": [str(i) for i in range(1000)], "gain": gains, "age": np.linspace(18, 90, 1000), "debt": -gains})
+    kinds = {"numeric": ["gain", "age", "debt"], "categorical": [], "multi_categorical": []}
+    cfg = OmegaConf.merge(DATA_CFG, {"heavy_tail_log": True})
+    spec = spec_from_statistics(table_statistics(t, kinds, "refuse", "x"), cfg)
+    gain, age, debt = spec.numeric
+    assert gain.log and not age.log and not debt.log  # a negative column keeps its scale
+    assert gain.mean == pytest.approx(np.log1p(gains).mean()) and gain.std == pytest.approx(np.log1p(gains).std())
+    encoded = encode(t, spec).numeric[:, 0]
+    assert encoded == pytest.approx((np.log1p(gains) - gain.mean) / gain.std, rel=1e-5)
+    # two shards merge to the same spec; the switch off gives the plain standardisation
+    halves = [table_statistics(t.slice(0, 400), kinds, "refuse", "x"), table_statistics(t.slice(400), kinds, "refuse", "x")]
+    merged = spec_from_statistics(merge_statistics(halves), cfg).numeric[0]
+    assert merged.log and merged.mean == pytest.approx(gain.mean) and merged.std == pytest.approx(gain.std)
+    plain = spec_from_statistics(table_statistics(t, kinds, "refuse", "x"), OmegaConf.merge(DATA_CFG, {"heavy_tail_log": False})).numeric[0]
+    assert not plain.log and plain.mean == pytest.approx(gains.mean())
+    # a bundle saved before the log scale existed has no "log" key: it reads as plain
+    numeric = [{"name": "gain", "mean": 1.0, "std": 2.0, "missing_flag": False}]
+    old = json.dumps({"id_column": "user_id", "non_finite": "refuse", "numeric": numeric, "categorical": [], "multi_categorical": []})
+    assert FeatureSpec.from_json(old).numeric[0].log is False

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from omegaconf import OmegaConf
 from opacus import GradSampleModule
 
+from lookalike.data.config import DataConfig, VocabConfig
 from lookalike.data.encode import encode
 from lookalike.data.feature_stats import fit_feature_spec
 from lookalike.data.features import infer_feature_kinds
@@ -17,7 +17,7 @@ from lookalike.model.registry import build_model
 from lookalike.model.towers import ModelConfig, TwoTower
 from lookalike.training.loop import per_example_loss
 
-DATA_CFG = OmegaConf.create({"id_column": "user_id", "non_finite": "refuse", "vocab": {"max_size": 50, "min_count": 1}, "max_multi_length": 4})
+DATA_CFG = DataConfig(id_column="user_id", vocab=VocabConfig(max_size=50, min_count=1), max_multi_length=4)
 
 
 def batch(n: int = 12, audiences: int = 3, seed: int = 0):

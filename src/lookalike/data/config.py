@@ -40,6 +40,9 @@ class DataConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     non_finite: str = "refuse"
     max_robust_z: Optional[float] = 1.0e6
+    # A never-negative column with its maximum > 10 standard deviations above its mean is read as
+    # log1p(x) (data/feature_stats.py: HEAVY_TAIL); false: every numeric as is.
+    heavy_tail_log: bool = True
     vocab: VocabConfig = field(default_factory=VocabConfig)
     max_multi_length: int = 16
     holdout_fraction: float = 0.2

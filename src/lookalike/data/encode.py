@@ -55,7 +55,7 @@ def encode(table: pa.Table | pa.RecordBatch, spec: FeatureSpec, path: str = "<pu
     for feature in spec.numeric:
         values, missing = numeric_values(table.column(feature.name), feature.name, spec.non_finite, path)
         # Missing values sit at the mean (0 after standardising); the flag input marks them.
-        numeric[:, col] = np.where(missing, 0.0, (values - feature.mean) / feature.std)
+        numeric[:, col] = np.where(missing, 0.0, feature.scaled(values))
         col += 1
         if feature.missing_flag:
             numeric[:, col] = missing

@@ -29,6 +29,16 @@ class NumericFeature:
     std: float
     # A 0/1 indicator input is added when the publisher data had missing values here.
     missing_flag: bool
+    # Heavy-tailed and never negative (counts, amounts): standardised as log1p(x); mean and std
+    # are then those of log1p(x). See feature_stats.HEAVY_TAIL.
+    log: bool = False
+
+    def scaled(self, values: np.ndarray) -> np.ndarray:
+        return ((np.log1p(np.maximum(values, 0.0)) if self.log else values) - self.mean) / self.std
+
+    def typical(self) -> float:
+        """A value at the centre of the column, in its own units."""
+        return float(np.expm1(self.mean)) if self.log else self.mean
 
 
 @dataclass

@@ -18,9 +18,9 @@ from lookalike.model.config import ModelConfig
 
 
 class UserTower(nn.Module):
-    offsets: torch.Tensor  # each categorical column's first row in the shared table (a buffer)
-
     """Embeds one user's features into an ``output_dim`` vector."""
+
+    offsets: torch.Tensor  # each categorical column's first row in the shared table (a buffer)
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig):
         super().__init__()

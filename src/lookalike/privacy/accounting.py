@@ -92,3 +92,23 @@ def validate_privacy_config(privacy: Any) -> None:
             )
     if privacy.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}")
+
+
+def sample_rate_for_noise(noise_multiplier: float, epsilon: float, delta: float, epochs: int, accountant: str) -> float:
+    """The sampling rate q at which ``epochs`` passes over the data (ceil(epochs / q) steps) at
+    ``noise_multiplier`` spend ``epsilon``: the largest q (to 1%) the budget allows at that noise.
+    Spending grows with q at a fixed number of passes (about as sqrt(epochs q) for small q)."""
+
+    def spent(q: float) -> float:
+        return epsilon_from_history([(noise_multiplier, q, math.ceil(epochs / q))], delta, accountant)
+
+    low, high = 1e-7, 1.0
+    if spent(high) <= epsilon:
+        return high
+    while high / low > 1.01:
+        mid = math.sqrt(low * high)
+        if spent(mid) <= epsilon:
+            low = mid
+        else:
+            high = mid
+    return low

@@ -125,7 +125,7 @@ def synthetic_input_example(spec):
     which must not travel inside the model artifact."""
     import pandas as pd
 
-    row = {f.name: f.mean for f in spec.numeric}
+    row = {f.name: f.typical() for f in spec.numeric}
     row |= {f.name: (f.vocabulary[0] if f.vocabulary else "") for f in spec.categorical}
     row |= {f.name: [list(f.vocabulary[:2])] for f in spec.multi_categorical}
     return pd.DataFrame({k: v if isinstance(v, list) else [v] for k, v in row.items()})

@@ -27,7 +27,8 @@ def _adam() -> dict[str, Any]:
 class TrainerConfig:
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     epochs: int = 5
-    batch_size: int = 512  # the expected logical batch (Poisson sampling at q = batch / N)
+    batch_size: Optional[int] = None  # the expected logical batch (q = batch / N); null: the rule in training/batch_rule.py
+    batch_rule_noise: float = 2.0  # the noise multiplier the batch rule aims at
     physical_batch_size: int = 512
     optimizer: dict[str, Any] = field(default_factory=_adam)  # instantiated by Hydra, partial: given the parameters
     resume_from: Optional[str] = None
@@ -37,7 +38,9 @@ class TrainerConfig:
     def check(self) -> None:
         device_name("trainer.device", self.device)
         whole("trainer.epochs", self.epochs)
-        whole("trainer.batch_size", self.batch_size)
+        if self.batch_size is not None:
+            whole("trainer.batch_size", self.batch_size)
+        require("trainer.batch_rule_noise", self.batch_rule_noise, lambda v: 0.3 <= v <= 20, "must be in [0.3, 20]")
         whole("trainer.physical_batch_size", self.physical_batch_size)
         require("trainer.collective_timeout_minutes", self.collective_timeout_minutes, lambda v: v > 0, "must be > 0")
         if self.optimizer.get("lr") is not None:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from lookalike.data.tensor_batches import TensorBatches, keep_batch
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.parallel.world import World, broadcast_parameters
+from lookalike.training.batch_rule import logical_batch_size
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.dp_sgd.engine import make_private
 
@@ -37,6 +38,7 @@ class TrainResult:
     sample_rate: float | None = None
     history: list = field(default_factory=list)  # accountant history: (sigma, q, steps)
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    batch_size: int = 0  # the logical batch it ran at (trainer.batch_size or the batch rule's)
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -76,7 +78,9 @@ def train(
     # The training set is small next to any accelerator's memory: put it there once, not per batch.
     tensors = [t.to(device) for t in tensors]
     # A torchrun rank may hold no examples (fewer row groups than ranks): nothing to shuffle.
-    loader = DataLoader(TensorBatches(tensors), batch_size=int(trainer.batch_size), shuffle=len(tensors[0]) > 0, collate_fn=keep_batch)  # type: ignore[arg-type]  # batches are tuples of tensors, not lists
+    examples = len(tensors[0]) if examples is None else int(examples)
+    batch_size = logical_batch_size(cfg, examples, delta)
+    loader = DataLoader(TensorBatches(tensors), batch_size=batch_size, shuffle=len(tensors[0]) > 0, collate_fn=keep_batch)  # type: ignore[arg-type]  # batches are tuples of tensors, not lists
 
     private = None
     if privacy.enabled:
@@ -91,7 +95,7 @@ def train(
             accountant_state=resume.accountant_state if resume else None,
             max_physical_batch=int(trainer.physical_batch_size),
             world=world,
-            examples=len(tensors[0]) if examples is None else int(examples),
+            examples=examples,
         )
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
@@ -148,7 +152,7 @@ def train(
     plain = private.plain_model if private is not None else model
     if private is not None and private.clipping is not None:
         private.clipping.detach()
-    result = TrainResult(plain, steps, int(trainer.epochs), losses=losses)
+    result = TrainResult(plain, steps, int(trainer.epochs), losses=losses, batch_size=batch_size)
     if private is not None:
         result.epsilon = float(private.engine.get_epsilon(delta))
         result.noise_multiplier, result.sample_rate = private.noise_multiplier, private.sample_rate

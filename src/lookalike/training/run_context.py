@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PLAN_KEYS = {
     "trainer.epochs": int,
     "trainer.batch_size": int,
+    "trainer.batch_rule_noise": float,
     "privacy.target_epsilon": float,
     "privacy.max_grad_norm": float,
     "privacy.accountant": str,
@@ -227,8 +228,9 @@ class RunContext:
 
     def privacy_metrics(self) -> dict[str, float]:
         r = self._trained()
+        # The logical batch: set, or the batch rule's from the DP size estimate (safe to release).
         if not self.private:
-            return {"privacy.steps": r.steps}
+            return {"privacy.steps": r.steps, "trainer.batch_size_used": r.batch_size}
         size = {"privacy.size_epsilon": self.size_epsilon, "data.training_examples_dp": self.size.value} if self.size is not None else {}
         spent = r.epsilon or 0.0  # a private run always has one
         return size | {
@@ -240,6 +242,7 @@ class RunContext:
             "privacy.noise_multiplier": r.noise_multiplier or 0.0,
             "privacy.sample_rate": r.sample_rate or 0.0,
             "privacy.steps": r.steps,
+            "trainer.batch_size_used": r.batch_size,
         }
 
     def model_meta(self, run_id: str) -> dict:

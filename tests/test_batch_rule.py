@@ -1,0 +1,58 @@
+"""The batch rule (training/batch_rule.py): the batch follows from the DP estimate of N and the
+privacy target, aims at its noise multiplier, and never reads the exact (seed-derived) size."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lookalike.privacy.accounting import calibrate_noise, sample_rate_for_noise
+from lookalike.runtime.tracking import resolve_tracking_uri
+from lookalike.training.batch_rule import MIN_STEPS, NON_PRIVATE_BATCH, logical_batch_size
+from lookalike.training.config import TrainConfig, train_config
+from lookalike.training.train import run
+
+
+@pytest.mark.parametrize(("epsilon", "delta", "aim"), [(1.0, 2e-6, 2.0), (0.3, 1e-6, 2.0), (1.0, 1.7e-5, 3.0)])
+def test_the_rate_spends_the_target_at_the_aimed_noise(epsilon, delta, aim):
+    q = sample_rate_for_noise(aim, epsilon, delta, 5, "prv")
+    steps = math.ceil(5 / q)
+    # the accountant's own calibration at that rate and step count lands on the aim
+    assert calibrate_noise(epsilon, delta, q, steps, "prv") == pytest.approx(aim, rel=0.03)
+
+
+def test_a_small_epsilon_gets_more_steps_a_large_one_is_held_to_the_minimum():
+    small, medium = (sample_rate_for_noise(2.0, e, 1e-6, 5, "prv") for e in (0.3, 1.0))
+    assert 5 / small > 5 / medium > 100  # more steps at the smaller budget, the same noise
+    cfg = TrainConfig()
+    cfg.privacy.target_epsilon = 8.0  # the rate at noise 2 would be a few dozen steps in all
+    assert logical_batch_size(cfg, 100_000, 1e-6) == round(100_000 * 5 / MIN_STEPS)
+
+
+def test_the_batch_scales_with_the_estimate_and_an_explicit_batch_wins():
+    cfg = TrainConfig()
+    cfg.privacy.target_epsilon = 1.0
+    small, large = logical_batch_size(cfg, 10_000, 2e-6), logical_batch_size(cfg, 40_000, 2e-6)
+    assert large == pytest.approx(4 * small, rel=0.01)
+    cfg.trainer.batch_size = 300
+    assert logical_batch_size(cfg, 10_000, 2e-6) == 300
+    cfg.trainer.batch_size, cfg.privacy.enabled = None, False
+    assert logical_batch_size(cfg, 10_000, 0.0) == NON_PRIVATE_BATCH
+
+
+def test_a_run_takes_the_rule_batch_of_the_released_size_not_the_exact_one(cfg_factory):
+    # trusted (the owners of the test data allow it) so the exact size is logged beside the released
+    # one; a small size epsilon makes the two batches differ (the estimate's noise std is ~570)
+    cfg = cfg_factory("trainer.batch_size=null", "privacy.target_epsilon=3.0", "privacy.size_epsilon=0.01", "trainer.epochs=10", "trusted_evaluation=true")
+    run(cfg)
+    client = MlflowClient(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
+    (logged,) = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment_name).experiment_id])
+    m = logged.data.metrics
+    released, exact = m["data.training_examples_dp"], m["trusted.training_examples"]
+    typed = train_config(cfg)
+    assert m["trainer.batch_size_used"] == logical_batch_size(typed, int(released), m["privacy.delta"])
+    # what the run saw is the release, not the seed-derived count (the two batches differ here)
+    assert logical_batch_size(typed, int(exact), m["privacy.delta"]) != m["trainer.batch_size_used"]
+    assert m["privacy.sample_rate"] == pytest.approx(1 / math.ceil(released / m["trainer.batch_size_used"]))
