@@ -105,6 +105,10 @@ def test_typed_config_is_what_library_code_gets(cfg_factory):
     schemas = ConfigStore.instance().repo["lookalike_schema"]
     assert schemas["train.yaml"].node._metadata.object_type is TrainConfig
     assert schemas["export.yaml"].node._metadata.object_type is ExportConfig
+    built = TrainConfig()
+    built.trainer.epochs = 0  # a config made in code is checked as well
+    with pytest.raises(ConfigError, match="trainer.epochs"):
+        train_config(built)
 
 
 def test_a_wrong_type_on_the_command_line_is_one_line_naming_the_key():

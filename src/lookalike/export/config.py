@@ -9,8 +9,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from lookalike.errors import ConfigError
-from lookalike.runtime.checks import check_outputs_outside_inputs
-from lookalike.runtime.config import SharedSections
+from lookalike.runtime.config import SharedSections, check_outputs_outside_inputs
 from lookalike.runtime.typed_config import to_typed
 from lookalike.settings import device_name, number, one_of, require, whole
 

@@ -1,13 +1,16 @@
-"""The sections both applications share: the data, the rules and ledger, MLflow tracking, the
-output folders, and whether evaluation is trusted."""
+"""The sections both applications share (the data, the rules and ledger, MLflow tracking, the
+output folders, whether evaluation is trusted), and their check that outputs stay outside the inputs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 from lookalike.data.config import DataConfig
+from lookalike.errors import ConfigError
 from lookalike.privacy.config import LedgerConfig, RulesConfig
+from lookalike.privacy.ledger_store import sqlite_file
 from lookalike.settings import set_value
 
 
@@ -42,3 +45,20 @@ class SharedSections:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     trusted_evaluation: bool = False  # exact seed-derived metrics: only with the data owners' leave
+
+
+def check_outputs_outside_inputs(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Refuse outputs inside an input folder: a later run would read them back as data."""
+    for out_key, out in outputs.items():
+        if out in (None, ""):
+            continue
+        file = sqlite_file(str(out))  # the path itself, or the file of a sqlite:/// URL (ledger.path)
+        if file is None:  # another database's URL: nothing sits in a folder
+            continue
+        target = file.resolve()
+        for in_key, source in inputs.items():
+            if source in (None, "") or not isinstance(source, (str, Path)):
+                continue
+            folder = Path(str(source)).resolve()
+            if folder.is_dir() and (target == folder or folder in target.parents):
+                raise ConfigError(out_key, f"'{out}' is inside {in_key} '{source}': write outputs outside the input data")

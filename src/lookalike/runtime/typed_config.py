@@ -23,7 +23,8 @@ T = TypeVar("T")
 def to_typed(cfg: DictConfig | Any, schema: type[T], other_commands: tuple[str, ...] = ()) -> T:
     """``cfg`` checked into ``schema``. Top-level sections named in ``other_commands`` belong to
     the other command (an experiment config sets both) and are left out; so is Hydra's own node."""
-    if isinstance(cfg, schema):
+    if isinstance(cfg, schema):  # built in code: checked all the same
+        check_all(cfg)
         return cfg
     if isinstance(cfg, DictConfig):
         skip = {"hydra", *other_commands}

@@ -13,8 +13,7 @@ from lookalike.errors import ConfigError
 from lookalike.model.config import ModelConfig
 from lookalike.model.registry import model_kind
 from lookalike.privacy.config import PrivacyConfig
-from lookalike.runtime.checks import check_outputs_outside_inputs
-from lookalike.runtime.config import SharedSections
+from lookalike.runtime.config import SharedSections, check_outputs_outside_inputs
 from lookalike.runtime.typed_config import to_typed
 from lookalike.settings import device_name, number, require, whole
 
