@@ -76,7 +76,9 @@ def create_budget(ledger: Path, publisher: Path) -> None:
     )
 
 
-def two_tower_scores(publisher: Path, seed_file: Path, out: Path, epsilon: float | None, seed: int, extra: list[str] = ()) -> tuple[np.ndarray, dict]:
+def two_tower_scores(
+    publisher: Path, seed_file: Path, out: Path, epsilon: float | None, seed: int, extra: tuple[str, ...] | list[str] = ()
+) -> tuple[np.ndarray, dict]:
     """Train the package's model on ``seed_file`` (DP at ``epsilon``, or non-private for None)
     with the package defaults; return the score of every publisher row (row order) and facts
     about the run (wall seconds, epsilon spent, steps)."""
