@@ -85,7 +85,7 @@ MUTATIONS = [
     (
         "hooks/functorch sample at the exact size",
         "training/dp_sgd/engine.py",
-        "        _sample_at(loader, optimizer, engine, math.ceil(examples / batch_size), examples)",
+        "        _sample_at(dp_loader, dp_optimizer, engine, math.ceil(examples / batch_size), examples)",
         "        pass",
         ["tests/test_fused_training.py::test_fused_and_hooks_account_alike_and_both_learn"],
     ),
