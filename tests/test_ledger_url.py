@@ -4,13 +4,13 @@ unusable URLs refused in one line naming ledger.path (racing processes: test_led
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 
 from lookalike.cli.budget import main as budget_main
 from lookalike.errors import BudgetExceededError, ConfigError
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import without_password
 from lookalike.runtime.tracking import flat_params
+from lookalike.training.config import TrainConfig
 from tests.conftest import reserve_on
 
 FP = "a" * 64
@@ -36,7 +36,9 @@ def test_a_url_and_a_path_name_the_same_ledger(tmp_path, capsys):
 def test_passwords_are_never_shown_or_logged():
     url = "postgresql+psycopg://alice:s3cret@db.example:5432/ledger"
     assert Ledger(url).path == "postgresql+psycopg://alice:***@db.example:5432/ledger"
-    params = flat_params(OmegaConf.create({"ledger": {"path": url}, "mlflow": {"tracking_uri": "https://bob:pw@mlflow.example"}}))
+    cfg = TrainConfig()
+    cfg.ledger.path, cfg.mlflow.tracking_uri = url, "https://bob:pw@mlflow.example"
+    params = flat_params(cfg)
     assert "s3cret" not in str(params) and "pw@" not in str(params) and "alice" in params["ledger.path"]
     # a password holding '@' or '/', and secrets passed as query parameters
     assert without_password("postgresql+psycopg://alice:p@ss/w@db:5432/ledger") == "postgresql+psycopg://alice:***@db:5432/ledger"

@@ -7,16 +7,15 @@ import json
 import logging
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from omegaconf import OmegaConf
 
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.privacy.ledger_store import mask_urls, without_password
-from lookalike.runtime.config import MlflowConfig
+from lookalike.runtime.config import MlflowConfig, SharedSections
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
@@ -88,7 +87,7 @@ def resume_run_id(checkpoint) -> str | None:
         return None
 
 
-def flat_params(cfg: Any) -> dict[str, str]:
+def flat_params(cfg: SharedSections) -> dict[str, str]:
     """The resolved config as dotted keys, e.g. ``privacy.target_epsilon``."""
     out: dict[str, str] = {}
 
@@ -99,7 +98,7 @@ def flat_params(cfg: Any) -> dict[str, str]:
         else:
             out[prefix] = without_password(str(node))[:MAX_PARAM_LENGTH]
 
-    walk(asdict(cfg) if is_dataclass(cfg) and not isinstance(cfg, type) else OmegaConf.to_container(cfg, resolve=True), "")
+    walk(asdict(cfg), "")
     return out
 
 
