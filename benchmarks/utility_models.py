@@ -135,6 +135,7 @@ def _defaults(cfg) -> dict:
         "epochs": int(cfg.trainer.epochs),
         "batch_size": "rule" if cfg.trainer.batch_size is None else int(cfg.trainer.batch_size),
         "heavy_tail_log": bool(cfg.data.heavy_tail_log),
+        "piecewise_linear_bins": cfg.data.piecewise_linear_bins,
         "lr": float(cfg.trainer.optimizer.lr),
         "negative_rate": float(cfg.data.negative_rate),
         "eval_negative_rate": float(cfg.data.eval_negative_rate),

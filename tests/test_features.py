@@ -15,7 +15,14 @@ from lookalike.data.features import FeatureSpec, declared_feature_kinds, infer_f
 from lookalike.errors import ConfigError, DataError
 
 DATA_CFG = OmegaConf.create(
-    {"id_column": "user_id", "non_finite": "refuse", "vocab": {"max_size": 2, "min_count": 1}, "max_multi_length": 3, "heavy_tail_log": True}
+    {
+        "id_column": "user_id",
+        "non_finite": "refuse",
+        "vocab": {"max_size": 2, "min_count": 1},
+        "max_multi_length": 3,
+        "heavy_tail_log": True,
+        "piecewise_linear_bins": None,
+    }
 )
 
 

@@ -43,6 +43,9 @@ class DataConfig:
     # A never-negative column with its maximum > 10 standard deviations above its mean is read as
     # log1p(x) (data/feature_stats.py: HEAVY_TAIL); false: every numeric as is.
     heavy_tail_log: bool = True
+    # Each numeric column also enters as piecewise-linear bins (data/numeric_bins.py), at most
+    # this many, edges from the publisher's own column. null: the standardised value alone.
+    piecewise_linear_bins: Optional[int] = 16
     vocab: VocabConfig = field(default_factory=VocabConfig)
     max_multi_length: int = 16
     holdout_fraction: float = 0.2
@@ -58,6 +61,8 @@ class DataConfig:
             raise ConfigError("data.negative_rate", "plus data.eval_negative_rate must not exceed 1")
         require("data.holdout_fraction", self.holdout_fraction, lambda v: 0 <= v < 1, "must be in [0, 1)")
         whole("data.max_multi_length", self.max_multi_length)
+        if self.piecewise_linear_bins is not None:
+            whole("data.piecewise_linear_bins", self.piecewise_linear_bins, low=2, high=256)
         if self.max_robust_z is not None:
             require("data.max_robust_z", self.max_robust_z, lambda v: v > 0, "must be > 0 (or null: no check)")
         one_of("data.non_finite", self.non_finite, ("refuse", "impute"))

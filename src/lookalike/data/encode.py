@@ -21,13 +21,14 @@ from lookalike.data.features import (
     MultiCategoricalFeature,
     numeric_values,
 )
+from lookalike.data.numeric_bins import piecewise_linear
 
 
 @dataclass
 class EncodedFeatures:
     """Model inputs for ``n`` users: standardised numerics and vocabulary indices."""
 
-    numeric: np.ndarray  # float32 [n, spec.numeric_width]
+    numeric: np.ndarray  # float32 [n, spec.numeric_width]: per column its value, flag, bins
     categorical: np.ndarray  # int64 [n, len(spec.categorical)]
     multi: list[np.ndarray]  # one int64 [n, max_length] per multi-categorical feature
 
@@ -60,6 +61,10 @@ def encode(table: pa.Table | pa.RecordBatch, spec: FeatureSpec, path: str = "<pu
         if feature.missing_flag:
             numeric[:, col] = missing
             col += 1
+        if feature.edges:
+            bins = len(feature.edges) - 1
+            numeric[:, col : col + bins] = np.where(missing[:, None], 0.0, piecewise_linear(values, feature.edges))
+            col += bins
     categorical = np.zeros((n, len(spec.categorical)), dtype=np.int64)
     for j, cat in enumerate(spec.categorical):
         categorical[:, j] = _indices(_strings(table.column(cat.name), pa.string()), cat)

@@ -24,6 +24,7 @@ from lookalike.data.features import (
     as_strings,
     numeric_values,
 )
+from lookalike.data.numeric_bins import ValueHistogram, bin_edges
 from lookalike.errors import DataError
 
 # A column whose largest value lies more than this many standard deviations above its mean, and
@@ -42,6 +43,7 @@ class NumericSummary:
     low: float = 0.0  # smallest and largest non-missing value
     high: float = 0.0
     log: "NumericSummary | None" = None  # the same of log1p(x), for a column with no negative value
+    histogram: ValueHistogram | None = None  # for piecewise-linear bin edges (data/numeric_bins.py)
 
     @classmethod
     def of(cls, values: np.ndarray, missing: np.ndarray, with_log: bool = True) -> "NumericSummary":
@@ -49,7 +51,8 @@ class NumericSummary:
         mean = float(valid.mean()) if valid.size else 0.0
         low, high = (float(valid.min()), float(valid.max())) if valid.size else (0.0, 0.0)
         log = cls.of(np.log1p(valid), np.zeros(valid.size, bool), with_log=False) if with_log and low >= 0 else None
-        return cls(int(valid.size), mean, float(np.square(valid - mean).sum()), bool(missing.any()), low, high, log)
+        histogram = ValueHistogram.of(valid) if with_log else None
+        return cls(int(valid.size), mean, float(np.square(valid - mean).sum()), bool(missing.any()), low, high, log, histogram)
 
     def merged(self, other: "NumericSummary") -> "NumericSummary":
         """Chan et al.'s pairwise update: exact in exact arithmetic, stable in floating point."""
@@ -59,6 +62,7 @@ class NumericSummary:
             return replace(base, has_missing=self.has_missing or other.has_missing)
         gap = other.mean - self.mean
         log = self.log.merged(other.log) if self.log is not None and other.log is not None else None
+        histogram = self.histogram.merged(other.histogram) if self.histogram is not None and other.histogram is not None else None
         return NumericSummary(
             n,
             self.mean + gap * other.count / n,
@@ -67,9 +71,10 @@ class NumericSummary:
             min(self.low, other.low),
             max(self.high, other.high),
             log,
+            histogram,
         )
 
-    def feature(self, name: str, heavy_tail_log: bool = True) -> NumericFeature:
+    def feature(self, name: str, heavy_tail_log: bool = True, bins: int | None = None) -> NumericFeature:
         std = float(np.sqrt(self.m2 / self.count)) if self.count else 1.0
         if not (np.isfinite(self.mean) and np.isfinite(std)):
             # Random bytes in a data page (footer intact) decoded as values up to 6.9e306.
@@ -77,10 +82,11 @@ class NumericSummary:
                 f"publisher data: numeric column '{name}' has values too large to standardise (mean {self.mean:.3g}): "
                 "the data is probably damaged; repair it or leave the column out (data.exclude_columns)"
             )
+        edges = bin_edges(self.histogram, bins) if bins and self.histogram is not None else []
         if heavy_tail_log and self.log is not None and self.log.count and std > 0 and (self.high - self.mean) / std > HEAVY_TAIL:
             log_std = float(np.sqrt(self.log.m2 / self.log.count))
-            return NumericFeature(name, self.log.mean, log_std if log_std > 0 else 1.0, self.has_missing, log=True)
-        return NumericFeature(name, self.mean if self.count else 0.0, std if std > 0 else 1.0, self.has_missing)
+            return NumericFeature(name, self.log.mean, log_std if log_std > 0 else 1.0, self.has_missing, log=True, edges=edges)
+        return NumericFeature(name, self.mean if self.count else 0.0, std if std > 0 else 1.0, self.has_missing, edges=edges)
 
 
 @dataclass
@@ -145,7 +151,8 @@ def merge_statistics(parts: Sequence[FeatureStatistics]) -> FeatureStatistics:
 
 def spec_from_statistics(stats: FeatureStatistics, data_cfg: Any) -> FeatureSpec:
     spec = FeatureSpec(id_column=data_cfg.id_column, non_finite=data_cfg.non_finite)
-    spec.numeric = [stats.numeric[name].feature(name, data_cfg.heavy_tail_log) for name in stats.kinds["numeric"]]
+    bins = data_cfg.piecewise_linear_bins
+    spec.numeric = [stats.numeric[name].feature(name, data_cfg.heavy_tail_log, bins) for name in stats.kinds["numeric"]]
     spec.categorical = [CategoricalFeature(name, vocabulary(stats.counts[name], data_cfg.vocab)) for name in stats.kinds["categorical"]]
     spec.multi_categorical = [
         MultiCategoricalFeature(name, vocabulary(stats.counts[name], data_cfg.vocab), int(data_cfg.max_multi_length))

@@ -32,6 +32,14 @@ class NumericFeature:
     # Heavy-tailed and never negative (counts, amounts): standardised as log1p(x); mean and std
     # are then those of log1p(x). See feature_stats.HEAVY_TAIL.
     log: bool = False
+    # Piecewise-linear bin edges (data/numeric_bins.py): len(edges) - 1 inputs after the value
+    # (and its flag). Empty: the standardised value alone.
+    edges: list[float] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        """Inputs this column feeds the tower: its value, the missing flag, one per bin."""
+        return 1 + int(self.missing_flag) + max(len(self.edges) - 1, 0)
 
     def scaled(self, values: np.ndarray) -> np.ndarray:
         return ((np.log1p(np.maximum(values, 0.0)) if self.log else values) - self.mean) / self.std
@@ -71,7 +79,7 @@ class FeatureSpec:
 
     @property
     def numeric_width(self) -> int:
-        return len(self.numeric) + sum(f.missing_flag for f in self.numeric)
+        return sum(f.width for f in self.numeric)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
