@@ -45,7 +45,7 @@ class DataConfig:
     heavy_tail_log: bool = True
     # Each numeric column also enters as piecewise-linear bins (data/numeric_bins.py), at most
     # this many, edges from the publisher's own column. null: the standardised value alone.
-    piecewise_linear_bins: Optional[int] = 16
+    piecewise_linear_bins: Optional[int] = 32
     vocab: VocabConfig = field(default_factory=VocabConfig)
     max_multi_length: int = 16
     holdout_fraction: float = 0.2
