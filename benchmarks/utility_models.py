@@ -140,7 +140,8 @@ def _defaults(cfg) -> dict:
         "negative_rate": float(cfg.data.negative_rate),
         "eval_negative_rate": float(cfg.data.eval_negative_rate),
         "max_grad_norm": float(cfg.privacy.max_grad_norm),
-        "model": f"{cfg.model.kind} {list(cfg.model.hidden_dims)}->{cfg.model.output_dim}",
+        "model": f"{cfg.model.kind} {list(cfg.model.get('hidden_dims') or [])}->{cfg.model.get('output_dim')}",
+        "input_projection": cfg.model.get("input_projection"),
     }
 
 

@@ -63,6 +63,7 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
         ("model.kind=forest", "model.kind"),
         ("data.non_finite=ignore", "data.non_finite"),
         ("data.piecewise_linear_bins=1", "data.piecewise_linear_bins"),
+        ("model.input_projection=0", "model.input_projection"),
         ("privacy.secure_mode=true", "privacy.secure_mode"),  # torchcsprng has no build for this torch
         # NaN passes every comparison (charged + nan > budget is false): refused where it enters
         ("privacy.target_epsilon=nan", "privacy.target_epsilon"),

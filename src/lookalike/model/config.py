@@ -4,7 +4,9 @@ with the model so export can rebuild it."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
+from lookalike.errors import ConfigError
 from lookalike.settings import one_of, require, whole
 
 
@@ -16,6 +18,9 @@ class ModelConfig:
     output_dim: int = 32
     similarity: str = "cosine"
     dropout: float = 0.0
+    # k: the user tower reads the top-k principal components of the publisher's encoded features
+    # (fixed, no epsilon; data/principal_inputs.py) instead of embeddings. For small seeds.
+    input_projection: Optional[int] = None
 
     def check(self) -> None:
         one_of("model.similarity", self.similarity, ("dot", "cosine"))
@@ -24,6 +29,10 @@ class ModelConfig:
         for width in self.hidden_dims:
             whole("model.hidden_dims", width)
         require("model.dropout", self.dropout, lambda v: 0 <= v < 1, "must be in [0, 1)")
+        if self.input_projection is not None:
+            whole("model.input_projection", self.input_projection, low=1, high=256)
+            if self.kind != "two_tower":
+                raise ConfigError("model.input_projection", f"projects the two-tower model's inputs; model.kind is {self.kind}: set it to null")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from lookalike.data.features import MISSING_INDEX, FeatureSpec
+from lookalike.data.principal_inputs import InputProjection
 from lookalike.model.audience import AudienceTower
 from lookalike.model.config import ModelConfig
+from lookalike.model.projected_inputs import ProjectedInputs
 
 
 class UserTower(nn.Module):
@@ -22,15 +24,20 @@ class UserTower(nn.Module):
 
     offsets: torch.Tensor  # each categorical column's first row in the shared table (a buffer)
 
-    def __init__(self, spec: FeatureSpec, cfg: ModelConfig):
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, projection: InputProjection | None = None):
         super().__init__()
-        sizes = [f.cardinality for f in spec.categorical]
+        # model.input_projection: the publisher's principal components replace the embeddings.
+        self.projected = ProjectedInputs(spec, cfg.input_projection, projection) if cfg.input_projection else None
+        sizes = [f.cardinality for f in spec.categorical] if self.projected is None else []
         self.n_categorical = len(sizes)
         # Row offset of each column's vocabulary in the shared table (a buffer: saved with the model).
         self.register_buffer("offsets", torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0), persistent=False)
         self.categorical = nn.Embedding(sum(sizes), cfg.embedding_dim) if sizes else None
-        self.multi = nn.ModuleList(nn.Embedding(f.cardinality, cfg.embedding_dim) for f in spec.multi_categorical)
+        multi = spec.multi_categorical if self.projected is None else []
+        self.multi = nn.ModuleList(nn.Embedding(f.cardinality, cfg.embedding_dim) for f in multi)
         width = spec.numeric_width + cfg.embedding_dim * (self.n_categorical + len(self.multi))
+        if cfg.input_projection:
+            width = cfg.input_projection
         layers: list[nn.Module] = []
         for hidden in cfg.hidden_dims:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
@@ -41,6 +48,8 @@ class UserTower(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, *multi: torch.Tensor) -> torch.Tensor:
+        if self.projected is not None:
+            return self.mlp(self.projected(numeric, categorical, *multi))
         parts = [numeric]
         if self.categorical is not None:
             parts.append(self.categorical(categorical + self.offsets).flatten(1))
@@ -62,10 +71,10 @@ def trim_padding(ids: torch.Tensor) -> torch.Tensor:
 class TwoTower(nn.Module):
     """Scores users against every audience: ``forward(...) -> logits [batch, n_audiences]``."""
 
-    def __init__(self, spec: FeatureSpec, n_audiences: int, cfg: ModelConfig):
+    def __init__(self, spec: FeatureSpec, n_audiences: int, cfg: ModelConfig, projection: InputProjection | None = None):
         super().__init__()
         self.config = cfg
-        self.user_tower = UserTower(spec, cfg)
+        self.user_tower = UserTower(spec, cfg, projection)
         self.audience_tower = AudienceTower(n_audiences, cfg.output_dim, cfg.similarity)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, *multi: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,9 @@ class TrainConfig(SharedSections):
     def check(self) -> None:
         number("seed", self.seed)
         model_kind(self.model.kind)
+        if self.audit.enabled and self.model.input_projection:
+            # The canaries are tokens of their own; a projection fitted before they are planted has no row for them.
+            raise ConfigError("audit.enabled", "the canary audit needs the tower's embeddings: run it with model.input_projection=null")
         if not self.privacy.enabled and not self.trusted_evaluation:
             raise ConfigError(
                 "privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true (synthetic or self-owned data)"

@@ -47,7 +47,7 @@ class Inputs:
         return estimate + planted
 
     def build_model(self, cfg: TrainConfig) -> torch.nn.Module:
-        model = build_model(self.data.spec, len(self.data.training.audiences), cfg.model)
+        model = build_model(self.data.spec, len(self.data.training.audiences), cfg.model, self.data.projection)
         if self.canaries is not None:
             self.canaries.zero_tokens(model)
         return model

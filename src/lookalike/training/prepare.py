@@ -33,6 +33,7 @@ from lookalike.data.matching import (
     refuse_duplicates,
     split_draws,
 )
+from lookalike.data.principal_inputs import InputMoments, InputProjection, check_width, principal_projection
 from lookalike.data.publisher import (
     ScanStats,
     open_publisher,
@@ -60,6 +61,7 @@ class PreparedData:
     publisher_rows: int  # in the window, over all ranks
     n_train: int  # training examples over all ranks: exact, seed-derived; never released outside trusted mode
     users: UsersKey  # who the publisher users in the window are: what the ledger's budget covers
+    projection: InputProjection | None = None  # model.input_projection's, from every publisher user
 
 
 def data_users(cfg: TrainConfig) -> UsersKey:
@@ -109,6 +111,7 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     spec = spec_from_statistics(merge_statistics([stats for _, stats, _ in parts]), data)
     log.info("features: %d numeric, %d categorical, %d multi-categorical", len(spec.numeric), len(spec.categorical), len(spec.multi_categorical))
 
+    projection = _input_projection(table, spec, cfg, col)
     seeds = read_seed(data.seed_path, data.id_column, data.audience_column)
     training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))
     n_train = totals.pop(TRAIN_COUNT)
@@ -131,7 +134,22 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
         publisher_rows=rows,
         n_train=n_train,
         users=merge_parts([users for _, _, users in parts]),
+        projection=projection,
     )
+
+
+def _input_projection(table: pa.Table, spec: FeatureSpec, cfg: TrainConfig, col: Collective) -> InputProjection | None:
+    """The principal components of every publisher user in the window (all ranks), before the
+    seed is read: nothing about the seed can enter them."""
+    k = cfg.model.input_projection
+    if not k:
+        return None
+    check_width(spec, k)
+    _, parts = col.exchange(lambda: (None, InputMoments.of(encode(table, spec, str(cfg.data.publisher_path)), spec)))
+    moments = parts[0]
+    for part in parts[1:]:
+        moments = moments.merged(part)
+    return principal_projection(moments, k)
 
 
 def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray) -> tuple[TrainingSet, dict[str, int]]:

@@ -1,0 +1,104 @@
+"""model.input_projection: the publisher's principal components as the user tower's inputs."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lookalike.data.principal_inputs import InputMoments, dense_inputs, principal_projection
+from lookalike.errors import ConfigError
+from lookalike.model.bundle import load_bundle
+from lookalike.model.projected_inputs import ProjectedInputs
+from lookalike.training.config import train_config
+from lookalike.training.prepare import prepare
+from lookalike.training.train import run
+
+PROJECTED = ("model.input_projection=6", "model.hidden_dims=[]", "model.similarity=dot")
+
+
+def test_the_projection_whitens_the_top_principal_directions(demo_dir, cfg_factory):
+    data = prepare(train_config(cfg_factory(*PROJECTED)))
+    features, spec = data.train_features, data.spec
+    x = dense_inputs(features, spec)
+    moments = InputMoments.of(features, spec)
+    projection = principal_projection(moments, 6)
+    z = projection.apply(x)
+    # unit variance, uncorrelated: the covariance of the components is the identity
+    np.testing.assert_allclose(np.cov(z.T, bias=True), np.eye(6), atol=1e-8)
+    # the same subspace as the top 6 right singular vectors of the centred data
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    basis = vt[:6].T
+    unit = projection.matrix / np.linalg.norm(projection.matrix, axis=0)
+    np.testing.assert_allclose(np.linalg.norm(basis.T @ unit, axis=0), 1.0, atol=1e-6)
+    # shards add up to the whole
+    half = len(features) // 2
+    merged = InputMoments.of(features.take(np.arange(half)), spec).merged(InputMoments.of(features.take(np.arange(half, len(features))), spec))
+    np.testing.assert_allclose(principal_projection(merged, 6).matrix, projection.matrix, atol=1e-8)
+
+
+def test_the_tower_builds_the_same_dense_vector_in_torch(cfg_factory):
+    data = prepare(train_config(cfg_factory(*PROJECTED)))
+    features, spec = data.train_features, data.spec
+    assert spec.multi_categorical and spec.categorical  # every kind of input is covered
+    layer = ProjectedInputs(spec, 6, data.projection)
+    tensors = features.tensors()
+    np.testing.assert_allclose(layer.dense(*tensors).numpy(), dense_inputs(features, spec), atol=1e-6)
+    np.testing.assert_allclose(layer(*tensors).numpy(), data.projection.apply(dense_inputs(features, spec)), rtol=1e-4, atol=1e-4)
+
+
+def test_the_projection_is_fitted_on_the_publisher_table_without_the_seed(demo_dir, cfg_factory, tmp_path):
+    # Half the seed, another seed: the projection must not move (it is fitted before the seed is read).
+    lines = (demo_dir / "seed.jsonl").read_text().splitlines()
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("\n".join(lines[::2]) + "\n")
+    full = prepare(train_config(cfg_factory(*PROJECTED))).projection
+    half = prepare(train_config(cfg_factory(*PROJECTED, f"data.seed_path={fewer}"))).projection
+    assert full is not None and half is not None
+    np.testing.assert_array_equal(full.matrix, half.matrix)
+    np.testing.assert_array_equal(full.mean, half.mean)
+    # and it covers every publisher user in the window, not only the training set
+    rows = pq.read_table(demo_dir / "publisher").num_rows
+    assert prepare(train_config(cfg_factory(*PROJECTED))).publisher_rows == rows
+
+
+def test_a_projected_model_trains_under_dp_and_comes_back_from_its_bundle(cfg_factory, tmp_path):
+    cfg = cfg_factory(*PROJECTED, "trainer.epochs=2", "privacy.target_epsilon=4")
+    run(cfg)
+    (bundle,) = sorted((tmp_path / "out" / "runs").glob("*/bundle"))
+    model, spec, meta = load_bundle(bundle)
+    assert meta["model"]["input_projection"] == 6 and model.user_tower.categorical is None
+    # the buffers came back: the publisher's projection, not zeros
+    expected = prepare(train_config(cfg_factory(*PROJECTED))).projection
+    np.testing.assert_allclose(model.user_tower.projected.matrix.numpy(), expected.matrix, rtol=1e-5, atol=1e-6)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert not any("projected" in n for n in trainable) and len(trainable) <= 4  # the linear head and the audience tower
+    data = prepare(train_config(cfg_factory(*PROJECTED)))
+    with torch.no_grad():
+        scores = model(*data.train_features.tensors())
+    assert torch.isfinite(scores).all() and scores.std() > 0
+    assert json.loads((bundle / "model.json").read_text())["model"]["hidden_dims"] == []
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (("model=logistic", "+model.input_projection=4"), "model.input_projection"),
+        ((*PROJECTED, "audit.enabled=true"), "audit.enabled"),
+        (("model.input_projection=0",), "model.input_projection"),
+    ],
+)
+def test_settings_a_projection_cannot_take_are_refused(cfg_factory, overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train_config(cfg_factory(*overrides))
+
+
+def test_more_components_than_inputs_is_refused_before_any_charge(cfg_factory, tmp_path):
+    from tests.conftest import untouched
+
+    # age alone: its value and up to 32 bins, fewer inputs than the 64 components asked for
+    cfg = cfg_factory("model.input_projection=64", "data.features={numeric:[age]}")
+    with pytest.raises(ConfigError, match="model.input_projection"):
+        run(cfg)
+    untouched(tmp_path / "out", cfg.ledger.path)
