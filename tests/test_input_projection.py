@@ -102,3 +102,53 @@ def test_more_components_than_inputs_is_refused_before_any_charge(cfg_factory, t
     with pytest.raises(ConfigError, match="model.input_projection"):
         run(cfg)
     untouched(tmp_path / "out", cfg.ledger.path)
+
+
+def test_the_seed_estimate_recovers_the_training_seed_from_the_training_set_size():
+    import pyarrow as pa
+
+    from lookalike.data.matching import lay_out, split_draws
+    from lookalike.training.model_rule import seed_users_estimate
+
+    ids = pa.chunked_array([pa.array([f"u{i}" for i in range(40_000)])])
+    draws = split_draws(ids, 7)
+    seed = np.array([f"u{i}" for i in range(0, 40_000, 160)])  # 250 users
+    for holdout in (0.0, 0.2):
+        training = lay_out(ids, {"a": seed}, holdout_fraction=holdout, negative_rate=0.15, eval_negative_rate=0.05, draws=draws)
+        in_range = int(((draws[:, 1] >= 0.05) & (draws[:, 1] < 0.20)).sum())
+        trained_seed = int(training.train_labels.sum())
+        estimate = seed_users_estimate(training.n_train, in_range, 0.15, holdout)
+        # exact without a holdout; within the draws' spread of held-out users in range with one
+        assert estimate == pytest.approx(trained_seed, abs=0 if holdout == 0 else 15)
+    # subtracting the expected background (r P) instead is off by the draws' binomial spread
+    assert abs((training.n_train - 0.15 * 40_000) - trained_seed) > abs(estimate - trained_seed)
+
+
+def test_the_small_seed_rule_switches_only_below_its_threshold():
+    from lookalike.model.config import ModelConfig
+    from lookalike.training.model_rule import model_for_seed
+
+    on = ModelConfig(small_seed_users=300)
+    small = model_for_seed(on, 299.0, 16)
+    assert (small.input_projection, small.hidden_dims, small.similarity) == (16, [], "dot")
+    assert model_for_seed(on, 300.0, 16) == on  # at the threshold: the settings as given
+    assert model_for_seed(on, 10.0, None) == on  # no projection fitted (too wide, or audit)
+    assert model_for_seed(ModelConfig(), 10.0, 16) == ModelConfig()  # off by default
+    assert model_for_seed(ModelConfig(small_seed_users=300, input_projection=8), 10.0, 16).input_projection == 8  # set by hand
+    assert model_for_seed(ModelConfig(kind="logistic", small_seed_users=300), 10.0, 16).kind == "logistic"
+
+
+def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_path):
+    from tests.test_train import runs_of
+
+    cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4")
+    run(cfg)  # the demo's two audiences: about 190 training seed users
+    (logged,) = runs_of(cfg)
+    assert logged.data.params["model.input_projection_used"] == "16"
+    (bundle,) = sorted((tmp_path / "out" / "runs").glob("*/bundle"))
+    model, _, meta = load_bundle(bundle)
+    assert meta["model"]["input_projection"] == 16 and meta["model"]["hidden_dims"] == [] and model.user_tower.categorical is None
+    cfg = cfg_factory("model.small_seed_users=50", "trainer.epochs=1", "privacy.target_epsilon=4", out=tmp_path / "big")
+    run(cfg)
+    (logged,) = runs_of(cfg)
+    assert logged.data.params["model.input_projection_used"] == "null"

@@ -9,6 +9,8 @@ from typing import Optional
 from lookalike.errors import ConfigError
 from lookalike.settings import one_of, require, whole
 
+SMALL_SEED_COMPONENTS = 16
+
 
 @dataclass
 class ModelConfig:
@@ -21,6 +23,9 @@ class ModelConfig:
     # k: the user tower reads the top-k principal components of the publisher's encoded features
     # (fixed, no epsilon; data/principal_inputs.py) instead of embeddings. For small seeds.
     input_projection: Optional[int] = None
+    # The small-seed rule (training/model_rule.py): with fewer training seed users than this (a DP
+    # estimate), input_projection=SMALL_SEED_COMPONENTS, no hidden layer, dot similarity. null: off.
+    small_seed_users: Optional[int] = None
 
     def check(self) -> None:
         one_of("model.similarity", self.similarity, ("dot", "cosine"))
@@ -33,6 +38,8 @@ class ModelConfig:
             whole("model.input_projection", self.input_projection, low=1, high=256)
             if self.kind != "two_tower":
                 raise ConfigError("model.input_projection", f"projects the two-tower model's inputs; model.kind is {self.kind}: set it to null")
+        if self.small_seed_users is not None:
+            whole("model.small_seed_users", self.small_seed_users)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,6 +12,7 @@ import torch
 
 from lookalike.data.encode import concat
 from lookalike.errors import ConfigError
+from lookalike.model.config import ModelConfig
 from lookalike.model.registry import build_model, model_kind
 from lookalike.parallel.collective import collective_for
 from lookalike.parallel.world import World
@@ -20,6 +21,7 @@ from lookalike.runtime.runs import pick_device
 from lookalike.training.canaries import plant_canaries
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig
+from lookalike.training.model_rule import model_for_seed, seed_users_estimate
 from lookalike.training.prepare import prepare
 
 
@@ -46,8 +48,19 @@ class Inputs:
         planted = self.canaries.planted if self.canaries is not None else 0
         return estimate + planted
 
-    def build_model(self, cfg: TrainConfig) -> torch.nn.Module:
-        model = build_model(self.data.spec, len(self.data.training.audiences), cfg.model, self.data.projection)
+    def model_config(self, cfg: TrainConfig, estimate: int | None) -> ModelConfig:
+        """The model this run trains: ``cfg.model`` or, for a small seed, the small-seed rule's
+        (training/model_rule.py) from ``estimate``, the DP estimate of the training examples (a
+        non-private run, trusted, uses the exact count)."""
+        examples = estimate if estimate is not None else (None if cfg.privacy.enabled else self.data.n_train)
+        data = cfg.data
+        seed_users = None if examples is None else seed_users_estimate(examples, self.data.in_background_range, data.negative_rate, data.holdout_fraction)
+        components = self.data.projection.matrix.shape[1] if self.data.projection is not None else None
+        return model_for_seed(cfg.model, seed_users, components)
+
+    def build_model(self, cfg: TrainConfig, model_cfg: ModelConfig) -> torch.nn.Module:
+        projection = self.data.projection if model_cfg.input_projection else None
+        model = build_model(self.data.spec, len(self.data.training.audiences), model_cfg, projection)
         if self.canaries is not None:
             self.canaries.zero_tokens(model)
         return model

@@ -33,7 +33,7 @@ from lookalike.data.matching import (
     refuse_duplicates,
     split_draws,
 )
-from lookalike.data.principal_inputs import InputMoments, InputProjection, check_width, principal_projection
+from lookalike.data.principal_inputs import MAX_WIDTH, InputMoments, InputProjection, check_width, dense_width, principal_projection
 from lookalike.data.publisher import (
     ScanStats,
     open_publisher,
@@ -42,12 +42,14 @@ from lookalike.data.publisher import (
 )
 from lookalike.data.seed import read_seed
 from lookalike.errors import DataError
+from lookalike.model.config import SMALL_SEED_COMPONENTS
 from lookalike.parallel.collective import Collective
 from lookalike.privacy.fingerprint import UsersKey, merge_parts, users_part
 from lookalike.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 TRAIN_COUNT = "\0training examples"  # beside the audience names in the counts summed over ranks
+IN_BACKGROUND_RANGE = "\0background draws"  # publisher users whose draw falls in the negatives' range
 
 
 @dataclass
@@ -62,6 +64,9 @@ class PreparedData:
     n_train: int  # training examples over all ranks: exact, seed-derived; never released outside trusted mode
     users: UsersKey  # who the publisher users in the window are: what the ledger's budget covers
     projection: InputProjection | None = None  # model.input_projection's, from every publisher user
+    # Publisher users whose keyed draw puts them in the negatives' range, seed or not: public (ids
+    # and the split seed only). The training set is these, less held-out seed users, plus the seed.
+    in_background_range: int = 0
 
 
 def data_users(cfg: TrainConfig) -> UsersKey:
@@ -115,6 +120,7 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     seeds = read_seed(data.seed_path, data.id_column, data.audience_column)
     training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))
     n_train = totals.pop(TRAIN_COUNT)
+    in_background_range = totals.pop(IN_BACKGROUND_RANGE)
     training.matched = totals  # checked against the owners' minimum once their rules are read
 
     def encode_mine():
@@ -135,16 +141,22 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
         n_train=n_train,
         users=merge_parts([users for _, _, users in parts]),
         projection=projection,
+        in_background_range=in_background_range,
     )
 
 
 def _input_projection(table: pa.Table, spec: FeatureSpec, cfg: TrainConfig, col: Collective) -> InputProjection | None:
     """The principal components of every publisher user in the window (all ranks), before the
-    seed is read: nothing about the seed can enter them."""
-    k = cfg.model.input_projection
-    if not k:
+    seed is read: nothing about the seed can enter them. Fitted for ``model.input_projection``,
+    and for the small-seed rule (training/model_rule.py) where it may apply and the features fit."""
+    model = cfg.model
+    k = model.input_projection
+    if k:
+        check_width(spec, k)
+    elif model.kind == "two_tower" and model.small_seed_users is not None and not cfg.audit.enabled and dense_width(spec) <= MAX_WIDTH:
+        k = min(SMALL_SEED_COMPONENTS, dense_width(spec))
+    else:
         return None
-    check_width(spec, k)
     _, parts = col.exchange(lambda: (None, InputMoments.of(encode(table, spec, str(cfg.data.publisher_path)), spec)))
     moments = parts[0]
     for part in parts[1:]:
@@ -161,7 +173,9 @@ def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draw
         eval_negative_rate=float(data.eval_negative_rate),
         draws=draws,
     )
-    return training, training.matched | {TRAIN_COUNT: training.n_train}
+    low = float(data.eval_negative_rate)
+    in_range = int(((draws[:, 1] >= low) & (draws[:, 1] < low + float(data.negative_rate))).sum())
+    return training, training.matched | {TRAIN_COUNT: training.n_train, IN_BACKGROUND_RANGE: in_range}
 
 
 def _joined(parts: list, audiences: list[str]) -> tuple[dict[str, EncodedFeatures], EncodedFeatures]:

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import mlflow
@@ -73,10 +74,11 @@ def run(cfg: TrainConfig | DictConfig) -> float | None:
 def _train_shard(cfg: TrainConfig, world: World, signal: StartSignal) -> None:
     """A rank other than 0: no ledger, no MLflow, no evaluation; its shard's clipped gradients."""
     inputs = gather_inputs(cfg, world)
-    model = inputs.build_model(cfg)
     go, examples = signal.wait()
     if not go:
         raise LookalikeError(f"rank {world.rank}: rank 0 stopped before training (its error says why)")
+    # Rank 0 sent the DP estimate plus its planted canaries; the rule is off under the audit.
+    model = inputs.build_model(cfg, inputs.model_config(cfg, examples))
     train(model, inputs.training_tensors(), cfg, delta=inputs.delta or 0.0, device=inputs.device, resume=inputs.resume, world=world, examples=examples)
 
 
@@ -89,7 +91,6 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
         log.warning("TRUSTED EVALUATION: seed-derived metrics are logged exactly; use only on synthetic or self-owned data")
     experiment_id = setup_experiment(cfg.mlflow)
     with ctx.reservation(inputs.resume):  # released on failure before training, kept charged after
-        model = inputs.build_model(cfg)
         run_dir = run_directory(cfg)
         # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
         resumed_run_id = resume_run_id(inputs.resume)
@@ -103,14 +104,14 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
                         mlflow.set_tag("mlflow.parentRunId", os.environ[PARENT_ENV])  # a sweep trial
                 mlflow.set_tags(ctx.tags())
                 mlflow.log_metrics(ctx.data_metrics())
-                result = _fit(cfg, ctx, inputs, model, world, signal, active.info.run_id, run_dir)
+                result = _fit(cfg, ctx, inputs, world, signal, active.info.run_id, run_dir)
                 return _evaluate_and_log(cfg, ctx, inputs, result, active.info.run_id, run_dir)
             except BaseException:
                 mlflow.set_tag("lookalike.status", "failed")
                 raise
 
 
-def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, model, world: World | None, signal: StartSignal, run_id: str, run_dir: Path) -> TrainResult:
+def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None, signal: StartSignal, run_id: str, run_dir: Path) -> TrainResult:
     """Charge the reservation, then train (or, for a kind that is not learned, release it once)."""
 
     def save(ckpt: Checkpoint) -> None:
@@ -120,6 +121,10 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, model, world: World 
     ctx.begin_training()
     estimate = ctx.release_size()
     examples = inputs.examples(estimate) if estimate is not None else None
+    model_cfg = inputs.model_config(cfg, estimate)
+    # The settings the run trained, after the small-seed rule (a function of the DP estimate).
+    mlflow.log_param("model.input_projection_used", model_cfg.input_projection or "null")
+    model: Any = inputs.build_model(cfg, model_cfg)
     tensors = inputs.training_tensors()
     signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
     if not model_kind(cfg.model.kind).learned:
