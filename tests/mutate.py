@@ -135,6 +135,24 @@ MUTATIONS = [
         ["tests/test_batch_rule.py::test_a_run_takes_the_rule_batch_of_the_released_size_not_the_exact_one"],
     ),
     (
+        "small-seed rule reads the exact training-set size",
+        "training/inputs.py",
+        "examples = estimate if estimate is not None else (None if cfg.privacy.enabled else self.data.n_train)",
+        "examples = self.data.n_train",
+        ["tests/test_input_projection.py::test_the_rule_reads_the_released_size_not_the_exact_one"],
+    ),
+    (
+        "input projection fitted on the training set (seed-dependent)",
+        "training/prepare.py",
+        "    projection = _input_projection(table, spec, cfg, col)\n"
+        "    seeds = read_seed(data.seed_path, data.id_column, data.audience_column)\n"
+        "    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))\n",
+        "    seeds = read_seed(data.seed_path, data.id_column, data.audience_column)\n"
+        "    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))\n"
+        "    projection = _input_projection(table.take(training.train_rows), spec, cfg, col)\n",
+        ["tests/test_input_projection.py::test_the_projection_is_fitted_on_the_publisher_table_without_the_seed"],
+    ),
+    (
         "audit ignores delta",
         "privacy/audit_bound.py",
         "return min(1.0, tail + 2.0 * canaries * delta * steepest)",

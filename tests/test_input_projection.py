@@ -152,3 +152,19 @@ def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_pat
     run(cfg)
     (logged,) = runs_of(cfg)
     assert logged.data.params["model.input_projection_used"] == "null"
+
+
+def test_the_rule_reads_the_released_size_not_the_exact_one(cfg_factory, monkeypatch):
+    import lookalike.training.run_context as run_context
+    from lookalike.privacy.size_release import SizeEstimate
+    from tests.test_train import runs_of
+
+    # A release 5,000 above the truth (its noise fixed for the test): the estimate then says
+    # thousands of seed users, while the exact count (about 190) would take the small-seed model.
+    monkeypatch.setattr(run_context, "release_size", lambda n, epsilon, delta: SizeEstimate(n + 5000, 1.0))
+    cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "trusted_evaluation=true")
+    run(cfg)
+    (logged,) = runs_of(cfg)
+    m = logged.data.metrics
+    assert m["data.training_examples_dp"] == m["trusted.training_examples"] + 5000
+    assert logged.data.params["model.input_projection_used"] == "null"
