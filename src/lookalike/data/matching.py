@@ -93,10 +93,17 @@ def lay_out(
     holdout_rows = {name: np.flatnonzero(held & member[:, a]) for a, name in enumerate(audiences)}
     other = draws[:, 1]
     eval_negatives = np.flatnonzero(~is_seed & (other < eval_negative_rate))
-    background = np.flatnonzero(~held & (other >= eval_negative_rate) & (other < eval_negative_rate + negative_rate))
+    background = np.flatnonzero(~held & in_background_range(draws, negative_rate, eval_negative_rate))
     train_rows = np.concatenate([background, positives])
     labels = np.concatenate([np.zeros((background.size, len(audiences)), dtype=np.float32), member[positives].astype(np.float32)])
     return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, matched)
+
+
+def in_background_range(draws: np.ndarray, negative_rate: float, eval_negative_rate: float) -> np.ndarray:
+    """Users whose negatives' draw puts them in the training background, seed or not: a function
+    of the ids and the split seed only (the held-out seed users among them are left out)."""
+    other = draws[:, 1]
+    return (other >= eval_negative_rate) & (other < eval_negative_rate + negative_rate)
 
 
 def check_matched(matched: dict[str, int], n_train: int, min_matching_seed_size: int, trusted: bool) -> None:

@@ -5,9 +5,10 @@ with the number of seed users. With a seed of a few hundred users the default to
 a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's 16
 whitened principal components (``model.input_projection``, fitted without the seed) has a few
 dozen weights and keeps far more of it. Measured at epsilon 1 with 3 repeats (lift@20%, see the
-README): at 165 seed users the projection gained 16-19% on Adult, the census table and Caravan and
-lost 2% on the telco table; at 300 it gained 11% on the census table and lost 2-3% on the others;
-at 750 it lost 5% on Adult. Hence a threshold, ``model.small_seed_users`` (300 in those runs).
+README): at 165 seed users the rule gained 15-20% on Adult, the census table and Caravan and lost
+11% on the telco table; runs with PCA inputs outside the package put the break-even near 300
+(there the census table gained 11%, Adult and telco lost 2-3%; at 750 Adult lost 5%). Hence a
+threshold, ``model.small_seed_users`` (300 in those runs).
 It is off by default: on the synthetic demo data (two audiences of about 95 training seed users,
 signal spread over wide vocabularies) the held-out AUC fell from 0.69-0.76 to 0.57, and without
 a private way to compare the two models on the table at hand (tuning with a random number of

@@ -29,6 +29,7 @@ from lookalike.data.features import FeatureSpec, declared_feature_kinds
 from lookalike.data.matching import (
     TrainingSet,
     check_publisher_ids,
+    in_background_range,
     lay_out,
     refuse_duplicates,
     split_draws,
@@ -173,8 +174,7 @@ def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draw
         eval_negative_rate=float(data.eval_negative_rate),
         draws=draws,
     )
-    low = float(data.eval_negative_rate)
-    in_range = int(((draws[:, 1] >= low) & (draws[:, 1] < low + float(data.negative_rate))).sum())
+    in_range = int(in_background_range(draws, float(data.negative_rate), float(data.eval_negative_rate)).sum())
     return training, training.matched | {TRAIN_COUNT: training.n_train, IN_BACKGROUND_RANGE: in_range}
 
 
