@@ -42,7 +42,8 @@ def test_the_tower_builds_the_same_dense_vector_in_torch(cfg_factory):
     data = prepare(train_config(cfg_factory(*PROJECTED)))
     features, spec = data.train_features, data.spec
     assert spec.multi_categorical and spec.categorical  # every kind of input is covered
-    layer = ProjectedInputs(spec, 6, data.projection)
+    layer = ProjectedInputs(spec, 6)
+    layer.fill(data.projection)
     tensors = features.tensors()
     np.testing.assert_allclose(layer.dense(*tensors).numpy(), dense_inputs(features, spec), atol=1e-6)
     np.testing.assert_allclose(layer(*tensors).numpy(), data.projection.apply(dense_inputs(features, spec)), rtol=1e-4, atol=1e-4)

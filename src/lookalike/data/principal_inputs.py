@@ -43,7 +43,7 @@ def dense_inputs(features: EncodedFeatures, spec: FeatureSpec) -> np.ndarray:
     for ids, multi in zip(features.multi, spec.multi_categorical):
         present = ids != MISSING_INDEX
         weight = present / np.maximum(present.sum(1, keepdims=True), 1)
-        np.add.at(out, (np.repeat(rows, ids.shape[1]), start + ids.ravel()), (weight * present).ravel())
+        np.add.at(out, (np.repeat(rows, ids.shape[1]), start + ids.ravel()), weight.ravel())
         start += multi.cardinality
     return out
 

@@ -17,7 +17,7 @@ class ProjectedInputs(nn.Module):
     matrix: torch.Tensor  # [width, k]
     offsets: torch.Tensor  # each categorical and list column's first position in the dense vector
 
-    def __init__(self, spec: FeatureSpec, k: int, projection: InputProjection | None = None):
+    def __init__(self, spec: FeatureSpec, k: int):
         super().__init__()
         width = dense_width(spec)
         self.numeric_width = spec.numeric_width
@@ -25,12 +25,15 @@ class ProjectedInputs(nn.Module):
         starts = [spec.numeric_width + sum(sizes[:i]) for i in range(len(sizes))]
         self.n_categorical = len(spec.categorical)
         self.register_buffer("offsets", torch.tensor(starts, dtype=torch.long), persistent=False)
-        # Filled from the publisher's projection at training time, from the bundle at load time.
+        # Filled by ``fill`` at training time, from the bundle's state at load time.
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("matrix", torch.zeros(width, k))
-        if projection is not None:
-            self.mean.copy_(torch.from_numpy(projection.mean))
-            self.matrix.copy_(torch.from_numpy(projection.matrix))
+
+    @torch.no_grad()
+    def fill(self, projection: InputProjection) -> None:
+        """Take the publisher's fitted projection (its shape must match this layer's)."""
+        self.mean.copy_(torch.from_numpy(projection.mean))
+        self.matrix.copy_(torch.from_numpy(projection.matrix))
 
     def dense(self, numeric: torch.Tensor, categorical: torch.Tensor, *multi: torch.Tensor) -> torch.Tensor:
         """The dense vector of data/principal_inputs.py's ``dense_inputs``, in torch."""

@@ -13,7 +13,6 @@ from typing import Callable
 from torch import nn
 
 from lookalike.data.features import FeatureSpec
-from lookalike.data.principal_inputs import InputProjection
 from lookalike.errors import ConfigError
 from lookalike.model.centroid import CentroidSimilarity
 from lookalike.model.config import ModelConfig
@@ -46,9 +45,5 @@ def model_kind(name: str) -> ModelKind:
     return REGISTRY[name]
 
 
-def build_model(spec: FeatureSpec, n_audiences: int, cfg: ModelConfig, projection: InputProjection | None = None) -> nn.Module:
-    """``projection``: the publisher's input projection when ``cfg.input_projection`` is set
-    (two_tower only; at load time the bundle's state fills it instead)."""
-    if projection is not None:
-        return TwoTower(spec, n_audiences, cfg, projection)
+def build_model(spec: FeatureSpec, n_audiences: int, cfg: ModelConfig) -> nn.Module:
     return model_kind(cfg.kind).build(spec, n_audiences, cfg)

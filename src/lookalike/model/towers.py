@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from lookalike.data.features import MISSING_INDEX, FeatureSpec
-from lookalike.data.principal_inputs import InputProjection
 from lookalike.model.audience import AudienceTower
 from lookalike.model.config import ModelConfig
 from lookalike.model.projected_inputs import ProjectedInputs
@@ -24,10 +23,10 @@ class UserTower(nn.Module):
 
     offsets: torch.Tensor  # each categorical column's first row in the shared table (a buffer)
 
-    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, projection: InputProjection | None = None):
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig):
         super().__init__()
         # model.input_projection: the publisher's principal components replace the embeddings.
-        self.projected = ProjectedInputs(spec, cfg.input_projection, projection) if cfg.input_projection else None
+        self.projected = ProjectedInputs(spec, cfg.input_projection) if cfg.input_projection else None
         sizes = [f.cardinality for f in spec.categorical] if self.projected is None else []
         self.n_categorical = len(sizes)
         # Row offset of each column's vocabulary in the shared table (a buffer: saved with the model).
@@ -35,9 +34,7 @@ class UserTower(nn.Module):
         self.categorical = nn.Embedding(sum(sizes), cfg.embedding_dim) if sizes else None
         multi = spec.multi_categorical if self.projected is None else []
         self.multi = nn.ModuleList(nn.Embedding(f.cardinality, cfg.embedding_dim) for f in multi)
-        width = spec.numeric_width + cfg.embedding_dim * (self.n_categorical + len(self.multi))
-        if cfg.input_projection:
-            width = cfg.input_projection
+        width = cfg.input_projection or spec.numeric_width + cfg.embedding_dim * (self.n_categorical + len(self.multi))
         layers: list[nn.Module] = []
         for hidden in cfg.hidden_dims:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
@@ -71,10 +68,10 @@ def trim_padding(ids: torch.Tensor) -> torch.Tensor:
 class TwoTower(nn.Module):
     """Scores users against every audience: ``forward(...) -> logits [batch, n_audiences]``."""
 
-    def __init__(self, spec: FeatureSpec, n_audiences: int, cfg: ModelConfig, projection: InputProjection | None = None):
+    def __init__(self, spec: FeatureSpec, n_audiences: int, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.user_tower = UserTower(spec, cfg, projection)
+        self.user_tower = UserTower(spec, cfg)
         self.audience_tower = AudienceTower(n_audiences, cfg.output_dim, cfg.similarity)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, *multi: torch.Tensor) -> torch.Tensor:

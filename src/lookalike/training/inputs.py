@@ -13,6 +13,7 @@ import torch
 from lookalike.data.encode import concat
 from lookalike.errors import ConfigError
 from lookalike.model.config import ModelConfig
+from lookalike.model.projected_inputs import ProjectedInputs
 from lookalike.model.registry import build_model, model_kind
 from lookalike.parallel.collective import collective_for
 from lookalike.parallel.world import World
@@ -59,8 +60,11 @@ class Inputs:
         return model_for_seed(cfg.model, seed_users, components)
 
     def build_model(self, cfg: TrainConfig, model_cfg: ModelConfig) -> torch.nn.Module:
-        projection = self.data.projection if model_cfg.input_projection else None
-        model = build_model(self.data.spec, len(self.data.training.audiences), model_cfg, projection)
+        model = build_model(self.data.spec, len(self.data.training.audiences), model_cfg)
+        if model_cfg.input_projection:
+            projected = model.get_submodule("user_tower.projected")
+            assert isinstance(projected, ProjectedInputs) and self.data.projection is not None  # prepare fits one whenever the setting asks
+            projected.fill(self.data.projection)
         if self.canaries is not None:
             self.canaries.zero_tokens(model)
         return model

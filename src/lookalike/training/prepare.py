@@ -12,6 +12,7 @@ itself as the only rank.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -159,10 +160,7 @@ def _input_projection(table: pa.Table, spec: FeatureSpec, cfg: TrainConfig, col:
     else:
         return None
     _, parts = col.exchange(lambda: (None, InputMoments.of(encode(table, spec, str(cfg.data.publisher_path)), spec)))
-    moments = parts[0]
-    for part in parts[1:]:
-        moments = moments.merged(part)
-    return principal_projection(moments, k)
+    return principal_projection(functools.reduce(InputMoments.merged, parts), k)
 
 
 def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray) -> tuple[TrainingSet, dict[str, int]]:
