@@ -5,6 +5,7 @@ HistGradientBoostingClassifier (defaults), on real public tables of people.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/utility.py --quick      # Adult, 750-user seed, 1 repeat
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/utility.py              # every table, full + 750 seed, 3 repeats
     .venv/bin/python benchmarks/utility.py --tables adult caravan --seed-sizes full --repeats 2
+    .venv/bin/python benchmarks/utility.py --models dp tuned own gbm --output benchmarks/results/utility_tuned.json
 
 Protocol, per table and repeat r: a keyed hash of the user id (key: r) puts each positive in the
 seed half or the hidden half. The seed is the seed half ("full") or a sub-sample of it of a given
@@ -14,7 +15,8 @@ non-seed user except the seed half's positives left out of a sub-sampled seed (t
 seed nor hidden), i.e. the hidden positives and all negatives, the same for every seed size of a
 repeat. lift@20% = share of hidden positives in the top 20% of that population by score / share
 of hidden positives in the whole population (ties at the cut share the remaining places pro rata).
-AUC (hidden positives vs negatives) is recorded too.
+AUC (hidden positives vs negatives) is recorded too. "tuned" is the DP run with private
+tuning (``TUNED``: the search, its score's held-out users and its evaluation inside the run).
 
 Prints a Markdown table (also saved as benchmarks/results/utility.md) and writes
 benchmarks/results/utility.json (rewritten after every run, so
@@ -46,7 +48,17 @@ import utility_tables as tables  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOP = 0.2
-MODELS = ("dp", "own", "gbm")  # DP two-tower, the same without DP, gradient boosting
+MODELS = ("dp", "tuned", "own", "gbm")  # DP two-tower, the same privately tuned, without DP, gradient boosting
+DEFAULT_MODELS = ("dp", "own", "gbm")
+# Private tuning (training/private_tuning.py) at the same training epsilon: a fifth of the seed is
+# held out inside the run to score the trials, whose space adds the small-seed model to the
+# learning rates and clipping norms of the default space.
+TUNED = [
+    "tuning.mean_trials=4",
+    "trusted_evaluation=false",
+    "data.holdout_fraction=0.2",
+    "+tuning.space.model.small_seed_users=[null,100000]",
+]
 
 
 class SeedTooLarge(ValueError):
@@ -110,7 +122,9 @@ def one_setting(
             scores, facts = models.gbm_scores(frame, seed, repeat)
         else:
             shutil.rmtree(folder / name, ignore_errors=True)  # a fresh output folder: its one run's bundle is read back
-            scores, facts = models.two_tower_scores(table.publisher, seed_file, folder / name, epsilon if name == "dp" else None, repeat, extra)
+            private = name in ("dp", "tuned")
+            settings = extra + (TUNED if name == "tuned" else [])
+            scores, facts = models.two_tower_scores(table.publisher, seed_file, folder / name, epsilon if private else None, repeat, settings)
         wall = time.perf_counter() - start
         s = scores[evaluated]
         row = {
@@ -150,7 +164,7 @@ def summary(runs: list[dict]) -> list[dict]:
                     "auc_mean": float(np.mean([r["auc"] for r in sel if r["model"] == m])),
                     "wall_s_mean": float(np.mean([r["wall_s"] for r in sel if r["model"] == m])),
                 }
-        for a, b in (("dp", "gbm"), ("dp", "own"), ("own", "gbm")):
+        for a, b in (("dp", "gbm"), ("dp", "own"), ("own", "gbm"), ("tuned", "dp"), ("tuned", "own")):
             if a in row and b in row:
                 row[f"{a}/{b}"] = row[a]["mean"] / row[b]["mean"]
         row["misses"] = [f"{key} {row[key]:.3f} < {goal:g}" for key, goal in goals(row["seed_size"]).items() if key in row and row[key] < goal]
@@ -177,14 +191,17 @@ def markdown(rows: list[dict]) -> str:
     def ratio(row, key):
         return f"{row[key]:.3f}" if key in row else "-"
 
+    tuned = any("tuned" in r for r in rows)
+    head = "| data | seed users | DP two-tower (mean, min-max of n) |" + (" DP, privately tuned | tuned/DP | tuned/own |" if tuned else "")
     lines = [
-        "| data | seed users | DP two-tower (mean, min-max of n) | own non-private | gradient boosting | DP/GBM | DP/own | own/GBM | goals |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        head + " own non-private | gradient boosting | DP/GBM | DP/own | own/GBM | goals |",
+        "|" + " --- |" * (head.count("|") - 1 + 6),
     ]
     for r in rows:
         seed = f"{r['seed_users']:,}" + (" (half)" if r["seed_size"] == "full" else "")
+        extra = f" {cell(r, 'tuned')} | {ratio(r, 'tuned/dp')} | {ratio(r, 'tuned/own')} |" if tuned else ""
         lines.append(
-            f"| {r['table']} | {seed} | {cell(r, 'dp')} | {cell(r, 'own')} | {cell(r, 'gbm')} | {ratio(r, 'dp/gbm')} | "
+            f"| {r['table']} | {seed} | {cell(r, 'dp')} |{extra} {cell(r, 'own')} | {cell(r, 'gbm')} | {ratio(r, 'dp/gbm')} | "
             f"{ratio(r, 'dp/own')} | {ratio(r, 'own/gbm')} | {'met' if not r['misses'] else 'missed: ' + '; '.join(r['misses'])} |"
         )
     return "\n".join(lines)
@@ -195,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tables", nargs="+", choices=tables.TABLES, default=None, help="default: all")
     parser.add_argument("--repeats", type=int, default=None, help="splits per setting (default 3)")
     parser.add_argument("--seed-sizes", nargs="+", default=None, help="'full' (the seed half) and/or user counts (default: full 750)")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS), help="tuned: DP with private tuning (TUNED)")
     parser.add_argument("--epsilon", type=float, default=1.0, help="the DP run's target epsilon")
     parser.add_argument(
         "--set",

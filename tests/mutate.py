@@ -26,6 +26,34 @@ SRC = "src/lookalike/"
 # (name, file, original line fragment, mutated fragment, tests that must catch it)
 MUTATIONS = [
     (
+        "private tuning: the cost of K trials dropped",
+        "privacy/selection_bound.py",
+        "bound = curve + math.log(mean) / (ORDERS - 1.0) + constant",
+        "bound = curve + constant",
+        ["tests/test_private_tuning.py::test_the_selection_bound_matches_dp_accounting"],
+    ),
+    (
+        "private tuning: the plan ignores the number of trials",
+        "training/private_tuning.py",
+        "(score, 1.0, 1)], delta, mean, shape)",
+        "(score, 1.0, 1)], delta, 1, shape)",
+        ["tests/test_private_tuning.py::test_the_plan_spends_what_one_run_reserves_for_training"],
+    ),
+    (
+        "private tuning: reach score noise / 10",
+        "training/reach_score.py",
+        "noise_multiplier * math.sqrt(counts.size))",
+        "noise_multiplier * math.sqrt(counts.size) / 10)",
+        ["tests/test_noise_scale.py::test_private_tuning_reach_counts_carry_multiplier_times_sqrt_audiences"],
+    ),
+    (
+        "private tuning: threshold over the non-seed negatives",
+        "training/reach_score.py",
+        "reference = score(model, data.reference_features, device)",
+        "reference = score(model, data.eval_negative_features, device)",
+        ["tests/test_private_tuning.py::test_one_seed_user_moves_the_reach_count_by_at_most_one"],
+    ),
+    (
         "DP-SGD noise / 10 (fused)",
         "training/dp_sgd/noisy_optimizer.py",
         "normal_(0.0, std, generator",

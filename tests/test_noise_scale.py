@@ -33,6 +33,7 @@ from lookalike.training.centroid_fit import fit_centroid
 from lookalike.training.dp_metrics import histogram, noisy_histograms
 from lookalike.training.dp_sgd.engine import make_private
 from lookalike.training.loop import _physical_batches
+from lookalike.training.reach_score import noisy_total
 
 BAND = 6.0  # standard errors
 
@@ -126,6 +127,14 @@ def test_evaluation_histogram_noise_matches_the_sensitivity_of_all_histograms():
     assert analytic_delta(sigma, epsilon, sensitivity) <= delta < analytic_delta(0.99 * sigma, epsilon, sensitivity)
     noise = [h - histogram(x) for h, x in zip(noisy_pos + noisy_neg, pos + neg)]
     assert_std("eval histograms", np.concatenate(noise), sigma)
+
+
+def test_private_tuning_reach_counts_carry_multiplier_times_sqrt_audiences():
+    """A user moves each audience's count by one: L2 sensitivity sqrt(A); the summed score adds
+    A such draws, so its std is multiplier x A."""
+    audiences, multiplier = 3, 16.0
+    totals = np.array([noisy_total(np.full(audiences, 7.0), multiplier) for _ in range(3000)]) - 7.0 * audiences
+    assert_std("reach score", totals, multiplier * audiences)
 
 
 def test_report_counts_carry_the_plan_sigma_plus_rounding():

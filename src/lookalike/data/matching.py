@@ -41,6 +41,7 @@ class TrainingSet:
     train_labels: np.ndarray  # float32 [len(train_rows), n_audiences]
     holdout_rows: dict[str, np.ndarray]  # audience -> held-out seed rows
     eval_negative_rows: np.ndarray  # non-seed users outside the training set
+    reference_rows: np.ndarray  # users whose draw is in the evaluation range, seed or not: public
     matched: dict[str, int]  # exact match counts: shown only in trusted-evaluation mode
 
     @property
@@ -96,7 +97,8 @@ def lay_out(
     background = np.flatnonzero(~held & in_background_range(draws, negative_rate, eval_negative_rate))
     train_rows = np.concatenate([background, positives])
     labels = np.concatenate([np.zeros((background.size, len(audiences)), dtype=np.float32), member[positives].astype(np.float32)])
-    return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, matched)
+    reference = np.flatnonzero(other < eval_negative_rate)
+    return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, reference, matched)
 
 
 def in_background_range(draws: np.ndarray, negative_rate: float, eval_negative_rate: float) -> np.ndarray:

@@ -4,6 +4,7 @@ checks a composed config into it. Library code takes these dataclasses, never a 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,7 +15,7 @@ from lookalike.model.config import ModelConfig
 from lookalike.model.registry import model_kind
 from lookalike.privacy.config import PrivacyConfig
 from lookalike.runtime.config import SharedSections, check_outputs_outside_inputs
-from lookalike.runtime.typed_config import to_typed
+from lookalike.runtime.typed_config import check_all, to_typed
 from lookalike.settings import device_name, number, require, whole
 
 
@@ -70,6 +71,68 @@ class AuditConfig:
             require("audit.guess_fraction", self.guess_fraction, lambda v: 0 < v <= 0.5, "must be in (0, 0.5]")
 
 
+def _default_space() -> dict[str, Any]:
+    return {"trainer": {"optimizer": {"lr": [0.002, 0.005, 0.01]}}, "privacy": {"max_grad_norm": [0.5, 1.0, 2.0]}}
+
+
+# What a trial may vary: settings that leave every trial's privacy mechanism (noise multiplier,
+# sample rate, steps, evaluation release) the same. The noise multiplier is relative to the
+# clipping norm, so max_grad_norm is one of them.
+TUNABLE = (
+    "trainer.optimizer.lr",
+    "trainer.optimizer.weight_decay",
+    "privacy.max_grad_norm",
+    "model.embedding_dim",
+    "model.hidden_dims",
+    "model.output_dim",
+    "model.similarity",
+    "model.dropout",
+    "model.small_seed_users",
+)
+
+
+@dataclass
+class TuningConfig:
+    """Private hyperparameter tuning (training/private_tuning.py): a random number of trials, the
+    best one kept, charged as one run. ``mean_trials`` null: one plain run."""
+
+    mean_trials: Optional[float] = None  # E[K], K the secret number of trials
+    shape: float = 0.0  # the truncated negative binomial's shape: 0 logarithmic (cheapest), 1 geometric
+    score_noise: float = 16.0  # noise std / L2 sensitivity of each trial's reach score (training/reach_score.py)
+    space: dict[str, Any] = field(default_factory=_default_space)  # nested like the config: key -> list of values
+
+    def choices(self) -> dict[str, list]:
+        """The space as dotted key -> values."""
+        flat: dict[str, list] = {}
+
+        def walk(node: Any, prefix: str) -> None:
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    walk(value, f"{prefix}{key}.")
+                else:
+                    flat[f"{prefix}{key}"] = value
+
+        walk(self.space, "")
+        return flat
+
+    def check(self) -> None:
+        if self.mean_trials is None:
+            return
+        require("tuning.mean_trials", self.mean_trials, lambda v: 1 <= v <= 1000, "must be in [1, 1000] (the mean number of trials)")
+        require("tuning.shape", self.shape, lambda v: 0 <= v <= 100, "must be in [0, 100]: 0 logarithmic, 1 geometric")
+        require("tuning.score_noise", self.score_noise, lambda v: 0.3 <= v <= 1000, "must be in [0.3, 1000] (a noise multiplier)")
+        choices = self.choices()
+        if not choices:
+            raise ConfigError("tuning.space", "is empty: give each setting to tune a list of values, e.g. tuning.space.trainer.optimizer.lr=[0.002,0.01]")
+        for key, values in choices.items():
+            if key not in TUNABLE:
+                raise ConfigError(
+                    f"tuning.space.{key}", f"cannot be tuned (it would change the privacy mechanism between trials); tunable: {', '.join(TUNABLE)}"
+                )
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"tuning.space.{key}", f"'{values}' must be a non-empty list of values")
+
+
 @dataclass
 class TrainConfig(SharedSections):
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -77,6 +140,7 @@ class TrainConfig(SharedSections):
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     seed: int = 42  # weight init, data order and splits; never privacy noise (OS entropy)
 
     def check(self) -> None:
@@ -89,10 +153,49 @@ class TrainConfig(SharedSections):
             raise ConfigError(
                 "privacy.enabled", "false trains a model that leaks the seed: allowed only with trusted_evaluation=true (synthetic or self-owned data)"
             )
+        if self.tuning.mean_trials is not None:
+            self._check_tuning()
         check_outputs_outside_inputs(
             {"paths.output_dir": self.paths.output_dir, "ledger.path": self.ledger.path},
             {"data.publisher_path": self.data.publisher_path, "data.seed_path": self.data.seed_path},
         )
+
+    def _check_tuning(self) -> None:
+        """Private tuning picks the best trial by its DP held-out metric, in one process."""
+        needs = (
+            (not self.privacy.enabled, "privacy.enabled=true: a non-private search is a Hydra sweep (hparams_search=optuna)"),
+            (self.trusted_evaluation, "trusted_evaluation=false: the best trial is chosen by its DP held-out metric"),
+            (not model_kind(self.model.kind).learned, f"a trained model; model.kind={self.model.kind} is one release"),
+            (self.data.holdout_fraction <= 0, "held-out seed users to choose by: data.holdout_fraction > 0"),
+            (self.audit.enabled, "audit.enabled=false: the canary audit is of one training run"),
+            (self.trainer.resume_from is not None, "a fresh run: a tuned run is not checkpointed, so it cannot resume"),
+        )
+        for failed, what in needs:
+            if failed:
+                raise ConfigError("tuning.mean_trials", f"is set, which needs {what}")
+        for key, values in self.tuning.choices().items():
+            for value in values:
+                try:
+                    with_settings(self, {key: value})
+                except (ConfigError, TypeError, ValueError) as exc:
+                    raise ConfigError(f"tuning.space.{key}", f"value '{value}' is not a valid {key}: {exc}") from None
+
+
+def with_settings(cfg: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
+    """A copy of ``cfg`` with dotted ``settings`` applied, each section it touches checked again."""
+    trial = copy.deepcopy(cfg)
+    for key, value in settings.items():
+        *path, last = key.split(".")
+        node: Any = trial
+        for part in path:
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        if isinstance(node, dict):
+            node[last] = value
+        else:
+            setattr(node, last, value)
+    for section in (trial.model, trial.trainer, trial.privacy):
+        check_all(section)
+    return trial
 
 
 def train_config(cfg: Any) -> TrainConfig:

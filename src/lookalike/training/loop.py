@@ -58,12 +58,14 @@ def train(
     save_checkpoint: Callable[[Checkpoint], None] | None = None,
     world: World | None = None,
     examples: int | None = None,
+    noise_multiplier: float | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``tensors`` (inputs..., labels last). DP when ``cfg.privacy.enabled``.
 
     ``examples`` is what the sample rate is one batch of: the run's DP estimate of the training
     examples over all ranks (run_context.py). None takes ``len(tensors[0])``, which is exact and
-    seed-derived: for trusted callers (tests, benchmarks) only."""
+    seed-derived: for trusted callers (tests, benchmarks) only. ``noise_multiplier`` fixes the
+    noise instead of calibrating it to ``privacy.target_epsilon`` (private tuning plans it)."""
     trainer, privacy = cfg.trainer, cfg.privacy
     model.to(device)
     if resume is not None:
@@ -91,7 +93,7 @@ def train(
             privacy,
             epochs=int(trainer.epochs),
             delta=delta,
-            noise_multiplier=resume.noise_multiplier if resume else None,
+            noise_multiplier=resume.noise_multiplier if resume else noise_multiplier,
             accountant_state=resume.accountant_state if resume else None,
             max_physical_batch=int(trainer.physical_batch_size),
             world=world,

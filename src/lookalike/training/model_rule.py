@@ -10,9 +10,10 @@ README): at 165 seed users the rule gained 15-20% on Adult, the census table and
 (there the census table gained 11%, Adult and telco lost 2-3%; at 750 Adult lost 5%). Hence a
 threshold, ``model.small_seed_users`` (300 in those runs).
 It is off by default: on the synthetic demo data (two audiences of about 95 training seed users,
-signal spread over wide vocabularies) the held-out AUC fell from 0.69-0.76 to 0.57, and without
-a private way to compare the two models on the table at hand (tuning with a random number of
-trials, not built) a default that can lose that much is worse than one that leaves gain behind.
+signal spread over wide vocabularies) the held-out AUC fell from 0.69-0.76 to 0.57, and a default
+that can lose that much is worse than one that leaves gain behind. Private tuning can choose
+between the two on the table at hand (``+tuning.space.model.small_seed_users=[null,100000]``), but
+at epsilon 1 its search cost more lift than the choice gained (README, "Private tuning, measured").
 
 The seed size is never read exactly: the estimate is a post-processing of the run's DP estimate
 N-hat of the training-set size (privacy/size_release.py) and public numbers. The negatives are

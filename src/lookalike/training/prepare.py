@@ -69,6 +69,9 @@ class PreparedData:
     # Publisher users whose keyed draw puts them in the negatives' range, seed or not: public (ids
     # and the split seed only). The training set is these, less held-out seed users, plus the seed.
     in_background_range: int = 0
+    # Private tuning's reference population (one process only): every user whose draw is in the
+    # evaluation range, seed or not, so a threshold on their scores is public given the model.
+    reference_features: EncodedFeatures | None = None
 
 
 def data_users(cfg: TrainConfig) -> UsersKey:
@@ -132,6 +135,7 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
 
     train_features, evaluation = col.collect(encode_mine)
     holdout, eval_negatives = _joined(evaluation, training.audiences) if evaluation else _nothing(train_features, training.audiences)
+    reference = encode(table.take(training.reference_rows), spec, path) if cfg.tuning.mean_trials is not None and col.size == 1 else None
     return PreparedData(
         spec=spec,
         training=training,
@@ -144,18 +148,23 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
         users=merge_parts([users for _, _, users in parts]),
         projection=projection,
         in_background_range=in_background_range,
+        reference_features=reference,
     )
 
 
 def _input_projection(table: pa.Table, spec: FeatureSpec, cfg: TrainConfig, col: Collective) -> InputProjection | None:
     """The principal components of every publisher user in the window (all ranks), before the
     seed is read: nothing about the seed can enter them. Fitted for ``model.input_projection``,
-    and for the small-seed rule (training/model_rule.py) where it may apply and the features fit."""
+    and for the small-seed rule (training/model_rule.py) where it may apply, in this run or in one
+    of its private-tuning trials, and the features fit."""
     model = cfg.model
     k = model.input_projection
+    rule = model.small_seed_users is not None
+    if cfg.tuning.mean_trials is not None:
+        rule = rule or any(v is not None for v in cfg.tuning.choices().get("model.small_seed_users", []))
     if k:
         check_width(spec, k)
-    elif model.kind == "two_tower" and model.small_seed_users is not None and not cfg.audit.enabled and dense_width(spec) <= MAX_WIDTH:
+    elif model.kind == "two_tower" and rule and not cfg.audit.enabled and dense_width(spec) <= MAX_WIDTH:
         k = min(SMALL_SEED_COMPONENTS, dense_width(spec))
     else:
         return None

@@ -67,6 +67,7 @@ class RunContext:
         self.training_started = False
         self.finished = False
         self.result: TrainResult | None = None
+        self.selection: Any = None  # private tuning's TrialPlan: its best-of-K release replaces training
 
     @property
     def epsilon(self) -> float:
@@ -161,7 +162,10 @@ class RunContext:
         if self.result is None or not self.training_started:
             raise RuntimeError("RunContext.finish before training: the spend is recorded after begin_training and trained")
         self.finished = True
-        if self.private and self.entry_id is not None:
+        if self.private and self.entry_id is not None and self.selection is not None:
+            # Not a composition of Gaussian steps: charged at face value (events None).
+            self.ledger.record_spent(self.entry_id, self.selection.selection_epsilon + self.size_epsilon + self.eval_epsilon, None)
+        elif self.private and self.entry_id is not None:
             events = list(self.result.history) + ([(self.eval_noise_multiplier, 1.0, 1)] if self.eval_epsilon else [])
             events += [(self.size.noise_multiplier, 1.0, 1)] if self.size is not None else []
             self.ledger.record_spent(self.entry_id, (self.result.epsilon or 0.0) + self.size_epsilon + self.eval_epsilon, events)
@@ -191,7 +195,7 @@ class RunContext:
 
     def tags(self) -> dict[str, str]:
         return {
-            "lookalike.kind": "train",
+            "lookalike.kind": "train" if self.cfg.tuning.mean_trials is None else "tuned",
             "lookalike.privacy": "dp" if self.private else "non-private",
             "lookalike.trusted_evaluation": str(bool(self.cfg.trusted_evaluation)).lower(),
             "lookalike.fingerprint": self.budget.fingerprint if self.budget else "none",
@@ -232,18 +236,26 @@ class RunContext:
         if not self.private:
             return {"privacy.steps": r.steps, "trainer.batch_size_used": r.batch_size}
         size = {"privacy.size_epsilon": self.size_epsilon, "data.training_examples_dp": self.size.value} if self.size is not None else {}
-        spent = r.epsilon or 0.0  # a private run always has one
-        return size | {
-            "privacy.epsilon_spent": spent,
-            "privacy.eval_epsilon": self.eval_epsilon,
-            "privacy.total_epsilon": spent + self.size_epsilon + self.eval_epsilon,
-            "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
-            "privacy.delta": self.delta or 0.0,
-            "privacy.noise_multiplier": r.noise_multiplier or 0.0,
-            "privacy.sample_rate": r.sample_rate or 0.0,
-            "privacy.steps": r.steps,
-            "trainer.batch_size_used": r.batch_size,
-        }
+        spent, eval_epsilon, tuning = r.epsilon or 0.0, self.eval_epsilon, {}  # a private run always has an epsilon
+        if self.selection is not None:
+            # Every trial's training and reach score, released as the best one: one epsilon.
+            spent = self.selection.selection_epsilon
+            tuning = {"privacy.tuning.trial_epsilon": r.epsilon or 0.0, "privacy.tuning.mean_trials": float(self.cfg.tuning.mean_trials or 1)}
+        return (
+            size
+            | tuning
+            | {
+                "privacy.epsilon_spent": spent,
+                "privacy.eval_epsilon": eval_epsilon,
+                "privacy.total_epsilon": spent + self.size_epsilon + eval_epsilon,
+                "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
+                "privacy.delta": self.delta or 0.0,
+                "privacy.noise_multiplier": r.noise_multiplier or 0.0,
+                "privacy.sample_rate": r.sample_rate or 0.0,
+                "privacy.steps": r.steps,
+                "trainer.batch_size_used": r.batch_size,
+            }
+        )
 
     def model_meta(self, run_id: str) -> dict:
         # The split parameters let export find the same held-out seed users (hash-based split).
@@ -269,6 +281,11 @@ class RunContext:
         r = self._trained()
         if not self.private:
             return f"NON-PRIVATE model, {r.steps} steps"
+        if self.selection is not None:
+            return (
+                f"epsilon {self.selection.selection_epsilon:.4f} of target {self.cfg.privacy.target_epsilon} for the tuned search "
+                f"(every trial's training and score; delta {self.selection.delta:.3g}), best trial {r.steps} steps"
+            )
         return f"epsilon {r.epsilon:.4f} of target {self.cfg.privacy.target_epsilon} (delta {self.delta:.3g}), {r.steps} steps"
 
 

@@ -18,7 +18,7 @@ import mlflow
 from omegaconf import DictConfig
 
 import lookalike.runtime.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
-from lookalike.errors import LookalikeError
+from lookalike.errors import ConfigError, LookalikeError
 from lookalike.model.bundle import save_bundle
 from lookalike.model.registry import model_kind
 from lookalike.parallel.world import StartSignal, World, finish, world_from_env
@@ -43,6 +43,7 @@ from lookalike.training.config import TrainConfig, train_config
 from lookalike.training.holdout_eval import evaluate_holdout
 from lookalike.training.inputs import Inputs, gather_inputs
 from lookalike.training.loop import TrainResult, train
+from lookalike.training.private_tuning import check_affordable, plan_trials, tune
 from lookalike.training.run_context import RunContext
 from lookalike.training.sweep import PARENT_ENV
 
@@ -87,6 +88,11 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
     signal.armed = True  # every rank has its data; the others now wait for go or stop
     ctx = RunContext(cfg, inputs.data, inputs.delta, Ledger(cfg.ledger.path))
     ctx.check_rules()  # the data owners' rules refuse a run before anything is reserved or logged
+    tuned = cfg.tuning.mean_trials is not None
+    if tuned:
+        if world is not None:
+            raise ConfigError("tuning.mean_trials", "private tuning runs in one process: run it without torchrun")
+        check_affordable(cfg, inputs.delta or 0.0)
     if cfg.trusted_evaluation:
         log.warning("TRUSTED EVALUATION: seed-derived metrics are logged exactly; use only on synthetic or self-owned data")
     experiment_id = setup_experiment(cfg.mlflow)
@@ -104,6 +110,8 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
                         mlflow.set_tag("mlflow.parentRunId", os.environ[PARENT_ENV])  # a sweep trial
                 mlflow.set_tags(ctx.tags())
                 mlflow.log_metrics(ctx.data_metrics())
+                if tuned:
+                    return _tune_and_log(cfg, ctx, inputs, active.info.run_id, run_dir)
                 result = _fit(cfg, ctx, inputs, world, signal, active.info.run_id, run_dir)
                 return _evaluate_and_log(cfg, ctx, inputs, result, active.info.run_id, run_dir)
             except BaseException:
@@ -165,14 +173,39 @@ def _evaluate_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, result:
             f"{result.epsilon:.3f}" if result.epsilon else "non-private",
         )
     metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
+    _save_and_record(ctx, inputs, result, run_id, run_dir)
+    return metric
+
+
+def _tune_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, run_id: str, run_dir: Path) -> float:
+    """Private tuning (training/private_tuning.py): one size estimate, a secret number of trials,
+    and the best one evaluated and logged as this run; nothing about the others leaves here."""
+    ctx.begin_training()
+    estimate = ctx.release_size()
+    assert estimate is not None  # a tuned run is private and learned (TrainConfig._check_tuning)
+    examples = inputs.examples(estimate)
+    plan = plan_trials(cfg, examples, inputs.delta or 0.0)
+    tuned = tune(cfg, inputs, estimate, examples, plan)
+    ctx.trained(tuned.result)
+    ctx.selection = plan
+    mlflow.log_param("model.input_projection_used", tuned.model_config.input_projection or "null")
+    log_params({f"tuning.chosen.{key}": "null" if value is None else value for key, value in tuned.settings.items()})
+    log.info("private tuning: chose %s", ", ".join(f"{key}={value}" for key, value in tuned.settings.items()))
+    metric, ctx.eval_noise_multiplier = evaluate_holdout(tuned.result.model, inputs.data, inputs.device, cfg, ctx.eval_epsilon, ctx.eval_delta)
+    _save_and_record(ctx, inputs, tuned.result, run_id, run_dir)
+    return metric
+
+
+def _save_and_record(ctx: RunContext, inputs: Inputs, result: TrainResult, run_id: str, run_dir: Path) -> None:
+    """The model bundle and its MLflow model, then the spend in the ledger and the run."""
+    data = inputs.data
     bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences, extra=ctx.model_meta(run_id))
-    model_uri = log_model(bundle, cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences), synthetic_input_example(data.spec))
+    model_uri = log_model(bundle, ctx.cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences), synthetic_input_example(data.spec))
     ctx.finish()
     mlflow.log_metrics(ctx.privacy_metrics())
     mlflow.set_tag("lookalike.model_uri", model_uri)
     log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
     log.info("run %s done: %s", run_id, ctx.describe())
-    return metric
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
