@@ -63,7 +63,6 @@ class Tuned:
     result: TrainResult
     settings: dict[str, Any]
     model_config: ModelConfig
-    plan: TrialPlan
 
 
 def plan_trials(cfg: TrainConfig, examples: int, delta: float) -> TrialPlan:
@@ -126,7 +125,7 @@ def tune(cfg: TrainConfig, inputs: Inputs, estimate: int, examples: int, plan: T
             _check_mechanism(result, plan)
             score = reach_score(result.model, inputs.data, inputs.device, float(cfg.evaluation.top_fraction), plan.score_multiplier)
             if best is None or score > best[0]:
-                best = (score, Tuned(result, settings, model_cfg, plan))
+                best = (score, Tuned(result, settings, model_cfg))
     assert best is not None  # K >= 1
     return best[1]
 

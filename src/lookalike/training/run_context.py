@@ -24,6 +24,7 @@ from lookalike.privacy.size_release import SizeEstimate, release_size
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig
 from lookalike.training.loop import TrainResult
+from lookalike.training.private_tuning import TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class RunContext:
         self.training_started = False
         self.finished = False
         self.result: TrainResult | None = None
-        self.selection: Any = None  # private tuning's TrialPlan: its best-of-K release replaces training
+        self.selection: TrialPlan | None = None  # private tuning's plan: its best-of-K release replaces training
 
     @property
     def epsilon(self) -> float:
