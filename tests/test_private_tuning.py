@@ -10,6 +10,7 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import RdpAccountant
 
 from lookalike.errors import ConfigError, LookalikeError
+from lookalike.export.job import model_uri
 from lookalike.model.bundle import load_bundle
 from lookalike.privacy.accounting import calibrate_noise
 from lookalike.privacy.ledger import Ledger
@@ -84,7 +85,9 @@ def test_a_tuned_run_releases_one_model_and_charges_one_entry(cfg_factory, tmp_p
     client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     (logged,) = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment_name).experiment_id])
     m, p, t = logged.data.metrics, logged.data.params, logged.data.tags
-    assert t["lookalike.kind"] == "tuned" and auc == m["dp.auc"] and 0 < auc <= 1
+    assert t["lookalike.tuning"] == "private" and auc == m["dp.auc"] and 0 < auc <= 1
+    # a training run like any other: export's model=latest finds it
+    assert t["lookalike.kind"] == "train" and model_uri("latest", cfg.mlflow.experiment_name) == f"runs:/{logged.info.run_id}/model"
     # the chosen settings come from the space, and the chosen model follows them
     assert p["tuning.chosen.trainer.optimizer.lr"] in {"0.002", "0.005", "0.01"}
     assert p["tuning.chosen.privacy.max_grad_norm"] in {"0.5", "1.0", "2.0"}

@@ -196,7 +196,8 @@ class RunContext:
 
     def tags(self) -> dict[str, str]:
         return {
-            "lookalike.kind": "train" if self.cfg.tuning.mean_trials is None else "tuned",
+            "lookalike.kind": "train",
+            "lookalike.tuning": "none" if self.cfg.tuning.mean_trials is None else "private",
             "lookalike.privacy": "dp" if self.private else "non-private",
             "lookalike.trusted_evaluation": str(bool(self.cfg.trusted_evaluation)).lower(),
             "lookalike.fingerprint": self.budget.fingerprint if self.budget else "none",
