@@ -6,14 +6,15 @@ guarantee).
 The search is charged as one run, exactly what a single run with the same settings reserves:
 every trial's DP-SGD and score release together cost at most ``privacy.target_epsilon``, so each
 trial trains with more noise (found below by bisection); the chosen model's held-out metrics are
-then released once at ``evaluation.epsilon``, and the size estimate once before the trials.
+then released once at ``evaluation.epsilon`` (optimistic: the same held-out users chose it),
+and the size estimate once before the trials.
 Every trial runs the same mechanism: the space holds only settings that do not change it
 (config.TUNABLE), and each trial's recorded steps are checked against the plan.
 
 K must stay secret, so trials log nothing: no MLflow metrics, no per-epoch lines, no progress
 bar, no checkpoints. What still grows with K is the run's wall time: a publisher who can time
 the run learns about K, which weakens the bound's amortisation over trials (each trial's own
-guarantee stands). A run that must hide it pads its time.
+guarantee stands). This package does not pad the time; whoever must hide K has to.
 """
 
 from __future__ import annotations
