@@ -76,7 +76,7 @@ def _default_space() -> dict[str, Any]:
 
 
 # What a trial may vary: settings that leave every trial's privacy mechanism (noise multiplier,
-# sample rate, steps, evaluation release) the same. The noise multiplier is relative to the
+# sample rate, steps, score release) the same. The noise multiplier is relative to the
 # clipping norm, so max_grad_norm is one of them.
 TUNABLE = (
     "trainer.optimizer.lr",
@@ -161,10 +161,10 @@ class TrainConfig(SharedSections):
         )
 
     def _check_tuning(self) -> None:
-        """Private tuning picks the best trial by its DP held-out metric, in one process."""
+        """Private tuning picks the best trial by a noisy count of held-out seed users, in one process."""
         needs = (
             (not self.privacy.enabled, "privacy.enabled=true: a non-private search is a Hydra sweep (hparams_search=optuna)"),
-            (self.trusted_evaluation, "trusted_evaluation=false: the best trial is chosen by its DP held-out metric"),
+            (self.trusted_evaluation, "trusted_evaluation=false: the best trial is chosen by a DP count of held-out seed users"),
             (not model_kind(self.model.kind).learned, f"a trained model; model.kind={self.model.kind} is one release"),
             (self.data.holdout_fraction <= 0, "held-out seed users to choose by: data.holdout_fraction > 0"),
             (self.audit.enabled, "audit.enabled=false: the canary audit is of one training run"),
