@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from opacus.accountants import create_accountant
@@ -39,23 +39,28 @@ def resolve_delta(target_delta: float | None, publisher_rows: int) -> float:
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, rel_tolerance: float = 0.005) -> float:
     """Smallest noise multiplier (within ``rel_tolerance`` of epsilon) whose reported epsilon
     for exactly ``steps`` steps at ``sample_rate`` is <= ``target_epsilon``."""
+    sigma = smallest_noise(lambda s: epsilon_from_history([(s, sample_rate, steps)], delta, accountant), target_epsilon, rel_tolerance)
+    if sigma is None:
+        raise ConfigError("privacy.target_epsilon", f"{target_epsilon} is unreachable for {steps} steps at sample rate {sample_rate:.3g}")
+    return sigma
 
-    @functools.lru_cache(maxsize=None)
-    def epsilon(sigma: float) -> float:
-        return epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant)
 
+def smallest_noise(spent: Callable[[float], float], budget: float, rel_tolerance: float = 0.005) -> float | None:
+    """The smallest noise multiplier whose ``spent`` (falling as the noise grows) is <= ``budget``,
+    to within ``rel_tolerance`` of the budget; None when a multiplier of 1e4 is not enough."""
+    epsilon = functools.lru_cache(maxsize=None)(spent)
     low, high = 0.0, 1.0
-    while epsilon(high) > target_epsilon:
+    while epsilon(high) > budget:
         low, high = high, high * 2
         if high > 1e4:
-            raise ConfigError("privacy.target_epsilon", f"{target_epsilon} is unreachable for {steps} steps at sample rate {sample_rate:.3g}")
+            return None
     for _ in range(40):
         mid = (low + high) / 2
-        if epsilon(mid) > target_epsilon:
+        if epsilon(mid) > budget:
             low = mid
         else:
             high = mid
-        if target_epsilon - epsilon(high) <= rel_tolerance * target_epsilon:
+        if budget - epsilon(high) <= rel_tolerance * budget:
             break
     return high
 

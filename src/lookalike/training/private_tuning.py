@@ -31,7 +31,7 @@ import numpy as np
 
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.model.config import ModelConfig
-from lookalike.privacy.accounting import epsilon_from_history
+from lookalike.privacy.accounting import epsilon_from_history, smallest_noise
 from lookalike.privacy.selection_bound import draw_trials, selection_epsilon, trial_rdp
 from lookalike.training.batch_rule import logical_batch_size
 from lookalike.training.config import TrainConfig, with_settings
@@ -82,18 +82,11 @@ def plan_trials(cfg: TrainConfig, examples: int, delta: float) -> TrialPlan:
     def spent(sigma: float) -> float:
         return selection_epsilon([(sigma, rate, steps), (score, 1.0, 1)], delta, mean, shape)
 
-    low, high = 0.0, 1.0
-    while spent(high) > budget:  # spending falls as the noise grows
-        low, high = high, high * 2
-        if high > 1e4:
-            raise LookalikeError(
-                f"private tuning found no noise multiplier that fits {mean:g} trials on average in epsilon {budget:.3g}; lower tuning.mean_trials"
-            )
-    while high - low > 1e-3 * high:
-        mid = (low + high) / 2
-        low, high = (mid, high) if spent(mid) > budget else (low, mid)
-    trial_epsilon = epsilon_from_history([(high, rate, steps)], delta, ACCOUNTANT)
-    return TrialPlan(trial_epsilon, high, rate, steps, batch, score, spent(high), delta)
+    sigma = smallest_noise(spent, budget)
+    if sigma is None:
+        raise LookalikeError(f"private tuning found no noise multiplier that fits {mean:g} trials on average in epsilon {budget:.3g}; lower tuning.mean_trials")
+    trial_epsilon = epsilon_from_history([(sigma, rate, steps)], delta, ACCOUNTANT)
+    return TrialPlan(trial_epsilon, sigma, rate, steps, batch, score, spent(sigma), delta)
 
 
 def check_affordable(cfg: TrainConfig, delta: float) -> None:
