@@ -93,12 +93,12 @@ def lay_out(
     positives = np.flatnonzero(is_seed & ~held)
     holdout_rows = {name: np.flatnonzero(held & member[:, a]) for a, name in enumerate(audiences)}
     other = draws[:, 1]
-    eval_negatives = np.flatnonzero(~is_seed & (other < eval_negative_rate))
+    in_eval_range = other < eval_negative_rate
+    eval_negatives = np.flatnonzero(~is_seed & in_eval_range)
     background = np.flatnonzero(~held & in_background_range(draws, negative_rate, eval_negative_rate))
     train_rows = np.concatenate([background, positives])
     labels = np.concatenate([np.zeros((background.size, len(audiences)), dtype=np.float32), member[positives].astype(np.float32)])
-    reference = np.flatnonzero(other < eval_negative_rate)
-    return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, reference, matched)
+    return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, np.flatnonzero(in_eval_range), matched)
 
 
 def in_background_range(draws: np.ndarray, negative_rate: float, eval_negative_rate: float) -> np.ndarray:

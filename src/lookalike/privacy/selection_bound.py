@@ -2,7 +2,7 @@
 only the best one (Papernot & Steinke, "Hyperparameter Tuning with Renyi Differential Privacy",
 ICLR 2022, Theorem 2).
 
-If each trial (random hyperparameters, DP-SGD, a DP release of its held-out metric) is
+If each trial (random hyperparameters, DP-SGD, a DP release of its score) is
 epsilon(lambda)-RDP at every order lambda, and the number of trials K is drawn from a truncated
 negative binomial distribution with shape eta >= 0 and mean mu, independently of the data and
 kept secret, then releasing the best trial alone is RDP with
