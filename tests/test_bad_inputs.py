@@ -47,7 +47,12 @@ CASES = {
     ),
     "nan in numerics": (lambda tmp, demo: [f"data.publisher_path={_publisher(tmp, demo, _with_nan)}"], "numeric column 'age' has 1 NaN/inf values"),
     "empty seed": (lambda tmp, demo: [f"data.seed_path={_write(tmp / 'empty.csv', 'user_id' + chr(10))}"], "empty.csv' has no ids .*the seed is empty"),
-    "seed below minimum": (lambda tmp, demo: ["rules.min_matching_seed_size=500"], "matches fewer than 500 publisher users"),
+    "seed below minimum, trusted": (
+        lambda tmp, demo: ["rules.min_matching_seed_size=500", "trusted_evaluation=true"],
+        "matches fewer than 500 publisher users",
+    ),
+    "optimizer argument": (lambda tmp, demo: ["+trainer.optimizer.betas=[2,3]"], "config 'trainer.optimizer': cannot be built .*beta"),
+    "optimizer target": (lambda tmp, demo: ["trainer.optimizer._target_=torch.optim.NoSuchOptimizer"], "config 'trainer.optimizer': cannot be built"),
     "epsilon zero": (lambda tmp, demo: ["privacy.target_epsilon=0"], "config 'privacy.target_epsilon'"),
     "delta too large": (lambda tmp, demo: ["privacy.target_delta=0.01"], "config 'privacy.target_delta': 0.01 must be in"),
     "negative rate": (lambda tmp, demo: ["data.negative_rate=-1"], "config 'data.negative_rate'"),
@@ -72,7 +77,7 @@ def test_bad_input_fails_cleanly_before_any_work(case, cfg_factory, demo_dir, tm
 
 def test_budget_exceeded_charges_nothing_and_logs_no_run(cfg_factory, tmp_path):
     cfg = cfg_factory("privacy.target_epsilon=3", "owner.epsilon=2")
-    with pytest.raises(LookalikeError, match="budget exhausted .* needs epsilon 3.25 but only 2 of 2 remains"):
+    with pytest.raises(LookalikeError, match="budget exhausted .* needs epsilon 5.2 but only 2 of 2 remains"):  # 3 + 2 (size, debug) + 0.2
         run(cfg)
     assert Ledger(cfg.ledger.path).status()[0].runs == 0  # the refused reservation rolled back whole
     assert not [p for p in files_under(tmp_path / "out") if p.name not in ("privacy_ledger.sqlite", "mlflow.db", "mlflow.db.lock")]

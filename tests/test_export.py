@@ -16,6 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
+from lookalike.cli.budget import main as budget_main
 from lookalike.errors import ConfigError, DataError
 from lookalike.export.app import CONFIG_DIR
 from lookalike.export.app import run as export
@@ -110,6 +111,14 @@ def test_trusted_report_gives_exact_recall_and_suppresses_small_bins(demo_dir, t
 
 def test_include_seed_puts_seed_users_first_and_min_score_thresholds(demo_dir, trained, tmp_path):
     target = tmp_path / "with_seed"
+    ledger = Ledger(trained[0] / "privacy_ledger.sqlite")
+    (before,) = ledger.status()
+    # The exact seed list in the segments is the owners' call, off by default: refused, nothing
+    # written or charged, until they allow it.
+    with pytest.raises(ConfigError, match="export.include_seed_in_output.*not allowed by the data owners' rules"):
+        export(export_cfg(demo_dir, trained, target, "export.include_seed_in_output=true", "export.audience_size.bins=[20]"))
+    assert not target.exists() and ledger.status() == [before]
+    budget_main(["--ledger", str(ledger.location), "set-rules", before.fingerprint[:12], "--allow-seed-in-output"])
     export(export_cfg(demo_dir, trained, target, "export.include_seed_in_output=true", "export.audience_size.bins=[20]"))
     rows = segment(target, "sports", 20)
     seed = seed_ids(demo_dir, "sports")

@@ -142,8 +142,8 @@ def test_the_small_seed_rule_switches_only_below_its_threshold():
 def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_path):
     from tests.test_train import runs_of
 
-    # The demo's two audiences: about 190 training seed users. The size estimate at the default
-    # size_epsilon (0.05) has a std near 100 users; at 2 it is a few, so the thresholds hold.
+    # The demo's two audiences: about 190 training seed users. The size estimate at the debug
+    # profile's size_epsilon (2) has a std of a few users, so the thresholds hold.
     cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2")
     run(cfg)
     (logged,) = runs_of(cfg)
@@ -164,7 +164,7 @@ def test_the_rule_reads_the_released_size_not_the_exact_one(cfg_factory, monkeyp
 
     # A release 5,000 above the truth (its noise fixed for the test): the estimate then says
     # thousands of seed users, while the exact count (about 190) would take the small-seed model.
-    monkeypatch.setattr(run_context, "release_size", lambda n, epsilon, delta: SizeEstimate(n + 5000, 1.0))
+    monkeypatch.setattr(run_context, "release_size", lambda n, epsilon, delta, matched: SizeEstimate(n + 5000, 1.0, dict(matched)))
     cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "trusted_evaluation=true")
     run(cfg)
     (logged,) = runs_of(cfg)

@@ -54,6 +54,18 @@ def test_budget_is_fixed_at_first_use_and_changed_only_deliberately(ledger_locat
     assert ledger.status()[0].budget_epsilon == 2.5
 
 
+def test_renewing_epsilon_keeps_the_delta_cap(ledger_location):
+    """set-budget with an epsilon alone once lifted the delta cap (None: uncapped)."""
+    ledger = Ledger(ledger_location)
+    reserve_on(ledger, FP, 0.1, 6e-6, budget=10, budget_delta=1e-5, kind="train", description="t")
+    set_budget(ledger, FP[:8], 20.0)
+    assert ledger.status()[0].budget_delta == 1e-5 and ledger.status()[0].budget_epsilon == 20.0
+    with pytest.raises(BudgetExceededError, match="delta"):
+        ledger.reserve(FP, 0.1, 6e-6, kind="train", description="t")
+    set_budget(ledger, FP[:8], 20.0, 1e-4)  # a deliberate new cap
+    assert ledger.status()[0].budget_delta == 1e-4
+
+
 def test_delta_budget_is_enforced(ledger_location):
     ledger = Ledger(ledger_location)
     reserve_on(ledger, FP, 0.1, 6e-6, budget=10, budget_delta=1e-5, kind="train", description="t")

@@ -1,24 +1,92 @@
-"""A resumed run keeps the plan its ledger reservation covers: more epochs, another batch or
-another epsilon would spend beyond it (an audit raised epochs from 2 to 12 on a resume and spent
-2.70 of a 1.2 reservation). Refused in one line, charging nothing more."""
+"""A resumed run keeps the plan its ledger reservation covers, and the plan is held by the ledger
+entry, not by the checkpoint (a file the operator can edit).
+
+An audit raised epochs from 2 to 12 on a resume and spent 2.70 of a 1.2 reservation; a later one
+set ``meta.plan['privacy.target_epsilon']=10`` in last.pt and spent 8.09 of a 2.05 reservation,
+and resumed with another delta, evaluation delta, seed or holdout share, none of which the
+checkpoint's plan listed. The plan is now every setting except those that cannot change what is
+released (run_context.RESUME_FREE); a changed one is refused in one line, charging nothing more.
+"""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from lookalike.errors import ConfigError
 from lookalike.privacy.ledger import Ledger
+from lookalike.training import train as train_module
+from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.train import run
+
+CHANGES = (
+    "trainer.epochs=12",
+    "trainer.batch_size=64",
+    "privacy.target_epsilon=1.5",
+    "privacy.max_grad_norm=2.0",
+    "privacy.target_delta=4.9e-5",
+    "privacy.size_delta=1e-3",
+    "evaluation.delta=0.5",
+    "evaluation.epsilon=5",
+    "seed=7",
+    "data.holdout_fraction=0.3",
+    "+trainer.optimizer.weight_decay=0.1",
+)
 
 
 def test_a_resume_that_changes_the_plan_is_refused(cfg_factory, tmp_path):
     out = tmp_path / "out"
-    cfg = cfg_factory("privacy.target_epsilon=1.0", "owner.epsilon=1.3", out=out)
+    cfg = cfg_factory("privacy.target_epsilon=1.0", "owner.epsilon=3.5", out=out)
     run(cfg)
     (checkpoint,) = out.glob("runs/*/checkpoints/last.pt")
     before = Ledger(cfg.ledger.path).status()
-    for change in ("trainer.epochs=12", "trainer.batch_size=64", "privacy.target_epsilon=1.5", "privacy.max_grad_norm=2.0"):
-        key = change.split("=")[0]
+    for change in CHANGES:
+        key = change.lstrip("+").split("=")[0]
         with pytest.raises(ConfigError, match="a resumed run keeps its plan") as err:
             run(cfg_factory("privacy.target_epsilon=1.0", change, f"trainer.resume_from={checkpoint}", out=out))
         assert err.value.key == key and Ledger(cfg.ledger.path).status() == before
+
+
+def _crash_in_epoch(n: int):
+    def log_epoch(epoch: int, metrics: dict) -> None:
+        if epoch == n:
+            raise KeyboardInterrupt  # a killed run: the checkpoint of epoch n - 1 stays, the reservation with it
+        train_module.mlflow.log_metrics(metrics, step=epoch)
+
+    return log_epoch
+
+
+def test_an_edited_checkpoint_neither_changes_the_plan_nor_undercharges(cfg_factory, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10")
+    cfg = cfg_factory(*settings, out=out)
+    monkeypatch.setattr(train_module, "_log_epoch", _crash_in_epoch(2))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.undo()
+    (path,) = out.glob("runs/*/checkpoints/last.pt")
+    ledger = Ledger(cfg.ledger.path)
+    entry = ledger.entry(Checkpoint.load(path).meta["ledger_entry_id"])
+    assert entry["status"] == "reserved" and json.loads(entry["plan"])["settings"]["privacy.target_epsilon"] == "1.0"
+    sigma = Checkpoint.load(path).noise_multiplier
+
+    # The audit's edit: the checkpoint says the plan was epsilon 10 and the noise 0.01, and
+    # forgets the steps it took. The entry says otherwise.
+    edited = Checkpoint.load(path)
+    edited.meta["plan"] = {"privacy.target_epsilon": 10.0}
+    edited.noise_multiplier = 0.01
+    edited.accountant_state = {"history": [], "mechanism": edited.accountant_state["mechanism"]}
+    torch.save(edited.__dict__, path)
+    with pytest.raises(ConfigError, match="planned 1.0") as err:
+        run(cfg_factory("privacy.target_epsilon=10", "trainer.epochs=3", f"trainer.resume_from={path}", out=out, owner=False))
+    assert err.value.key == "privacy.target_epsilon" and ledger.entry(entry["id"]) == entry
+
+    # Resumed with the original settings: the noise follows the plan, not the file, and the
+    # reservation is charged in full, whatever history the file claims.
+    run(cfg_factory(*settings[:2], "trainer.progress_bar=true", f"trainer.resume_from={path}", out=out, owner=False))
+    done = ledger.entry(entry["id"])
+    assert done["status"] == "spent" and done["spent_epsilon"] == pytest.approx(entry["reserved_epsilon"]) and done["events"] is None
+    (resumed,) = set(out.glob("runs/*/checkpoints/last.pt")) - {path}
+    assert Checkpoint.load(resumed).noise_multiplier == pytest.approx(sigma) and Checkpoint.load(resumed).epoch == 3

@@ -28,6 +28,7 @@ def test_a_new_budget_forbids_trusted_and_non_private_runs(demo_dir, tmp_path, c
         "max_epsilon_per_run": None,
         "allow_trusted_evaluation": False,
         "allow_non_private": False,
+        "allow_seed_in_output": False,
     }
     budget_main(["--ledger", str(ledger), "set-rules", row["fingerprint"][:8], "--min-matching-seed-size", "25", "--allow-trusted-evaluation"])
     rules = Ledger(ledger).status()[0].rules
@@ -56,7 +57,9 @@ def test_a_looser_override_is_refused_naming_the_rule(cfg_factory, tmp_path, own
 
 def test_a_tighter_override_applies(cfg_factory, tmp_path):
     # the owners allow seeds of 25; the operator asks for 1000, which the tiny seed does not reach
-    cfg = cfg_factory("rules.min_matching_seed_size=1000", out=tmp_path / "out")
+    # (a trusted run decides on the exact count before anything is reserved; a private one on its
+    # charged DP count: tests/test_seed_size_oracle.py)
+    cfg = cfg_factory("rules.min_matching_seed_size=1000", "trusted_evaluation=true", out=tmp_path / "out")
     with pytest.raises(LookalikeError, match="matches fewer than 1000 publisher users"):
         run(cfg)
     untouched(tmp_path / "out", cfg.ledger.path)

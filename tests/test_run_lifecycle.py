@@ -3,6 +3,8 @@ touches the data, kept charged when it fails after, and never left without its s
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lookalike.privacy.accounting import resolve_delta
@@ -36,7 +38,21 @@ def test_abort_paths_release_before_training_and_keep_the_charge_after(cfg_facto
     early = _context(cfg, data)
     with pytest.raises(RuntimeError, match="finish before training"), early.reservation(None):
         early.finish()
+    counted = _context(cfg, data)
+    with pytest.raises(RuntimeError, match="mlflow is down"), counted.reservation(None):
+        counted.release_counts()  # the DP size and match counts are out: they stay charged
+        raise RuntimeError("mlflow is down")
 
     statuses = {e["id"]: e["status"] for e in ledger.entries(before.budget.fingerprint)}
-    assert statuses == {before.entry_id: "released", after.entry_id: "reserved", unrecorded.entry_id: "reserved", early.entry_id: "released"}
-    assert ledger.entry(after.entry_id)["reserved_epsilon"] == pytest.approx(1.0 + 0.05 + 0.2)
+    assert statuses == {
+        before.entry_id: "released",
+        after.entry_id: "reserved",
+        unrecorded.entry_id: "reserved",
+        early.entry_id: "released",
+        counted.entry_id: "spent",
+    }
+    size_epsilon = cfg.privacy.size_epsilon  # 2.0 in the tests' debug profile
+    assert ledger.entry(after.entry_id)["reserved_epsilon"] == pytest.approx(1.0 + size_epsilon + 0.2)
+    spent = ledger.entry(counted.entry_id)
+    assert spent["spent_epsilon"] == pytest.approx(size_epsilon) and json.loads(spent["events"]) == [[counted.size.noise_multiplier, 1.0, 1]]
+    assert json.loads(spent["plan"])["size"]["value"] == counted.size.value

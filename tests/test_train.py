@@ -50,8 +50,9 @@ def test_dp_run_logs_privacy_spend_params_and_a_loadable_model(cfg_factory, demo
     # the ledger entry named on the run was closed with exactly the logged epsilon (training +
     # size estimate + evaluation)
     entry = Ledger(cfg.ledger.path).entry(int(t["ledger.entry_id"]))
-    assert entry["status"] == "spent" and entry["spent_epsilon"] == pytest.approx(m["privacy.epsilon_spent"] + 0.05 + 50)
-    assert entry["reserved_epsilon"] == pytest.approx(52.05) and m["privacy.total_epsilon"] <= 52.05
+    size_epsilon = float(cfg.privacy.size_epsilon)  # the DP size and match counts
+    assert entry["status"] == "spent" and entry["spent_epsilon"] == pytest.approx(m["privacy.epsilon_spent"] + size_epsilon + 50)
+    assert entry["reserved_epsilon"] == pytest.approx(52 + size_epsilon) and m["privacy.total_epsilon"] <= 52 + size_epsilon
     assert "lookalike.seed_fingerprint" not in t  # a hash of the seed ids would confirm a guessed seed
     assert entry["fingerprint"] == t["lookalike.fingerprint"]
     # the model comes back as a bundle export can rebuild, and as an MLflow pyfunc
@@ -91,14 +92,15 @@ def test_trusted_mode_beats_random_ranking_and_tags_the_run(cfg_factory):
     assert logged.data.tags["lookalike.trusted_evaluation"] == "true"
     assert auc == pytest.approx(m["trusted.auc"]) and auc > 0.65  # random ranking: 0.5 (runs gave 0.69-0.76)
     assert m["trusted.luxury.matched_seed_users"] > 25 and "train_loss" in m and "dp.auc" not in m
-    assert Ledger(cfg.ledger.path).status()[0].spent_epsilon <= 4.0 + 0.05  # training + size estimate; trusted metrics cost nothing
+    assert Ledger(cfg.ledger.path).status()[0].spent_epsilon <= 4.0 + cfg.privacy.size_epsilon  # training + size estimate; trusted metrics cost nothing
 
 
 def test_second_run_is_refused_once_the_budget_is_spent(cfg_factory):
-    cfg = cfg_factory("privacy.target_epsilon=1.0", "owner.epsilon=1.5")
+    cfg = cfg_factory("privacy.target_epsilon=1.0", "owner.epsilon=4")
     run(cfg)
     before = Ledger(cfg.ledger.path).status()
-    with pytest.raises(BudgetExceededError, match=r"needs epsilon 1.25 but only 0\.[2-5]\d* of 1.5 remains \(composition of 1 finished"):
+    # 1 + 2 (the debug profile's size release) + 0.2; the finished run composes to less than 3.2
+    with pytest.raises(BudgetExceededError, match=r"needs epsilon 3.2 but only [0-2]\.\d+ of 4 remains \(composition of 1 finished"):
         run(cfg)
     assert len(runs_of(cfg)) == 1 and Ledger(cfg.ledger.path).status() == before
 

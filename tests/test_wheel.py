@@ -71,9 +71,9 @@ def test_the_wheel_installs_and_trains_exports_and_budgets_outside_the_repo(tmp_
     report = json.loads((work / "out" / "segments" / "report.json").read_text())
     assert report["audiences"]["high_income"]["bins"][0]["segment"] == "written"
     (budget,) = json.loads(_run(work, bin_ / "lookalike-budget", "--ledger", "out/privacy_ledger.sqlite", "--json").stdout)
-    # the training run (epsilon 1 + 0.05 for the size estimate); the experiment is trusted (Adult is
-    # public), so the export's exact report charges nothing
-    assert budget["runs"] == 1 and 1.0 < budget["spent_epsilon"] <= 1.05
+    # the training run (epsilon 1 + 0.2 for the size and match counts); the experiment is trusted
+    # (Adult is public), so the export's exact report charges nothing
+    assert budget["runs"] == 1 and 1.0 < budget["spent_epsilon"] <= 1.2
     runs = _run(
         work,
         bin_ / "python",

@@ -25,7 +25,15 @@ from lookalike.privacy.ledger import Ledger, runs_fitting
 from lookalike.privacy.rules import Rules
 
 DEFAULT_LEDGER = "outputs/privacy_ledger.sqlite"
-RULE_FLAGS = ("min_matching_seed_size", "min_aggregation_size", "allow_list_output", "max_epsilon_per_run", "allow_trusted_evaluation", "allow_non_private")
+RULE_FLAGS = (
+    "min_matching_seed_size",
+    "min_aggregation_size",
+    "allow_list_output",
+    "max_epsilon_per_run",
+    "allow_trusted_evaluation",
+    "allow_non_private",
+    "allow_seed_in_output",
+)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -58,6 +66,11 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
         "--allow-trusted-evaluation", action=argparse.BooleanOptionalAction, help="exact seed-derived metrics (default no: synthetic or public data only)"
     )
     parser.add_argument("--allow-non-private", action=argparse.BooleanOptionalAction, help="privacy.enabled=false runs (default no)")
+    parser.add_argument(
+        "--allow-seed-in-output",
+        action=argparse.BooleanOptionalAction,
+        help="export.include_seed_in_output=true: segments that list the matched seed users first (default no)",
+    )
 
 
 def publisher_users(path: str, id_column: str):

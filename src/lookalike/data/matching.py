@@ -122,6 +122,18 @@ def check_matched(matched: dict[str, int], n_train: int, min_matching_seed_size:
         raise DataError("no training examples after matching: check data.holdout_fraction and data.negative_rate")
 
 
+def check_released_matched(released: dict[str, int], min_matching_seed_size: int, epsilon: float) -> None:
+    """Refuse audiences whose DP estimate of matched users (privacy/size_release.py) is below
+    the minimum: the decision reads only the charged release, so a refusal tells the operator
+    nothing the ledger did not charge for (an exact check would be a free membership oracle)."""
+    for name, estimate in released.items():
+        if estimate < min_matching_seed_size:
+            raise DataError(
+                f"seed audience '{name}' matches fewer than {min_matching_seed_size} publisher users by the run's DP count (about {estimate}; "
+                f"rules.min_matching_seed_size, the count's epsilon {epsilon:.3g} charged): supply a larger seed or check that both sides use the same ids"
+            )
+
+
 def split_draws(ids: pa.Array | pa.ChunkedArray, split_seed: int) -> np.ndarray:
     """Two uniform numbers in [0, 1) per id from a keyed hash (BLAKE2b): column 0 decides the
     seed holdout, column 1 the negatives. The same user gets the same draws in every run and in

@@ -30,7 +30,7 @@ from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.mechanisms import gaussian_sigma
-from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
+from lookalike.privacy.rules import Rules, check_run_allowed, check_seed_in_output, effective_rules
 from lookalike.runtime.runs import pick_device
 from lookalike.runtime.tracking import download_bundle, resolve_tracking_uri
 
@@ -135,6 +135,7 @@ def plan_export(cfg: ExportConfig) -> ExportJob:
     del ids
     rules = effective_rules(budget.rules, cfg.rules, ledger.path)
     check_run_allowed(rules, private=bool(meta.get("private")), trusted=trusted, epsilon=0.0, where=ledger.path)
+    check_seed_in_output(rules, bool(e.include_seed_in_output), ledger.path)
     kind, bins = str(e.audience_size.type).upper(), list(e.audience_size.bins)
     sizes = bin_sizes(kind, bins, population)
 

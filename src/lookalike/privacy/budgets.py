@@ -108,12 +108,14 @@ def _unique(ledger: Ledger, prefix: str, conn) -> str:
 
 
 def set_budget(ledger: Ledger, prefix: str, epsilon: float, delta: float | None = None) -> str:
-    """Change a budget's total (renew it): a deliberate act by the data owners."""
+    """Change a budget's total (renew it): a deliberate act by the data owners. ``delta`` None
+    keeps the budget's delta cap: renewing epsilon must not lift it."""
     _check_total(epsilon, delta)
     ledger._ready(create=False)
     with ledger.transaction() as conn:
         fingerprint = _unique(ledger, prefix, conn)
-        conn.execute(update(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).values(budget_epsilon=epsilon, budget_delta=delta))
+        totals = {"budget_epsilon": epsilon} | ({} if delta is None else {"budget_delta": delta})
+        conn.execute(update(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).values(**totals))
     return fingerprint
 
 

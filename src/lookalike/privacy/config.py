@@ -20,7 +20,7 @@ class PrivacyConfig:
     target_epsilon: float = 3.0
     target_delta: Optional[float] = None  # null: 1/(10 R) for the R publisher users
     max_grad_norm: float = 1.0
-    size_epsilon: float = 0.05  # the DP estimate of the training-set size
+    size_epsilon: float = 0.2  # the DP estimates of the training-set size and the matched seed counts
     size_delta: float = 1.0e-7
     accountant: str = "prv"
     grad_sample_mode: str = "fused"

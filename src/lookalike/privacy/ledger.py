@@ -120,11 +120,21 @@ class Ledger:
         self._schema_checked = True
 
     def reserve(
-        self, fingerprint: str, epsilon: float, delta: float, *, kind: str, description: str, attach: UsersKey | None = None, claim: str | None = None
+        self,
+        fingerprint: str,
+        epsilon: float,
+        delta: float,
+        *,
+        kind: str,
+        description: str,
+        attach: UsersKey | None = None,
+        claim: str | None = None,
+        plan: dict | None = None,
     ) -> int:
         """Atomically reserve ``epsilon`` (and ``delta``) on an existing budget or raise
         :class:`BudgetExceededError`. ``attach``: a new snapshot of the budget's users, recorded
-        with the reservation so that later snapshots are recognised through it too."""
+        with the reservation so that later snapshots are recognised through it too. ``plan``:
+        what the reservation covers, held by the entry (a resume is checked against it)."""
         check_amount(epsilon, delta)
         now = time.time()
         # The slow part (a PRV composition) runs before the lock, on finished entries, which
@@ -165,9 +175,29 @@ class Ledger:
                     created_at=now,
                     updated_at=now,
                     claim=claim,
+                    plan=None if plan is None else json.dumps(plan, sort_keys=True),
                 )
             )
             return int(result.inserted_primary_key[0])
+
+    def note(self, entry_id: int, key: str, value) -> None:
+        """Write ``value`` under ``key`` into an open reservation's plan, once: a release made
+        under the reservation (the size estimate) that a resumed run must reuse, not redraw."""
+        self._ready(create=False)
+        with self.transaction() as conn:
+            row = conn.execute(select(ENTRIES.c.plan, ENTRIES.c.status).where(ENTRIES.c.id == entry_id)).first()
+            if row is None or row.status != "reserved":
+                raise LookalikeError(f"ledger '{self.path}': entry {entry_id} is not an open reservation")
+            plan = json.loads(row.plan) if row.plan else {}
+            if key in plan:
+                raise LookalikeError(f"ledger '{self.path}': entry {entry_id} already holds its {key}; a release is made once per reservation")
+            plan[key] = value
+            conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id).values(plan=json.dumps(plan, sort_keys=True)))
+
+    def plan(self, entry_id: int) -> dict:
+        """What the reservation covers (empty for entries written before plans were kept)."""
+        text = self.entry(entry_id).get("plan")
+        return json.loads(text) if text else {}
 
     def record_spent(self, entry_id: int, epsilon: float, events: list | None = None) -> None:
         """Close a reservation with the epsilon actually spent (never below zero). ``events``:

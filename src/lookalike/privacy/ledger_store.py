@@ -70,6 +70,10 @@ ENTRIES = Table(
     Column("updated_at", Float, nullable=False),
     Column("events", Text),  # JSON: the Gaussian mechanisms of a finished entry
     Column("claim", String(64)),  # the process training under this reservation (one at a time)
+    # JSON: what the reservation covers (the run's settings) and what it released before training
+    # (the DP size estimate). A resume is checked against this, never against its checkpoint,
+    # which is a file the operator can edit.
+    Column("plan", Text),
 )
 
 
@@ -144,7 +148,7 @@ def create_schema(engine: Engine, location: str) -> None:
     METADATA.create_all(engine, checkfirst=True)
     # Ledgers written before entries carried their mechanism, or budgets their rules, get the
     # column added.
-    for table, column in (("entries", "events"), ("entries", "claim"), ("budgets", "rules")):
+    for table, column in (("entries", "events"), ("entries", "claim"), ("entries", "plan"), ("budgets", "rules")):
         if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
             with engine.begin() as conn:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"))

@@ -28,6 +28,9 @@ class Rules:
     max_epsilon_per_run: float | None = None  # None: the budget is the only limit
     allow_trusted_evaluation: bool = False  # exact seed-derived metrics: synthetic or public data only
     allow_non_private: bool = False  # privacy.enabled=false
+    # export.include_seed_in_output=true: the segments then list the matched seed users first,
+    # exact membership for whoever receives them (the advertiser's own list, back to them).
+    allow_seed_in_output: bool = False
 
     def __post_init__(self) -> None:
         lo, hi = MIN_SEED_RANGE
@@ -82,6 +85,16 @@ def effective_rules(stored: Rules, overrides: "RulesConfig", where: str) -> Rule
             )
         changes["allow_list_output"] = bool(lists)
     return replace(stored, **changes)
+
+
+def check_seed_in_output(rules: Rules, include: bool, where: str) -> None:
+    """Segments that list the seed publish exact membership: only where the owners allow it."""
+    if include and not rules.allow_seed_in_output:
+        raise ConfigError(
+            "export.include_seed_in_output",
+            f"true is not allowed by the data owners' rules in ledger '{where}' (the segments would list the matched seed users); "
+            "the owners allow it with lookalike-budget set-rules --allow-seed-in-output",
+        )
 
 
 def check_run_allowed(rules: Rules, *, private: bool, trusted: bool, epsilon: float, where: str) -> None:

@@ -46,6 +46,16 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
 
 
+def check_optimizer(cfg: Any) -> None:
+    """Build ``trainer.optimizer`` on a stand-in parameter: a bad argument or target is refused
+    in one line before a run reserves anything, not after its first DP step."""
+    try:
+        instantiate(cfg.trainer.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+    except Exception as exc:  # Hydra's instantiation errors, the optimizer's own ValueErrors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("trainer.optimizer", f"cannot be built ({first}): fix its _target_ or arguments") from None
+
+
 def train(
     model: nn.Module,
     tensors: list[torch.Tensor],
@@ -93,7 +103,9 @@ def train(
             privacy,
             epochs=int(trainer.epochs),
             delta=delta,
-            noise_multiplier=resume.noise_multiplier if resume else noise_multiplier,
+            # A resume calibrates the noise again from its plan (the same numbers give the same
+            # multiplier): the checkpoint's is a file the operator can edit.
+            noise_multiplier=noise_multiplier,
             accountant_state=resume.accountant_state if resume else None,
             max_physical_batch=int(trainer.physical_batch_size),
             world=world,
@@ -149,7 +161,9 @@ def train(
         if on_epoch_end:
             on_epoch_end(epoch + 1, metrics | ({"train_loss": losses[-1]} if show_loss else {}))
         if save_checkpoint:
-            save_checkpoint(Checkpoint.capture(epoch + 1, steps, losses, model, optimizer, private))
+            # The exact loss on seed labels is seed-derived: a checkpoint the operator reads keeps
+            # it only where the run may show it (trusted or non-private).
+            save_checkpoint(Checkpoint.capture(epoch + 1, steps, losses if show_loss else [], model, optimizer, private))
 
     plain = private.plain_model if private is not None else model
     if private is not None and private.clipping is not None:

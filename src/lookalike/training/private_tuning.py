@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.model.config import ModelConfig
@@ -114,6 +115,9 @@ def tune(cfg: TrainConfig, inputs: Inputs, estimate: int, examples: int, plan: T
             settings = {key: copy.deepcopy(values[int(rng.integers(len(values)))]) for key, values in choices.items()}
             trial = with_settings(base, settings)
             model_cfg = inputs.model_config(trial, estimate)
+            # Initial weights from OS entropy: drawn from the logged seed, the released weights
+            # would match one regenerated trial's and tell the chosen index, hence K >= index.
+            torch.manual_seed(secrets.randbits(63))
             model = inputs.build_model(trial, model_cfg)
             result = train(model, tensors, trial, delta=inputs.delta or 0.0, device=inputs.device, examples=examples, noise_multiplier=plan.noise_multiplier)
             _check_mechanism(result, plan)

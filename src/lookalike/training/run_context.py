@@ -5,6 +5,7 @@ Keeps the bookkeeping out of the training script so that ``train.run`` reads top
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -13,14 +14,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lookalike.data.matching import check_matched
+from lookalike.data.matching import check_matched, check_released_matched
 from lookalike.errors import ConfigError, LookalikeError
-from lookalike.model.registry import model_kind
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import is_url
 from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
 from lookalike.privacy.size_release import SizeEstimate, release_size
+from lookalike.runtime.tracking import flat_params
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig
 from lookalike.training.loop import TrainResult
@@ -29,20 +30,16 @@ from lookalike.training.private_tuning import TrialPlan
 log = logging.getLogger(__name__)
 
 
-# What a resumed run must keep from its original plan: its reservation covers only that plan.
-PLAN_KEYS = {
-    "trainer.epochs": int,
-    "trainer.batch_size": int,
-    "trainer.batch_rule_noise": float,
-    "privacy.target_epsilon": float,
-    "privacy.max_grad_norm": float,
-    "privacy.accountant": str,
-    "privacy.grad_sample_mode": str,
-    "privacy.size_epsilon": float,
-    "evaluation.epsilon": float,
-    "trusted_evaluation": bool,
-    "model.kind": str,
-}
+# Settings that cannot change what a run releases: where it logs and writes, how it shows
+# progress, on which device and in what memory-sized pieces it computes. A resume may change
+# these and nothing else; every other setting is the plan its ledger entry holds.
+RESUME_FREE = {"trainer.resume_from", "trainer.progress_bar", "trainer.device", "trainer.physical_batch_size", "trainer.collective_timeout_minutes"}
+RESUME_FREE_SECTIONS = ("mlflow.", "paths.", "ledger.")
+
+
+def run_plan(cfg: TrainConfig) -> dict[str, str]:
+    """The settings a reservation covers: everything but :data:`RESUME_FREE`, as logged."""
+    return {key: value for key, value in flat_params(cfg).items() if key not in RESUME_FREE and not key.startswith(RESUME_FREE_SECTIONS)}
 
 
 class RunContext:
@@ -54,11 +51,11 @@ class RunContext:
         self.eval_epsilon = float(cfg.evaluation.epsilon) if dp_eval else 0.0
         self.eval_delta = float(cfg.evaluation.delta) if dp_eval else 0.0
         self.eval_noise_multiplier = 0.0  # noise std / L2 sensitivity of the evaluation release
-        # DP-SGD's sample rate is a batch of a DP estimate of the training-set size (size_release.py);
-        # the centroid baseline is one full-batch release and needs none.
-        sized = self.private and model_kind(cfg.model.kind).learned
-        self.size_epsilon = float(cfg.privacy.size_epsilon) if sized else 0.0
-        self.size_delta = float(cfg.privacy.size_delta) if sized else 0.0
+        # Every private run releases DP estimates of the training-set size (DP-SGD's sample rate is a
+        # batch of it) and of each audience's matched seed users (the owners' minimum is decided
+        # on them), right after its reservation (size_release.py).
+        self.size_epsilon = float(cfg.privacy.size_epsilon) if self.private else 0.0
+        self.size_delta = float(cfg.privacy.size_delta) if self.private else 0.0
         self.size: SizeEstimate | None = None
         self.budget: BudgetMatch | None = None
         self.rules: Rules | None = None
@@ -81,13 +78,16 @@ class RunContext:
         self.budget = find_budget(self.ledger, self.data.users)
         self.rules = effective_rules(self.budget.rules, self.cfg.rules, self.ledger.path)
         check_run_allowed(self.rules, private=self.private, trusted=bool(self.cfg.trusted_evaluation), epsilon=self.epsilon, where=self.ledger.path)
-        check_matched(self.data.training.matched, self.data.n_train, self.rules.min_matching_seed_size, bool(self.cfg.trusted_evaluation))
+        if self.cfg.trusted_evaluation or not self.private:
+            # Exact counts may leave a trusted run; a private one decides on its DP release
+            # after reserving (release_counts), so that the refusal is charged.
+            check_matched(self.data.training.matched, self.data.n_train, self.rules.min_matching_seed_size, True)
         if self.budget.new_snapshot is not None:
             log.info("publisher data: about %.0f%% of its users are in budget %s's data; charged there", 100 * self.budget.share, self.budget.fingerprint[:12])
         return self.rules
 
-    def plan(self) -> dict:
-        return {key: _get(self.cfg, key) for key in PLAN_KEYS}
+    def plan(self) -> dict[str, str]:
+        return run_plan(self.cfg)
 
     def open_reservation(self, resume: Checkpoint | None) -> None:
         """Reserve the run's epsilon, or adopt the reservation of the run being resumed, which
@@ -106,6 +106,7 @@ class RunContext:
             description=f"lookalike-train {self.cfg.mlflow.experiment_name}",
             attach=budget.new_snapshot,
             claim=self.claim,
+            plan={"settings": self.plan()},
         )
         log.info(
             "ledger entry %d: reserved epsilon %.4g (training %.4g, size estimate %.4g, evaluation %.4g) on budget %s",
@@ -118,28 +119,46 @@ class RunContext:
         )
 
     def _adopt(self, resume: Checkpoint) -> None:
-        planned = resume.meta.get("plan") or {}
-        for key, value in self.plan().items():
-            if key not in planned or planned[key] != value:
+        """Continue the checkpoint's reservation under the plan its ledger entry holds. The
+        checkpoint only names the entry: whatever else it says (settings, noise, size) is a file
+        the operator can edit, so the plan and the size estimate come from the ledger."""
+        entry = self.ledger.entry(int(resume.meta.get("ledger_entry_id") or 0))
+        planned = json.loads(entry["plan"]) if entry.get("plan") else {}
+        settings = planned.get("settings")
+        if settings is None:
+            raise LookalikeError(f"ledger entry {entry['id']} holds no plan (written by an older version): its run cannot be resumed; start a fresh run")
+        mine = self.plan()
+        for key in sorted(set(settings) | set(mine)):
+            if settings.get(key) != mine.get(key):
                 raise ConfigError(
                     key,
-                    f"is {value} but the checkpoint's run planned {planned.get(key)}: a resumed run keeps its plan, "
+                    f"is {mine.get(key)} but the run's ledger entry {entry['id']} planned {settings.get(key)}: a resumed run keeps its plan, "
                     "which its ledger reservation covers; resume with the original settings",
                 )
-        entry = self.ledger.entry(int(resume.meta["ledger_entry_id"]))
         if entry["status"] != "reserved":
             raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
         if entry["fingerprint"] != self._matched().fingerprint:
             raise ConfigError("trainer.resume_from", "the checkpoint's reservation is on another budget; resume with the same data")
         self.ledger.take_over(entry["id"], resume.meta.get("claim"), self.claim)
         self.entry_id, self.resumed = entry["id"], True
-        self.size = SizeEstimate(**resume.meta["size"]) if resume.meta.get("size") else None
+        self.size = SizeEstimate(**planned["size"]) if planned.get("size") else None
 
-    def release_size(self) -> int | None:
-        """The DP estimate of the training-set size that sets the sample rate (once per run: a
-        resumed run keeps its own)."""
-        if self.size is None and self.size_epsilon > 0:
-            self.size = release_size(self.data.n_train, self.size_epsilon, self.size_delta)
+    def release_counts(self) -> None:
+        """Right after a fresh private run's reservation: release the DP size and match counts
+        (size_release.py), keep them with the entry, and decide the owners' minimum seed size on
+        them. From here on a failure or refusal keeps their epsilon charged (abort)."""
+        if not self.private or self.resumed or self.size is not None:
+            return
+        training = self.data.training
+        self.size = release_size(self.data.n_train, self.size_epsilon, self.size_delta, training.matched)
+        assert self.entry_id is not None  # open_reservation reserved for this private run
+        self.ledger.note(self.entry_id, "size", asdict(self.size))
+        if not self.cfg.trusted_evaluation:
+            check_released_matched(self.size.matched, self._rules().min_matching_seed_size, self.size_epsilon)
+
+    @property
+    def estimate(self) -> int | None:
+        """The DP estimate of the training-set size the sample rate is a batch of (None: non-private)."""
         return self.size.value if self.size is not None else None
 
     def trained(self, result: Any) -> None:
@@ -163,7 +182,11 @@ class RunContext:
         if self.result is None or not self.training_started:
             raise RuntimeError("RunContext.finish before training: the spend is recorded after begin_training and trained")
         self.finished = True
-        if self.private and self.entry_id is not None and self.selection is not None:
+        if self.private and self.entry_id is not None and self.resumed:
+            # The steps before the resume are known only from the checkpoint, a file the operator
+            # can edit: charge the reservation in full (what the plan spends), at face value.
+            self.ledger.record_spent(self.entry_id, float(self.ledger.entry(self.entry_id)["reserved_epsilon"]), None)
+        elif self.private and self.entry_id is not None and self.selection is not None:
             # Not a composition of Gaussian steps: charged at face value (events None).
             self.ledger.record_spent(self.entry_id, self.selection.selection_epsilon + self.size_epsilon + self.eval_epsilon, None)
         elif self.private and self.entry_id is not None:
@@ -176,8 +199,15 @@ class RunContext:
         self.training_started = True
 
     def abort(self) -> None:
-        """On failure a reservation stays charged, unless training never began."""
-        if self.private and self.entry_id is not None and not self.training_started and not self.resumed:
+        """On failure a reservation stays charged once training began; before, only the counts
+        released under it are (whether the run was refused on them or failed for any other
+        reason), and the rest is given back."""
+        if not self.private or self.entry_id is None or self.training_started or self.resumed:
+            return
+        if self.size is not None:
+            self.ledger.record_spent(self.entry_id, self.size_epsilon, [(self.size.noise_multiplier, 1.0, 1)])
+            log.info("ledger entry %d: stopped before training; its size and match counts stay charged (epsilon %.4g)", self.entry_id, self.size_epsilon)
+        else:
             self.ledger.release(self.entry_id)
             log.info("ledger entry %d released: the run failed before training", self.entry_id)
 
@@ -187,8 +217,6 @@ class RunContext:
             "ledger_entry_id": self.entry_id,
             "ledger_path": str(self.ledger.path),
             "claim": self.claim,
-            "plan": self.plan(),
-            "size": asdict(self.size) if self.size is not None else None,
         }
 
     def run_name(self) -> str:
@@ -221,6 +249,11 @@ class RunContext:
             metrics |= {f"trusted.{name}.matched_seed_users": n for name, n in self.data.training.matched.items()}
             metrics["trusted.training_examples"] = self.data.n_train
         return metrics
+
+    def _rules(self) -> Rules:
+        if self.rules is None:
+            raise LookalikeError("the run's rules are unknown: check_rules() comes before the reservation")
+        return self.rules
 
     def _matched(self) -> BudgetMatch:
         if self.budget is None:
@@ -289,10 +322,3 @@ class RunContext:
                 f"(every trial's training and score; delta {self.selection.delta:.3g}), best trial {r.steps} steps"
             )
         return f"epsilon {r.epsilon:.4f} of target {self.cfg.privacy.target_epsilon} (delta {self.delta:.3g}), {r.steps} steps"
-
-
-def _get(cfg: Any, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
-    return PLAN_KEYS[key](node) if node is not None else None

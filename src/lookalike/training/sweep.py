@@ -23,7 +23,6 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from lookalike.errors import LookalikeError
-from lookalike.model.registry import model_kind
 from lookalike.privacy.budgets import find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.runtime.tracking import setup_experiment
@@ -36,15 +35,10 @@ OUTCOMES = ".trial_outcomes"  # under hydra.sweep.dir
 
 
 def trial_epsilon(cfg: TrainConfig) -> float:
-    """What one trial reserves: training plus the DP release of its held-out metrics."""
+    """What one trial reserves: training, the DP size and match counts, and the DP release of its held-out metrics."""
     if not cfg.privacy.enabled:
         return 0.0
-    sized = model_kind(cfg.model.kind).learned
-    return (
-        float(cfg.privacy.target_epsilon)
-        + (float(cfg.privacy.size_epsilon) if sized else 0.0)
-        + (0.0 if cfg.trusted_evaluation else float(cfg.evaluation.epsilon))
-    )
+    return float(cfg.privacy.target_epsilon) + float(cfg.privacy.size_epsilon) + (0.0 if cfg.trusted_evaluation else float(cfg.evaluation.epsilon))
 
 
 class SweepSummary(Callback):

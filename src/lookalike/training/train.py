@@ -42,7 +42,7 @@ from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig, train_config
 from lookalike.training.holdout_eval import evaluate_holdout
 from lookalike.training.inputs import Inputs, gather_inputs
-from lookalike.training.loop import TrainResult, train
+from lookalike.training.loop import TrainResult, check_optimizer, train
 from lookalike.training.private_tuning import check_affordable, plan_trials, tune
 from lookalike.training.run_context import RunContext
 from lookalike.training.sweep import PARENT_ENV
@@ -84,6 +84,7 @@ def _train_shard(cfg: TrainConfig, world: World, signal: StartSignal) -> None:
 
 
 def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | None:
+    check_optimizer(cfg)  # a bad optimizer setting fails before any work, not after the first DP step
     inputs = gather_inputs(cfg, world)
     signal.armed = True  # every rank has its data; the others now wait for go or stop
     ctx = RunContext(cfg, inputs.data, inputs.delta, Ledger(cfg.ledger.path))
@@ -97,6 +98,8 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
         log.warning("TRUSTED EVALUATION: seed-derived metrics are logged exactly; use only on synthetic or self-owned data")
     experiment_id = setup_experiment(cfg.mlflow)
     with ctx.reservation(inputs.resume):  # released on failure before training, kept charged after
+        # The DP counts, and the owners' minimum seed size decided on them: charged from here on.
+        ctx.release_counts()
         run_dir = run_directory(cfg)
         # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
         resumed_run_id = resume_run_id(inputs.resume)
@@ -127,7 +130,7 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
         ckpt.save(run_dir / "checkpoints" / "last.pt")
 
     ctx.begin_training()
-    estimate = ctx.release_size()
+    estimate = ctx.estimate if model_kind(cfg.model.kind).learned else None
     examples = inputs.examples(estimate) if estimate is not None else None
     model_cfg = inputs.model_config(cfg, estimate)
     # The settings the run trained, after the small-seed rule (a function of the DP estimate).
@@ -181,7 +184,7 @@ def _tune_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, run_id: str
     """Private tuning (training/private_tuning.py): one size estimate, a secret number of trials,
     and the best one evaluated and logged as this run; nothing about the others leaves here."""
     ctx.begin_training()
-    estimate = ctx.release_size()
+    estimate = ctx.estimate
     assert estimate is not None  # a tuned run is private and learned (TrainConfig._check_tuning)
     examples = inputs.examples(estimate)
     plan = plan_trials(cfg, examples, inputs.delta or 0.0)
@@ -199,9 +202,10 @@ def _tune_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, run_id: str
 def _save_and_record(ctx: RunContext, inputs: Inputs, result: TrainResult, run_id: str, run_dir: Path) -> None:
     """The model bundle and its MLflow model, then the spend in the ledger and the run."""
     data = inputs.data
+    # The spend first: a run whose record fails (a spend above its reservation) logs no model.
+    ctx.finish()
     bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences, extra=ctx.model_meta(run_id))
     model_uri = log_model(bundle, ctx.cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences), synthetic_input_example(data.spec))
-    ctx.finish()
     mlflow.log_metrics(ctx.privacy_metrics())
     mlflow.set_tag("lookalike.model_uri", model_uri)
     log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
