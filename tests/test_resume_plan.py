@@ -71,6 +71,7 @@ def test_an_edited_checkpoint_neither_changes_the_plan_nor_undercharges(cfg_fact
     entry = ledger.entry(Checkpoint.load(path).meta["ledger_entry_id"])
     assert entry["status"] == "reserved" and json.loads(entry["plan"])["settings"]["privacy.target_epsilon"] == "1.0"
     sigma = Checkpoint.load(path).noise_multiplier
+    assert Checkpoint.load(path).losses == []  # the exact loss on seed labels stays out of a DP run's files
 
     # The audit's edit: the checkpoint says the plan was epsilon 10 and the noise 0.01, and
     # forgets the steps it took. The entry says otherwise.
