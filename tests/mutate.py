@@ -75,6 +75,20 @@ MUTATIONS = [
         ["tests/test_noise_scale.py"],
     ),
     (
+        "DP-SGD noise on the first step only (fused)",
+        "training/dp_sgd/noisy_optimizer.py",
+        "        std = self.noise_std()\n",
+        '        std, self._noised = (0.0 if getattr(self, "_noised", False) else self.noise_std()), True\n',
+        ["tests/test_noise_scale.py::test_dp_sgd_noise_std_is_multiplier_times_clip_on_every_parameter"],
+    ),
+    (
+        "DP-SGD fused clipping at 10x the norm the noise is scaled for",
+        "training/dp_sgd/engine.py",
+        "FusedClipping(model, float(privacy.max_grad_norm))",
+        "FusedClipping(model, 10 * float(privacy.max_grad_norm))",
+        ["tests/test_noise_scale.py::test_dp_sgd_clips_each_example_at_the_norm_its_noise_is_scaled_for"],
+    ),
+    (
         "q halved in the accountant",
         "training/dp_sgd/engine.py",
         "get_optimizer_hook_fn(sample_rate=sample_rate)",
@@ -87,6 +101,13 @@ MUTATIONS = [
         "(2.0 * len(pos)) ** 0.5)",
         "(2.0 * len(pos)) ** 0.5 / 2)",
         ["tests/test_noise_scale.py"],
+    ),
+    (
+        "evaluation release in the ledger at its std, not its multiplier",
+        "training/holdout_eval.py",
+        "multiplier = sigma / (2.0 * len(audiences)) ** 0.5",
+        "multiplier = sigma",
+        ["tests/test_composition.py::test_a_real_training_run_records_its_mechanisms"],
     ),
     (
         "export report sensitivity halved",

@@ -79,6 +79,18 @@ def test_the_ledger_enforces_the_composed_charge(tmp_path):
 
 
 def test_a_real_training_run_records_its_mechanisms(cfg_factory):
+    """The ledger composes a run by its events, so each event must be the mechanism that really
+    ran: the evaluation release is a Gaussian of std sigma at L2 sensitivity sqrt(2 A), i.e.
+    multiplier sigma / sqrt(2 A); recorded as sigma it would be charged a fraction of its
+    epsilon. Checked against the logged std and against what (epsilon, delta) imply."""
+    import json
+    import math
+
+    from mlflow.tracking import MlflowClient
+
+    from lookalike.privacy.accounting import epsilon_from_history
+    from lookalike.privacy.mechanisms import gaussian_sigma
+    from lookalike.runtime.tracking import resolve_tracking_uri
     from lookalike.training.train import run
 
     cfg = cfg_factory("privacy.target_epsilon=1.0", "evaluation.epsilon=1.0")
@@ -86,9 +98,6 @@ def test_a_real_training_run_records_its_mechanisms(cfg_factory):
     ledger = Ledger(cfg.ledger.path)
     (entry,) = ledger.entries(ledger.status()[0].fingerprint)
     c = compose(ledger, entry["fingerprint"])
-    import json
-
-    from lookalike.privacy.accounting import epsilon_from_history
 
     events = [tuple(e) for e in json.loads(entry["events"])]
     # DP-SGD steps, then the evaluation release and the training-set size estimate
@@ -96,6 +105,18 @@ def test_a_real_training_run_records_its_mechanisms(cfg_factory):
     assert c.composed_entries == 1 and c.charged_epsilon < c.summed_epsilon
     # composing can never be more private than the training run alone at the same delta
     assert c.charged_epsilon >= epsilon_from_history(events[:1], c.delta, "prv")
+
+    client = MlflowClient(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
+    (logged,) = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment_name).experiment_id])
+    audiences = len(logged.data.tags["lookalike.audiences"].split(","))
+    eval_epsilon, eval_delta, std = (logged.data.metrics[f"dp.{k}"] for k in ("eval_epsilon", "eval_delta", "noise_std"))
+    assert (eval_epsilon, eval_delta) == (1.0, float(cfg.evaluation.delta)) and audiences >= 2
+    sensitivity = math.sqrt(2 * audiences)
+    multiplier = events[1][0]
+    assert multiplier == pytest.approx(std / sensitivity, rel=1e-9)
+    assert multiplier == pytest.approx(gaussian_sigma(eval_epsilon, eval_delta, sensitivity) / sensitivity, rel=1e-9)
+    # the evaluation event alone is charged its own epsilon (PRV's estimate is within ~1%)
+    assert epsilon_from_history([events[1]], eval_delta, "prv") == pytest.approx(eval_epsilon, rel=0.03)
 
 
 def test_a_mechanism_with_almost_no_noise_is_charged_at_face_value(tmp_path):

@@ -73,42 +73,88 @@ class Tiny(nn.Module):
         return self.out(self.emb(ids) + x)
 
 
-def dp_step_noise(mode: str) -> dict[str, torch.Tensor]:
-    """One logical DP-SGD step through make_private and the trainer's physical-batch split
-    (2 rows at a time: three skipped steps, then the real one) on a zero loss. The clipped sum
-    is zero, so p.grad * expected batch size is exactly the noise added to each parameter."""
-    model = Tiny()
-    data = [torch.randint(0, 2048, (ROWS,)), torch.randn(ROWS, 16), torch.zeros(ROWS, 2048)]
-    loader = DataLoader(TensorBatches(data), batch_size=ROWS, collate_fn=keep_batch)  # q = 1: every row, one step
+def private_tiny(mode: str, noise_multiplier: float, ids=None, x=None, model=None):
+    """Tiny through make_private, as the trainer sets it up: q = 1 (every row, one logical step
+    an epoch), physical batches of 2 rows; random rows unless given."""
+    model = Tiny() if model is None else model
+    ids = torch.randint(0, 2048, (ROWS,)) if ids is None else ids
+    data = [ids, torch.randn(ROWS, 16) if x is None else x, torch.zeros(ROWS, 2048)]
+    loader = DataLoader(TensorBatches(data), batch_size=ROWS, collate_fn=keep_batch)
     privacy = SimpleNamespace(enabled=True, target_epsilon=4.0, max_grad_norm=CLIP, accountant="prv", grad_sample_mode=mode, secure_mode=False)
-    private = make_private(
-        model, torch.optim.SGD(model.parameters(), lr=1.0), loader, privacy, epochs=1, delta=1e-5, noise_multiplier=Z, max_physical_batch=2, examples=ROWS
+    return make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        loader,
+        privacy,
+        epochs=1,
+        delta=1e-5,
+        noise_multiplier=noise_multiplier,
+        max_physical_batch=2,
+        examples=ROWS,
     )
-    optimizer, steps, physical = private.optimizer, 0, 0
-    with _physical_batches(private.loader, optimizer, private, SimpleNamespace(physical_batch_size=2)) as batches:
-        for ids, x, _ in batches:
-            optimizer.zero_grad(set_to_none=True)
-            example_loss = 0.0 * private.model(ids, x).sum(1)
-            if private.clipping is not None:
-                private.clipping.backward(example_loss)
-            else:
-                (example_loss.sum() / max(ids.shape[0], 1)).backward()
-            optimizer.step()
-            steps += not optimizer._is_last_step_skipped
-            physical += 1
-    assert (physical, steps, optimizer.expected_batch_size) == (ROWS // 2, 1, ROWS)
-    return {name: p.grad.detach() * optimizer.expected_batch_size for name, p in private.plain_model.named_parameters()}
+
+
+def dp_steps(private, loss, steps: int) -> list[dict[str, torch.Tensor]]:
+    """``steps`` logical DP-SGD steps through the trainer's physical-batch split (2 rows at a
+    time: three skipped steps, then the real one), each on per-example losses ``loss(output)``;
+    after each, p.grad * expected batch size: the clipped sum plus the noise of that step."""
+    optimizer, real, physical, released = private.optimizer, 0, 0, []
+    for _ in range(steps):
+        with _physical_batches(private.loader, optimizer, private, SimpleNamespace(physical_batch_size=2)) as batches:
+            for ids, x, _ in batches:
+                optimizer.zero_grad(set_to_none=True)
+                example_loss = loss(private.model(ids, x))
+                if private.clipping is not None:
+                    private.clipping.backward(example_loss)
+                else:
+                    (example_loss.sum() / max(ids.shape[0], 1)).backward()
+                optimizer.step()
+                real += not optimizer._is_last_step_skipped
+                physical += 1
+        released.append({name: p.grad.detach().clone() * optimizer.expected_batch_size for name, p in private.plain_model.named_parameters()})
+    assert (physical, real, optimizer.expected_batch_size) == (steps * ROWS // 2, steps, ROWS)
+    return released
+
+
+def dp_step_noise(mode: str, steps: int = 1) -> list[dict[str, torch.Tensor]]:
+    """The noise of each of ``steps`` logical steps on a zero loss: the clipped sum is zero, so
+    p.grad * expected batch size is exactly the noise added to each parameter."""
+    return dp_steps(private_tiny(mode, Z), lambda out: 0.0 * out.sum(1), steps)
 
 
 @pytest.mark.parametrize("mode", ["fused", "hooks", "functorch"])
 @pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")  # Opacus' functorch path, on CPU
 def test_dp_sgd_noise_std_is_multiplier_times_clip_on_every_parameter(mode):
     """Noise N(0, (z C)^2) on the clipped sum, once per logical batch (not per physical batch:
-    that would be 2x), on each parameter kind: embedding table, 2-D weight, 1-D bias."""
-    noise = dp_step_noise(mode)
-    assert sorted(noise) == ["emb.weight", "out.bias", "out.weight"]
-    for name, n in noise.items():
-        assert_std(f"{mode} {name}", n, Z * CLIP)
+    that would be 2x), on each parameter kind: embedding table, 2-D weight, 1-D bias, and at
+    every step, not only the first (an optimizer that noised its first step alone would pass a
+    one-step test): three steps, each measured on its own."""
+    for step, noise in enumerate(dp_step_noise(mode, steps=3)):
+        assert sorted(noise) == ["emb.weight", "out.bias", "out.weight"]
+        for name, n in noise.items():
+            assert_std(f"{mode} step {step} {name}", n, Z * CLIP)
+
+
+@pytest.mark.parametrize("mode", ["fused", "hooks", "functorch"])
+@pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
+def test_dp_sgd_clips_each_example_at_the_norm_its_noise_is_scaled_for(mode):
+    """The noise is z x the optimizer's max_grad_norm; that is a sensitivity only if each
+    example's contribution to the step is clipped at that same norm. Without noise, eight
+    identical examples whose gradient norm is far above C sum to eight times the clipped
+    gradient: the step's norm / 8 is the per-example norm the clipping really applied, and must
+    be C (not 10 C, say, in the fused route alone)."""
+    ids, x = torch.full((ROWS,), 7), torch.linspace(-1, 1, 16).repeat(ROWS, 1)  # every row the same example
+    model = Tiny()
+    (1000.0 * model(ids[:1], x[:1]).pow(2).sum()).backward()
+    raw = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()))
+    model.zero_grad(set_to_none=True)
+    private = private_tiny(mode, 0.0, ids, x, model)
+    (clipped,) = dp_steps(private, lambda out: 1000.0 * out.pow(2).sum(1), steps=1)
+    per_example = math.sqrt(sum(float(g.pow(2).sum()) for g in clipped.values())) / ROWS
+    print(f"{mode}: raw norm {raw:.4g}, clipped {per_example:.6f}, max_grad_norm {CLIP}")
+    assert raw > 100 * CLIP  # the clipping really bites, at C or at 10 C
+    assert private.optimizer.max_grad_norm == CLIP and private.optimizer.noise_multiplier == 0.0
+    assert per_example == pytest.approx(CLIP, rel=1e-4)
 
 
 # --- Gaussian releases ------------------------------------------------------------------------
@@ -254,7 +300,7 @@ def test_two_runs_with_the_same_seed_draw_different_noise(tmp_path):
 
     hist = [np.zeros(10)]
     mechanisms = {
-        **{f"DP-SGD {mode}": lambda mode=mode: torch.cat([n.flatten() for n in dp_step_noise(mode).values()]) for mode in ("fused", "hooks", "functorch")},
+        **{f"DP-SGD {mode}": lambda mode=mode: torch.cat([n.flatten() for n in dp_step_noise(mode)[0].values()]) for mode in ("fused", "hooks", "functorch")},
         "centroid": centroid,
         "eval histograms": lambda: np.concatenate(noisy_histograms(hist, hist, 1.0, 1e-6)[0]),
         "report counts": lambda: np.array(
