@@ -15,7 +15,6 @@ import pyarrow as pa
 import pytest
 
 from lookalike.data.matching import split_draws
-from lookalike.export.job import Scored
 from lookalike.export.report import ReleasePlan, audience_report
 from lookalike.export.scoring import ExportOptions, _update, empty_state
 from lookalike.export.shards import load_parts, save_part
@@ -119,20 +118,26 @@ def test_random_heavy_ties_match_a_brute_force_rank_and_relevance_is_unchanged(s
         assert row["recall"] == round(min(raw[1 + sizes.index(k)] / len(held), 1.0), 4)
 
 
-def test_shard_parts_carry_ids_so_the_merge_counts_exactly_like_one_process(tmp_path):
+def test_merging_score_parts_counts_exactly_like_one_process(tmp_path):
+    """Parts hold scores only; the merge tallies them against the seed in shard order, not in
+    the single process's order, and must count the same (ties by id, not by arrival)."""
     rng = np.random.default_rng(5)
     n = 16_000
     scores = (rng.integers(0, 4, n) / 4).astype(np.float32)
     ids = [f"p{v:06d}" for v in rng.permutation(n)]
     seed = {ids[i] for i in np.flatnonzero(rng.random(n) < 0.2)}
-    sizes = [5, 300, 1000, 1001, 1500]  # 2 x 1500 + 4096 < 8000: each shard cuts its top-k while streaming
+    sizes = [5, 300, 1000, 1001, 1500]  # 2 x 1500 + 4096 < 16000: the merge cuts its top-k while streaming
     single = scored(scores, ids, seed, sizes, holdout_fraction=0.6)
-    job = SimpleNamespace(uri="m", fingerprint="f", population=n, sizes=sizes, audiences={"a": 0}, options=ExportOptions(False, "exact", 1.0, None, 0.6, 7))
+    options = ExportOptions(False, "exact", 1.0, None, 0.6, 7)
+    job = SimpleNamespace(uri="m", fingerprint="f", population=n, sizes=sizes, audiences={"a": 0}, seeds={"a": sorted(seed)}, options=options)
     order = rng.permutation(n)
     for index, rows in enumerate((order[::2], order[1::2])):
-        save_part(job, Scored({"a": scored(scores, ids, seed, sizes, 0.6, rows=rows)}, rows.size, 0.0), index, 2, tmp_path)
+        batches = [(pa.array([ids[i] for i in chunk], type=pa.string()), {"a": scores[chunk]}) for chunk in np.array_split(rows, 5)]
+        save_part(job, batches, index, 2, tmp_path)
     merged = load_parts(job, tmp_path).state["a"]
+    assert merged.population.floor > -np.inf
     assert merged.population.result()[2].equals(single.population.result()[2])
+    assert merged.segment.result()[2].equals(single.segment.result()[2])
     assert counts(merged, n, sizes)[0].tolist() == counts(single, n, sizes)[0].tolist()
     held = single.holdout_scores()[1].to_pylist()
     assert counts(single, n, sizes)[0].tolist() == brute_force(scores, ids, held, sizes).tolist()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 import lookalike.runtime.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.errors import BudgetExceededError, LookalikeError
 from lookalike.export.config import ExportConfig, export_config
-from lookalike.export.job import ExportJob, Scored, plan_export, score
+from lookalike.export.job import ExportJob, Scored, plan_export, score, score_batches_of
 from lookalike.export.output import StagedOutput, check_output_dir
 from lookalike.export.report import ReleasePlan, audience_report, plot_report
 from lookalike.export.shards import load_parts, remove_parts, save_part
@@ -46,11 +46,13 @@ def run(cfg: ExportConfig | DictConfig) -> dict:
     world = world_from_env(shard.collective_timeout_minutes)
     if shard.merge or shard.index is None:  # whoever writes the segments; under torchrun every rank, alike
         check_output_dir(out, bool(cfg.export.overwrite), protected_paths(cfg))
-    job = plan_export(cfg)
+    # Only whoever releases reads the seed: a shard scores everyone alike (see shards.py).
+    releases = world.primary if world is not None else shard.merge or shard.index is None
+    job = plan_export(cfg, read_seed=releases)
     parts = Path(str(shard.parts_dir))
     if world is not None:  # torchrun: the ranks are the shards, rank 0 merges and releases
         check_budget(job)
-        save_part(job, score(job, (world.rank, world.size)), world.rank, world.size, parts)
+        save_part(job, score_batches_of(job, (world.rank, world.size)), world.rank, world.size, parts)
         barrier()
         try:
             return release(job, lambda: load_parts(job, parts), merged_from=parts) if world.primary else {"rank": world.rank}
@@ -62,7 +64,7 @@ def run(cfg: ExportConfig | DictConfig) -> dict:
     if shard.index is not None:
         check_budget(job)  # refuse before scoring, not only at the merge
         index, count = shard.index, shard.count or 1  # ShardConfig sets count with index
-        part = save_part(job, score(job, (index, count)), index, count, parts)
+        part = save_part(job, score_batches_of(job, (index, count)), index, count, parts)
         log.info("shard %s of %s scored; part in %s (merge with export.shard.merge=true)", index, count, part)
         return {"shard": index, "part": str(part)}
     return release(job, lambda: score(job))
@@ -167,7 +169,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                 events = None if job.randomized else [(plan.sigma / job.sensitivity, 1.0, 1)]
                 ledger.record_spent(entry, job.epsilon, events)
             if merged_from is not None:
-                remove_parts(merged_from)  # seed-derived intermediates: gone once released
+                remove_parts(merged_from)  # intermediates: not needed once released
             mlflow.log_artifact(str(out / "report.json"))
             mlflow.log_artifact(str(out / "report.png"))
             rate = scored.users / max(scored.seconds, 1e-9)

@@ -2,7 +2,8 @@
 window, the seeds, the bins and their sizes, the release plan and its privacy cost.
 
 Every process of a sharded export builds the same job from the same config, so the shards and
-the merge agree on sizes, options and fingerprint without talking to each other.
+the merge agree on model, audiences and fingerprint without talking to each other. A shard plans
+without the seed (``read_seed=False``): it scores every user alike and must not depend on it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pyarrow as pa
 import torch
 
 from lookalike.data.matching import check_publisher_ids
@@ -24,7 +24,7 @@ from lookalike.errors import ConfigError, DataError, LookalikeError
 from lookalike.export.checks import check_model_fits_publisher
 from lookalike.export.config import ExportConfig
 from lookalike.export.report import ReleasePlan, bin_sizes
-from lookalike.export.scoring import AudienceScores, ExportOptions, score_population
+from lookalike.export.scoring import AudienceScores, ExportOptions, Tally, score_batches, score_population
 from lookalike.model.bundle import load_bundle
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import users_key
@@ -71,7 +71,7 @@ class ExportJob:
     dataset: Any
     row_filter: Any
     path: str
-    seeds: dict[str, np.ndarray]
+    seeds: dict[str, np.ndarray] | None  # None: planned for a shard, which reads no seed
     population: int
     kind: str
     bins: list
@@ -97,7 +97,7 @@ class Scored:
     seconds: float
 
 
-def plan_export(cfg: ExportConfig) -> ExportJob:
+def plan_export(cfg: ExportConfig, read_seed: bool = True) -> ExportJob:
     e = cfg.export
     mlflow.set_tracking_uri(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
     uri = model_uri(str(e.model), cfg.mlflow.experiment_name)
@@ -119,12 +119,7 @@ def plan_export(cfg: ExportConfig) -> ExportJob:
     mismatch = schema_mismatch(dataset, spec.columns, list(dataset.get_fragments(filter=row_filter)))
     if mismatch:
         raise DataError(f"publisher data '{path}': {mismatch}")
-    seeds = read_seed(cfg.data.seed_path, spec.id_column, cfg.data.audience_column)
-    missing = [a for a in audiences if a not in seeds]
-    if missing:
-        raise ConfigError(
-            "data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); export needs each audience's seed to exclude it"
-        )
+    seeds = _read_seeds(cfg, spec.id_column, audiences) if read_seed else None
     ids = dataset.to_table(columns=[spec.id_column], filter=row_filter).column(spec.id_column)
     check_publisher_ids(ids, spec.id_column, path)
     population = len(ids)
@@ -185,22 +180,36 @@ def plan_export(cfg: ExportConfig) -> ExportJob:
     )
 
 
-def score(job: ExportJob, shard: tuple[int, int] | None = None) -> Scored:
-    """Score the whole population, or shard ``(index, count)`` of its row groups."""
+def _read_seeds(cfg: ExportConfig, id_column: str, audiences: dict[str, int]) -> dict[str, np.ndarray]:
+    seeds = read_seed(cfg.data.seed_path, id_column, cfg.data.audience_column)
+    missing = [a for a in audiences if a not in seeds]
+    if missing:
+        raise ConfigError(
+            "data.seed_path", f"the seed has no audience '{missing[0]}' (it has {', '.join(seeds)}); export needs each audience's seed to exclude it"
+        )
+    return seeds
+
+
+def tally(job: ExportJob) -> Tally:
+    """The seed-dependent state a release is computed from, empty."""
+    assert job.seeds is not None, "a shard's job has no seed: only the release tallies"
+    return Tally(job.audiences, job.seeds, max(job.sizes), job.options)
+
+
+def score_batches_of(job: ExportJob, shard: tuple[int, int] | None = None):
+    """Ids and scores of every user (or of shard ``(index, count)`` of the row groups)."""
+    device = pick_device(str(job.cfg.export.device), "export.device")
+    model = job.model.to(device)
+    return score_batches(job.dataset, job.row_filter, job.spec, model, device, job.audiences, int(job.cfg.export.batch_rows), job.path, shard)
+
+
+def score(job: ExportJob) -> Scored:
+    """The single-process export: score the whole population and tally it in one pass."""
+    assert job.seeds is not None, "a shard's job has no seed: only the release tallies"
     device = pick_device(str(job.cfg.export.device), "export.device")
     start = time.perf_counter()
+    k, rows = max(job.sizes), int(job.cfg.export.batch_rows)
     state, users = score_population(
-        job.dataset,
-        job.row_filter,
-        job.spec,
-        job.model.to(device),
-        device,
-        job.audiences,
-        {a: pa.array(job.seeds[a], type=pa.string()) for a in job.audiences},
-        max(job.sizes),
-        job.options,
-        int(job.cfg.export.batch_rows),
-        job.path,
-        shard,
+        job.dataset, job.row_filter, job.spec, job.model.to(device), device, job.audiences, job.seeds, k, job.options, rows, job.path
     )
     return Scored(state, users, time.perf_counter() - start)

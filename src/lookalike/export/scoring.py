@@ -1,4 +1,5 @@
-"""One streaming pass over the publisher data: score every user for every exported audience.
+"""One streaming pass over the publisher data: score every user for every exported audience
+(:func:`score_batches`, seed-free), then tally the scores against the seed (:class:`Tally`).
 
 Memory stays flat in the population: per audience only the segment candidates (O(largest
 bin)), the best users of the whole population (O(largest bin), with ids: the report ranks by
@@ -7,6 +8,7 @@ score, then id) and the held-out seed users' scores and ids are kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,25 +59,20 @@ def empty_state(audiences: dict[str, int], k: int) -> dict[str, AudienceScores]:
     return {name: AudienceScores(name, col, TopK(k), TopK(k)) for name, col in audiences.items()}
 
 
-def score_population(
+def score_batches(
     dataset: ds.Dataset,
     row_filter,
     spec: FeatureSpec,
     model: torch.nn.Module,
     device: torch.device,
     audiences: dict[str, int],
-    seeds: dict[str, pa.Array],
-    k: int,
-    options: ExportOptions,
     batch_rows: int,
     path: str,
     shard: tuple[int, int] | None = None,
-) -> tuple[dict[str, AudienceScores], int]:
-    """Score all users (or shard ``(index, count)`` of the row groups); returns per-audience
-    state and the number of users scored."""
-    state = empty_state(audiences, k)
-    rng = np.random.default_rng()  # OS entropy: randomised response must not be replayable
-    scored = 0
+) -> Iterator[tuple[pa.Array, dict[str, np.ndarray]]]:
+    """Every user's id and score per audience, batch by batch (or shard ``(index, count)`` of the
+    row groups). A function of the DP model and the publisher table only: no seed goes in, so
+    what comes out is post-processing, safe to write where the operator reads (shard parts)."""
     model.eval()
     for batch in row_group_batches(dataset, spec.columns, row_filter, batch_rows, shard):
         if batch.num_rows == 0:
@@ -84,10 +81,46 @@ def score_population(
         with torch.no_grad():
             inputs = [t.to(device) for t in encode(batch, spec, path).tensors()]
             probs = torch.sigmoid(model(*inputs)).float().cpu().numpy()
-        scored += batch.num_rows
-        for st in state.values():
-            _update(st, probs[:, st.column], ids, seeds[st.name], options, rng)
-    return state, scored
+        yield ids, {name: np.ascontiguousarray(probs[:, column]) for name, column in audiences.items()}
+
+
+class Tally:
+    """Everything that reads the seed, fed scored batches: seed membership, the held-out split,
+    exclusion and the top-k per audience. The single-process export feeds it straight from
+    :func:`score_batches`, a sharded export's merge from the parts, so both release the same."""
+
+    def __init__(self, audiences: dict[str, int], seeds: Mapping[str, np.ndarray | pa.Array], k: int, options: ExportOptions):
+        self.state = empty_state(audiences, k)
+        self.seeds = {name: pa.array(seeds[name], type=pa.string()) for name in audiences}
+        self.options = options
+        self.rng = np.random.default_rng()  # OS entropy: randomised response must not be replayable
+        self.users = 0
+
+    def add(self, ids: pa.Array, scores: Mapping[str, np.ndarray]) -> None:
+        self.users += len(ids)
+        for name, st in self.state.items():
+            _update(st, scores[name], ids, self.seeds[name], self.options, self.rng)
+
+
+def score_population(
+    dataset: ds.Dataset,
+    row_filter,
+    spec: FeatureSpec,
+    model: torch.nn.Module,
+    device: torch.device,
+    audiences: dict[str, int],
+    seeds: Mapping[str, np.ndarray | pa.Array],
+    k: int,
+    options: ExportOptions,
+    batch_rows: int,
+    path: str,
+) -> tuple[dict[str, AudienceScores], int]:
+    """Score all users and tally them in one pass; returns per-audience state and the number
+    of users scored."""
+    tally = Tally(audiences, seeds, k, options)
+    for ids, scores in score_batches(dataset, row_filter, spec, model, device, audiences, batch_rows, path):
+        tally.add(ids, scores)
+    return tally.state, tally.users
 
 
 def row_group_batches(dataset: ds.Dataset, columns: list[str], row_filter, batch_rows: int, shard: tuple[int, int] | None = None):
