@@ -23,6 +23,7 @@ from lookalike.privacy.budgets import attach_snapshot, create_budget, find_budge
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger, runs_fitting
 from lookalike.privacy.rules import Rules
+from lookalike.runtime.room import room_ledger
 
 DEFAULT_LEDGER = "outputs/privacy_ledger.sqlite"
 RULE_FLAGS = (
@@ -85,7 +86,9 @@ def publisher_users(path: str, id_column: str):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lookalike-budget", description="The data owners' privacy budgets and clean-room rules.")
-    p.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger file or database URL (the runs' ledger.path; default {DEFAULT_LEDGER})")
+    p.add_argument(
+        "--ledger", default=None, help=f"ledger file or database URL (the runs' ledger.path; default {DEFAULT_LEDGER}, or the room's with LOOKALIKE_ROOM set)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub = p.add_subparsers(dest="command")
     create = sub.add_parser("create", help="a budget and rules for the users of a publisher table")
@@ -118,8 +121,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    ledger = Ledger(args.ledger)
     try:
+        ledger = Ledger(room_ledger(args.ledger, DEFAULT_LEDGER))  # with a room file, the room's ledger only
         changes = {k: getattr(args, k, None) for k in RULE_FLAGS}
         if args.command == "create":
             key = publisher_users(args.publisher, args.id_column)
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "set-rules":
             print("rules: " + json.dumps(next(r["rules"] for r in rows if r["fingerprint"].startswith(args.fingerprint))))
     else:
-        print(f"ledger '{args.ledger}' holds no budgets yet")
+        print(f"ledger '{ledger.path}' holds no budgets yet")
 
 
 if __name__ == "__main__":

@@ -16,19 +16,23 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lookalike.errors import ConfigError
+from lookalike.runtime.room import apply_room
 
 T = TypeVar("T")
 
 
 def to_typed(cfg: DictConfig | Any, schema: type[T], other_commands: tuple[str, ...] = ()) -> T:
     """``cfg`` checked into ``schema``. Top-level sections named in ``other_commands`` belong to
-    the other command (an experiment config sets both) and are left out; so is Hydra's own node."""
+    the other command (an experiment config sets both) and are left out; so is Hydra's own node.
+    With ``LOOKALIKE_ROOM`` set, the room's settings replace the config's (runtime/room.py)."""
     if isinstance(cfg, schema):  # built in code: checked all the same
+        cfg = apply_room(cfg, schema)
         check_all(cfg)
         return cfg
     if isinstance(cfg, DictConfig):
         skip = {"hydra", *other_commands}
         cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg.keys() if k not in skip])
+    cfg = apply_room(cfg, schema)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         typed = OmegaConf.to_object(merged)

@@ -49,7 +49,7 @@ class SweepSummary(Callback):
         try:
             typed = train_config(config)
             needed = trial_epsilon(typed)
-            ledger = Ledger(config.ledger.path)
+            ledger = Ledger(typed.ledger.path)
             fits, remaining = ledger.runs_that_fit(find_budget(ledger, data_users(typed)).fingerprint, needed)
             if fits == 0:
                 raise LookalikeError(
