@@ -123,7 +123,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                     "lookalike.kind": "export",
                     "lookalike.training_run_id": job.meta["run_id"],
                     "lookalike.model_uri": job.uri,
-                    "lookalike.privacy": "dp" if job.meta.get("private") else "non-private",
+                    "lookalike.privacy": "dp" if job.private else "non-private",
                     "lookalike.trusted_evaluation": str(trusted).lower(),
                     "lookalike.fingerprint": job.fingerprint,
                     "ledger.entry_id": str(entry) if entry is not None else "none",
@@ -146,7 +146,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
             scored = produce()
             report = _write(job.rules.allow_list_output, staged, scored.state, job.population, job.bins, job.sizes, plan)
             report |= {
-                "model": {"uri": job.uri, "training_run_id": job.meta["run_id"], "private": bool(job.meta.get("private"))},
+                "model": {"uri": job.uri, "training_run_id": job.meta["run_id"], "private": job.private},
                 "population": job.population,
                 "audience_size": {"type": job.kind, "bins": job.bins},
                 "privacy": {

@@ -25,7 +25,7 @@ from lookalike.export.checks import check_model_fits_publisher
 from lookalike.export.config import ExportConfig
 from lookalike.export.report import ReleasePlan, bin_sizes
 from lookalike.export.scoring import AudienceScores, ExportOptions, Tally, score_batches, score_population
-from lookalike.model.bundle import load_bundle
+from lookalike.model.bundle import load_bundle, weights_digest
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger
@@ -84,6 +84,7 @@ class ExportJob:
     budget: BudgetMatch
     rules: Rules
     options: ExportOptions
+    private: bool  # a DP run of this ledger released the model (its entry says so, not its files)
 
     @property
     def fingerprint(self) -> str:
@@ -95,6 +96,20 @@ class Scored:
     state: dict[str, AudienceScores]
     users: int
     seconds: float
+
+
+def released_privately(ledger: Ledger, model: torch.nn.Module, fingerprint: str, uri: str) -> bool:
+    """Whether the ledger holds the DP training run that released this model, on this budget.
+    A model no entry released (a non-private run, or weights edited since) is non-private; the
+    model's own metadata is a file the operator can edit, so it decides nothing."""
+    entry = ledger.released_model(weights_digest(model))
+    if entry is not None and entry["fingerprint"] != fingerprint:
+        raise ConfigError(
+            "export.model",
+            f"'{uri}' was trained under budget {entry['fingerprint'][:12]} of ledger '{ledger.path}', not this publisher data's "
+            f"budget {fingerprint[:12]}: export it on the data it was trained on",
+        )
+    return entry is not None
 
 
 def plan_export(cfg: ExportConfig, read_seed: bool = True) -> ExportJob:
@@ -129,7 +144,8 @@ def plan_export(cfg: ExportConfig, read_seed: bool = True) -> ExportJob:
     budget = find_budget(ledger, users_key(ids))
     del ids
     rules = effective_rules(budget.rules, cfg.rules, ledger.path)
-    check_run_allowed(rules, private=bool(meta.get("private")), trusted=trusted, epsilon=0.0, where=ledger.path)
+    private = released_privately(ledger, model, budget.fingerprint, uri)
+    check_run_allowed(rules, private=private, trusted=trusted, epsilon=0.0, where=ledger.path)
     check_seed_in_output(rules, bool(e.include_seed_in_output), ledger.path)
     kind, bins = str(e.audience_size.type).upper(), list(e.audience_size.bins)
     sizes = bin_sizes(kind, bins, population)
@@ -177,6 +193,7 @@ def plan_export(cfg: ExportConfig, read_seed: bool = True) -> ExportJob:
         budget,
         rules,
         options,
+        private,
     )
 
 

@@ -6,6 +6,7 @@ tested: ``load_bundle(save_bundle(...))`` gives back a model with identical outp
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -27,6 +28,18 @@ def save_bundle(folder: str | Path, model: torch.nn.Module, spec: FeatureSpec, a
     meta = {"format": "lookalike-two-tower/1", "model": getattr(model, "config").to_dict(), "audiences": audiences} | (extra or {})
     (folder / META).write_text(json.dumps(meta, indent=1))
     return folder
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's state (names, dtypes, shapes, bytes): what the ledger records for
+    the model a run released, so that export learns from the ledger, not from an editable file,
+    whether (and under which budget) a model was trained with DP."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_bundle(folder: str | Path) -> tuple[torch.nn.Module, FeatureSpec, dict]:

@@ -194,6 +194,17 @@ class Ledger:
             plan[key] = value
             conn.execute(update(ENTRIES).where(ENTRIES.c.id == entry_id).values(plan=json.dumps(plan, sort_keys=True)))
 
+    def released_model(self, digest: str) -> dict | None:
+        """The finished training entry that released the model with weights ``digest``
+        (model/bundle.py weights_digest), or None: no DP run of this ledger released it."""
+        self._ready(create=False)
+        with self.transaction(write=False) as conn:
+            rows = conn.execute(
+                select(ENTRIES).where(ENTRIES.c.kind == "train", ENTRIES.c.status == "spent", ENTRIES.c.plan.contains(digest)).order_by(ENTRIES.c.id)
+            ).mappings()
+            found = [dict(r) for r in rows if json.loads(r["plan"]).get("model") == digest]
+        return found[0] if found else None
+
     def plan(self, entry_id: int) -> dict:
         """What the reservation covers (empty for entries written before plans were kept)."""
         text = self.entry(entry_id).get("plan")

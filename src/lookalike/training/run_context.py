@@ -16,6 +16,7 @@ from typing import Any
 
 from lookalike.data.matching import check_matched, check_released_matched
 from lookalike.errors import ConfigError, LookalikeError
+from lookalike.model.bundle import weights_digest
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import is_url
@@ -182,6 +183,9 @@ class RunContext:
         if self.result is None or not self.training_started:
             raise RuntimeError("RunContext.finish before training: the spend is recorded after begin_training and trained")
         self.finished = True
+        if self.private and self.entry_id is not None:
+            # The entry names the model it released: export trusts that, not the model's own file.
+            self.ledger.note(self.entry_id, "model", weights_digest(self.result.model))
         if self.private and self.entry_id is not None and self.resumed:
             # The steps before the resume are known only from the checkpoint, a file the operator
             # can edit: charge the reservation in full (what the plan spends), at face value.
