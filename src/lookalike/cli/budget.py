@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from lookalike.data.matching import check_publisher_ids
 from lookalike.data.publisher import open_publisher
 from lookalike.errors import DataError, LookalikeError
-from lookalike.privacy.budgets import attach_snapshot, create_budget, find_budget, set_budget, set_rules
+from lookalike.privacy.budgets import attach_snapshot, create_budget, default_delta, find_budget, set_budget, set_rules
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger, runs_fitting
 from lookalike.privacy.rules import Rules
@@ -34,6 +34,7 @@ RULE_FLAGS = (
     "allow_trusted_evaluation",
     "allow_non_private",
     "allow_seed_in_output",
+    "max_delta_per_release",
 )
 
 
@@ -67,6 +68,7 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
         "--allow-trusted-evaluation", action=argparse.BooleanOptionalAction, help="exact seed-derived metrics (default no: synthetic or public data only)"
     )
     parser.add_argument("--allow-non-private", action=argparse.BooleanOptionalAction, help="privacy.enabled=false runs (default no)")
+    parser.add_argument("--max-delta-per-release", type=float, help="largest delta of one release (default 1/(10 R) for the run's R publisher users)")
     parser.add_argument(
         "--allow-seed-in-output",
         action=argparse.BooleanOptionalAction,
@@ -95,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--publisher", required=True, help="the publisher table (Parquet file or folder)")
     create.add_argument("--id-column", default="user_id")
     create.add_argument("--epsilon", type=float, required=True, help="total epsilon for these users")
-    create.add_argument("--delta", type=float, default=None, help="total delta (default: not capped)")
+    create.add_argument("--delta", type=float, default=None, help="total delta (default: 1/R for the table's R users)")
     create.add_argument("--if-missing", action="store_true", help="do nothing when a budget already covers these users")
     _rule_options(create)
     attach = sub.add_parser("attach", help="add a publisher table (a new snapshot, a grown table) to an existing budget")
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                     return
                 except LookalikeError:
                     pass
-            fingerprint = create_budget(ledger, key, args.epsilon, args.delta, Rules().with_changes(**changes))
+            delta = default_delta(key.users) if args.delta is None else args.delta
+            fingerprint = create_budget(ledger, key, args.epsilon, delta, Rules().with_changes(**changes))
             print(f"budget {fingerprint[:12]} created for {key.users} users in ledger '{ledger.path}'")
         elif args.command == "attach":
             fingerprint = attach_snapshot(ledger, args.fingerprint, publisher_users(args.publisher, args.id_column))

@@ -138,7 +138,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                     "include_seed_in_output": e.include_seed_in_output,
                     "min_score": e.min_score,
                     "report_epsilon": e.report_epsilon,
-                    "report_delta": e.report_delta,
+                    "report_delta": job.delta,
                     "allow_list_output": job.rules.allow_list_output,
                     "min_aggregation_size": job.rules.min_aggregation_size,
                 }
@@ -152,7 +152,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                 "privacy": {
                     "trusted": trusted,
                     "report_epsilon": None if trusted else float(e.report_epsilon),
-                    "report_delta": None if trusted else float(e.report_delta),
+                    "report_delta": None if trusted else job.delta,
                     "noise_std": plan.sigma,
                     "l2_sensitivity": job.sensitivity,
                     "seed_exclusion": "none" if e.include_seed_in_output else e.seed_exclusion,

@@ -73,7 +73,7 @@ class ExportSettings:
     seed_exclusion: str = "exact"  # or randomized (randomised response at seed_exclusion_epsilon)
     seed_exclusion_epsilon: float = 3.0
     report_epsilon: float = 0.5
-    report_delta: float = 1.0e-6
+    report_delta: Optional[float] = None  # null: min(1e-6, 1/(100 R)) for the R users scored
     device: str = "auto"
     batch_rows: int = 65536
     shard: ShardConfig = field(default_factory=ShardConfig)
@@ -85,7 +85,8 @@ class ExportSettings:
         if self.seed_exclusion == "randomized":
             require("export.seed_exclusion_epsilon", self.seed_exclusion_epsilon, lambda v: v > 0, "must be > 0")
         require("export.report_epsilon", self.report_epsilon, lambda v: v > 0, "must be > 0")
-        require("export.report_delta", self.report_delta, lambda v: 0 < v < 1, "must be in (0, 1)")
+        if self.report_delta is not None:
+            require("export.report_delta", self.report_delta, lambda v: 0 < v < 1, "must be in (0, 1)")
         if self.min_score is not None:
             require("export.min_score", self.min_score, lambda v: 0 <= v <= 1, "must be a probability in [0, 1] or null")
         device_name("export.device", self.device)

@@ -26,11 +26,12 @@ from lookalike.export.config import ExportConfig
 from lookalike.export.report import ReleasePlan, bin_sizes
 from lookalike.export.scoring import AudienceScores, ExportOptions, Tally, score_batches, score_population
 from lookalike.model.bundle import load_bundle, weights_digest
+from lookalike.privacy.accounting import release_delta
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.mechanisms import gaussian_sigma
-from lookalike.privacy.rules import Rules, check_run_allowed, check_seed_in_output, effective_rules
+from lookalike.privacy.rules import Rules, check_release_deltas, check_run_allowed, check_seed_in_output, effective_rules
 from lookalike.runtime.runs import pick_device
 from lookalike.runtime.tracking import download_bundle, resolve_tracking_uri
 
@@ -158,8 +159,10 @@ def plan_export(cfg: ExportConfig, read_seed: bool = True) -> ExportJob:
         noisy_segment_sizes=e.seed_exclusion == "exact" and not e.include_seed_in_output,
     )
     sensitivity = (len(audiences) * plan.dims_per_audience(len(bins))) ** 0.5
+    report_delta = release_delta(e.report_delta, 1e-6, population)
     if not trusted:
-        plan.sigma = gaussian_sigma(float(e.report_epsilon), float(e.report_delta), sensitivity)
+        check_release_deltas(rules, population, {"export.report_delta": report_delta}, ledger.path)
+        plan.sigma = gaussian_sigma(float(e.report_epsilon), report_delta, sensitivity)
     epsilon = (0.0 if trusted else float(e.report_epsilon)) + (float(e.seed_exclusion_epsilon) * len(audiences) if randomized else 0.0)
     check_run_allowed(rules, private=True, trusted=False, epsilon=epsilon, where=ledger.path)
     options = ExportOptions(
@@ -189,7 +192,7 @@ def plan_export(cfg: ExportConfig, read_seed: bool = True) -> ExportJob:
         sensitivity,
         randomized,
         epsilon,
-        0.0 if trusted else float(e.report_delta),
+        0.0 if trusted else report_delta,
         budget,
         rules,
         options,

@@ -36,6 +36,12 @@ def resolve_delta(target_delta: float | None, publisher_rows: int) -> float:
     return delta
 
 
+def release_delta(value: float | None, default: float, rows: int) -> float:
+    """A single release's delta (size counts, evaluation, report): as set, or ``default`` but
+    at most 1/(100 R) for R public rows, a tenth of the default cap on one release."""
+    return float(value) if value is not None else min(default, 1.0 / (100.0 * max(rows, 1)))
+
+
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, rel_tolerance: float = 0.005) -> float:
     """Smallest noise multiplier (within ``rel_tolerance`` of epsilon) whose reported epsilon
     for exactly ``steps`` steps at ``sample_rate`` is <= ``target_epsilon``."""

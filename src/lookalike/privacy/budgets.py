@@ -68,7 +68,9 @@ def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
 
 def create_budget(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, rules: Rules) -> str:
     """A new budget for these users. Refused where the users overlap a budget that exists: a
-    new snapshot draws on its old budget (renew that one with :func:`set_budget`)."""
+    new snapshot draws on its old budget (renew that one with :func:`set_budget`). ``delta``
+    None leaves the total delta uncapped; the owners' command caps it by default
+    (:func:`default_delta`)."""
     _check_total(epsilon, delta)
     ledger._ready(create=True)
     for fingerprint, known in _datasets(ledger):
@@ -83,6 +85,13 @@ def create_budget(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | 
         conn.execute(insert(BUDGETS).values(fingerprint=key.digest, budget_epsilon=epsilon, budget_delta=delta, created_at=now, rules=rules.to_json()))
         conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=key.digest, users=key.users, sketch=key.to_json(), created_at=now))
     return key.digest
+
+
+def default_delta(users: int) -> float:
+    """A new budget's total delta unless the owners give one: 1/R for its R users (at most
+    0.1). The deltas of its runs add up, and a total near 1/R is where a guarantee stops
+    meaning anything."""
+    return min(1.0 / max(users, 1), 0.1)
 
 
 def attach_snapshot(ledger: Ledger, prefix: str, key: UsersKey) -> str:

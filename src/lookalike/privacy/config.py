@@ -21,7 +21,7 @@ class PrivacyConfig:
     target_delta: Optional[float] = None  # null: 1/(10 R) for the R publisher users
     max_grad_norm: float = 1.0
     size_epsilon: float = 0.2  # the DP estimates of the training-set size and the matched seed counts
-    size_delta: float = 1.0e-7
+    size_delta: Optional[float] = None  # null: min(1e-7, 1/(100 R)) for the R publisher users
     accountant: str = "prv"
     grad_sample_mode: str = "fused"
     secure_mode: bool = False
@@ -31,6 +31,8 @@ class PrivacyConfig:
             return
         for key, upper in (("target_epsilon", math.inf), ("max_grad_norm", math.inf), ("size_epsilon", math.inf), ("size_delta", 1.0)):
             value = getattr(self, key)
+            if value is None and key == "size_delta":
+                continue
             bound = "a positive, finite number" if upper == math.inf else f"a number in (0, {upper:g})"
             if not 0 < number(f"privacy.{key}", value) < upper:
                 raise ConfigError(f"privacy.{key}", f"'{value}' must be {bound}")

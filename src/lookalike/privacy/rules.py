@@ -31,6 +31,9 @@ class Rules:
     # export.include_seed_in_output=true: the segments then list the matched seed users first,
     # exact membership for whoever receives them (the advertiser's own list, back to them).
     allow_seed_in_output: bool = False
+    # The largest delta of any one release (training, size counts, evaluation, report); None:
+    # 1/(10 R) for the R publisher users the run reads (a public count).
+    max_delta_per_release: float | None = None
 
     def __post_init__(self) -> None:
         lo, hi = MIN_SEED_RANGE
@@ -40,6 +43,8 @@ class Rules:
             raise ConfigError("rules.min_aggregation_size", f"{self.min_aggregation_size} must be a whole number >= 1")
         if self.max_epsilon_per_run is not None and not self.max_epsilon_per_run > 0:
             raise ConfigError("rules.max_epsilon_per_run", f"{self.max_epsilon_per_run} must be > 0 or unset")
+        if self.max_delta_per_release is not None and not 0 < self.max_delta_per_release < 1:
+            raise ConfigError("rules.max_delta_per_release", f"{self.max_delta_per_release} must be in (0, 1) or unset")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -85,6 +90,23 @@ def effective_rules(stored: Rules, overrides: "RulesConfig", where: str) -> Rule
             )
         changes["allow_list_output"] = bool(lists)
     return replace(stored, **changes)
+
+
+def delta_cap(rules: Rules, rows: int) -> float:
+    """The largest delta one release may have: the owners' cap, or 1/(10 R) for R public rows."""
+    return float(rules.max_delta_per_release) if rules.max_delta_per_release is not None else 1.0 / (10.0 * max(rows, 1))
+
+
+def check_release_deltas(rules: Rules, rows: int, deltas: dict[str, float], where: str) -> None:
+    """Refuse any release whose delta is above the owners' cap: a delta near 1 buys a tiny
+    epsilon for a release that is all but exact (size_delta=0.9 released N exactly for 0.05)."""
+    cap = delta_cap(rules, rows)
+    source = "the data owners' rules.max_delta_per_release" if rules.max_delta_per_release is not None else f"1/(10 R) for the R = {rows} publisher users"
+    for key, delta in deltas.items():
+        if delta > cap * (1 + 1e-12):
+            raise ConfigError(
+                key, f"{delta:g} is above the largest delta one release may have in ledger '{where}' ({cap:.3g}, {source}); lower it or leave it null"
+            )
 
 
 def check_seed_in_output(rules: Rules, include: bool, where: str) -> None:

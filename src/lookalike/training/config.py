@@ -51,12 +51,13 @@ class TrainerConfig:
 class EvaluationConfig:
     top_fraction: float = 0.2  # recall and lift at the top 20% of non-seed users
     epsilon: float = 0.2  # the DP release of held-out metrics
-    delta: float = 1.0e-6
+    delta: Optional[float] = None  # null: min(1e-6, 1/(100 R)) for the R publisher users
 
     def check(self) -> None:
         require("evaluation.top_fraction", self.top_fraction, lambda v: 0 < v < 1, "must be in (0, 1)")
         require("evaluation.epsilon", self.epsilon, lambda v: v > 0, "must be > 0 (the DP release of held-out metrics)")
-        require("evaluation.delta", self.delta, lambda v: 0 < v < 1, "must be in (0, 1)")
+        if self.delta is not None:
+            require("evaluation.delta", self.delta, lambda v: 0 < v < 1, "must be in (0, 1)")
 
 
 @dataclass

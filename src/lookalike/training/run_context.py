@@ -17,10 +17,11 @@ from typing import Any
 from lookalike.data.matching import check_matched, check_released_matched
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.model.bundle import weights_digest
+from lookalike.privacy.accounting import release_delta
 from lookalike.privacy.budgets import BudgetMatch, find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import is_url
-from lookalike.privacy.rules import Rules, check_run_allowed, effective_rules
+from lookalike.privacy.rules import Rules, check_release_deltas, check_run_allowed, effective_rules
 from lookalike.privacy.size_release import SizeEstimate, release_size
 from lookalike.runtime.tracking import flat_params
 from lookalike.training.checkpoint import Checkpoint
@@ -50,13 +51,14 @@ class RunContext:
         # Held-out metrics are released with DP unless the run is trusted (then they are exact).
         dp_eval = self.private and not cfg.trusted_evaluation
         self.eval_epsilon = float(cfg.evaluation.epsilon) if dp_eval else 0.0
-        self.eval_delta = float(cfg.evaluation.delta) if dp_eval else 0.0
+        rows = int(data.publisher_rows)
+        self.eval_delta = release_delta(cfg.evaluation.delta, 1e-6, rows) if dp_eval else 0.0
         self.eval_noise_multiplier = 0.0  # noise std / L2 sensitivity of the evaluation release
         # Every private run releases DP estimates of the training-set size (DP-SGD's sample rate is a
         # batch of it) and of each audience's matched seed users (the owners' minimum is decided
         # on them), right after its reservation (size_release.py).
         self.size_epsilon = float(cfg.privacy.size_epsilon) if self.private else 0.0
-        self.size_delta = float(cfg.privacy.size_delta) if self.private else 0.0
+        self.size_delta = release_delta(cfg.privacy.size_delta, 1e-7, rows) if self.private else 0.0
         self.size: SizeEstimate | None = None
         self.budget: BudgetMatch | None = None
         self.rules: Rules | None = None
@@ -79,6 +81,9 @@ class RunContext:
         self.budget = find_budget(self.ledger, self.data.users)
         self.rules = effective_rules(self.budget.rules, self.cfg.rules, self.ledger.path)
         check_run_allowed(self.rules, private=self.private, trusted=bool(self.cfg.trusted_evaluation), epsilon=self.epsilon, where=self.ledger.path)
+        if self.private:
+            deltas = {"privacy.target_delta": float(self.delta or 0.0), "privacy.size_delta": self.size_delta, "evaluation.delta": self.eval_delta}
+            check_release_deltas(self.rules, int(self.data.publisher_rows), deltas, self.ledger.path)
         if self.cfg.trusted_evaluation or not self.private:
             # Exact counts may leave a trusted run; a private one decides on its DP release
             # after reserving (release_counts), so that the refusal is charged.
