@@ -15,7 +15,8 @@ import pytest
 
 from lookalike.cli.budget import publisher_users
 from lookalike.errors import LookalikeError
-from lookalike.privacy.budgets import create_budget, find_budget
+from lookalike.privacy.budget_match import find_budget
+from lookalike.privacy.budgets import create_budget
 from lookalike.privacy.fingerprint import SKETCH_SIZE, users_key
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.rules import Rules

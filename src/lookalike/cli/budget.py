@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from lookalike.data.matching import check_publisher_ids
 from lookalike.data.publisher import open_publisher
 from lookalike.errors import DataError, LookalikeError
-from lookalike.privacy.budgets import attach_snapshot, create_budget, default_delta, find_budget, set_budget, set_rules
+from lookalike.privacy.budget_match import find_budget
+from lookalike.privacy.budgets import attach_snapshot, create_budget, default_delta, set_budget, set_rules
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger, runs_fitting
 from lookalike.privacy.rules import Rules

@@ -109,7 +109,13 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
     entry = None
     if job.epsilon > 0:
         entry = ledger.reserve(
-            job.fingerprint, job.epsilon, job.delta, kind="export", description=f"lookalike-export {job.uri}", attach=job.budget.new_snapshot
+            job.fingerprint,
+            job.epsilon,
+            job.delta,
+            kind="export",
+            description=f"lookalike-export {job.uri}",
+            attach=job.budget.new_snapshot,
+            also=job.budget.also,
         )
     try:
         experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run

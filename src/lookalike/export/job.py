@@ -27,7 +27,7 @@ from lookalike.export.report import ReleasePlan, bin_sizes
 from lookalike.export.scoring import AudienceScores, ExportOptions, Tally, score_batches, score_population
 from lookalike.model.bundle import load_bundle, weights_digest
 from lookalike.privacy.accounting import release_delta
-from lookalike.privacy.budgets import BudgetMatch, find_budget
+from lookalike.privacy.budget_match import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.mechanisms import gaussian_sigma

@@ -10,71 +10,29 @@ operator can neither create, renew nor loosen a budget.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 
 from lookalike.errors import ConfigError, LookalikeError
+from lookalike.privacy.budget_match import load_datasets, other_hashes, shared_users
 from lookalike.privacy.fingerprint import SHARED_USERS, UsersKey
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import BUDGETS, DATASETS
 from lookalike.privacy.rules import Rules
 
 
-@dataclass(frozen=True)
-class BudgetMatch:
-    fingerprint: str  # the budget's key
-    rules: Rules
-    share: float  # estimated share of the run's users in the budget's data (1.0: the same users)
-    new_snapshot: UsersKey | None  # the run's users, when they are not yet a dataset of the budget
-
-
-def _datasets(ledger: Ledger) -> list[tuple[str, UsersKey]]:
-    with ledger.transaction(write=False) as conn:
-        rows = conn.execute(select(DATASETS.c.digest, DATASETS.c.fingerprint, DATASETS.c.sketch)).all()
-    return [(fp, UsersKey.from_json(digest, sketch)) for digest, fp, sketch in rows]
-
-
-def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
-    """Read-only: the budget that covers these users, or a one-line refusal."""
-    if not ledger.exists():
-        raise LookalikeError(
-            f"ledger '{ledger.path}' does not exist: the data owners create the ledger and a budget for their data "
-            "with lookalike-budget create (or set ledger.path to theirs)"
-        )
-    ledger._ready(create=False)
-    best: dict[str, float] = {}
-    datasets = _datasets(ledger)
-    for fingerprint, known in datasets:
-        share = 1.0 if known.digest == key.digest else key.share_in(known)
-        best[fingerprint] = max(best.get(fingerprint, 0.0), share)
-    matches = sorted(((share, fp) for fp, share in best.items() if share >= SHARED_USERS), reverse=True)
-    if not matches:
-        raise LookalikeError(
-            f"ledger '{ledger.path}' has no budget for this publisher data ({key.users} users): the data owners "
-            "create one with lookalike-budget create --publisher <path>"
-        )
-    if len(matches) > 1:
-        raise LookalikeError(
-            f"ledger '{ledger.path}': this publisher data shares most of its users with two budgets "
-            f"({matches[0][1][:12]}, {matches[1][1][:12]}); the data owners must retire one before it is used"
-        )
-    share, fingerprint = matches[0]
-    known_digests = {k.digest for fp, k in datasets if fp == fingerprint}
-    with ledger.transaction(write=False) as conn:
-        rules = conn.execute(select(BUDGETS.c.rules).where(BUDGETS.c.fingerprint == fingerprint)).scalar_one()
-    return BudgetMatch(fingerprint, Rules.from_json(rules), share, None if key.digest in known_digests else key)
-
-
 def create_budget(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, rules: Rules) -> str:
     """A new budget for these users. Refused where the users overlap a budget that exists: a
     new snapshot draws on its old budget (renew that one with :func:`set_budget`). ``delta``
     None leaves the total delta uncapped; the owners' command caps it by default
-    (:func:`default_delta`)."""
+    (:func:`default_delta`). Users another budget holds stay that budget's (runs on them are
+    charged on both)."""
     _check_total(epsilon, delta)
     ledger._ready(create=True)
-    for fingerprint, known in _datasets(ledger):
-        share = max(key.share_in(known), known.share_in(key), 1.0 if known.digest == key.digest else 0.0)
+    held = load_datasets(ledger)
+    for fingerprint, datasets in held.items():
+        shared = shared_users(key, datasets)
+        share = max(shared / max(key.users, 1), max(shared / max(d.users, 1) for d in datasets))
         if share >= SHARED_USERS:
             raise LookalikeError(
                 f"ledger '{ledger.path}': about {share:.0%} of these users are already covered by budget {fingerprint[:12]}; "
@@ -83,8 +41,12 @@ def create_budget(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | 
     now = time.time()
     with ledger.transaction() as conn:
         conn.execute(insert(BUDGETS).values(fingerprint=key.digest, budget_epsilon=epsilon, budget_delta=delta, created_at=now, rules=rules.to_json()))
-        conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=key.digest, users=key.users, sketch=key.to_json(), created_at=now))
+        conn.execute(insert(DATASETS).values(**_dataset_row(key, key.digest, other_hashes(held, None), now)))
     return key.digest
+
+
+def _dataset_row(key: UsersKey, fingerprint: str, leave_out: list, now: float) -> dict:
+    return dict(digest=key.digest, fingerprint=fingerprint, users=key.users, sketch=key.to_json(), created_at=now, hashes=key.hashes_bytes(leave_out))
 
 
 def default_delta(users: int) -> float:
@@ -96,16 +58,20 @@ def default_delta(users: int) -> float:
 
 def attach_snapshot(ledger: Ledger, prefix: str, key: UsersKey) -> str:
     """Add a snapshot of users to an existing budget (a table that grew, say): runs on it then
-    draw on that budget. Refused where the snapshot shares most users with another budget."""
+    draw on that budget. Refused where the snapshot shares no user with the budget, or most of
+    its users are another budget's (attaching would move them out of their owners' reach)."""
     ledger._ready(create=False)
     with ledger.transaction(write=False) as conn:
         fingerprint = _unique(ledger, prefix, conn)
-    for other, known in _datasets(ledger):
-        if other != fingerprint and max(key.share_in(known), known.share_in(key)) >= SHARED_USERS:
-            raise LookalikeError(f"ledger '{ledger.path}': these users are mostly covered by budget {other[:12]} too; attach them there")
+    held = load_datasets(ledger)
+    if shared_users(key, held.get(fingerprint, [])) == 0:
+        raise LookalikeError(f"ledger '{ledger.path}': these users share no user with budget {fingerprint[:12]}; a new table gets a budget of its own (create)")
+    for other, datasets in held.items():
+        if other != fingerprint and shared_users(key, datasets) >= SHARED_USERS * key.users:
+            raise LookalikeError(f"ledger '{ledger.path}': these users are mostly covered by budget {other[:12]}; attach them there")
     with ledger.transaction() as conn:
         if conn.execute(select(DATASETS.c.digest).where(DATASETS.c.digest == key.digest)).first() is None:
-            conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=fingerprint, users=key.users, sketch=key.to_json(), created_at=time.time()))
+            conn.execute(insert(DATASETS).values(**_dataset_row(key, fingerprint, other_hashes(held, fingerprint), time.time())))
     return fingerprint
 
 

@@ -12,7 +12,14 @@ smallest 64-bit hashes of the ids), from which the share of one set's users that
 another is estimated (Broder's bottom-k / KMV estimator). A run whose users lie mostly
 (``SHARED_USERS``) in a dataset the ledger knows is charged to that dataset's budget.
 
-The sketch holds hashes of publisher ids only, never of seed ids: the ledger may be read by the
+Which budgets a run touches is decided exactly, not from the sketch: a sketch is a sample the
+operator can game (a table of another budget's 2,048 sketched users plus most of one's own was
+matched to that other budget "about 100%"). Each key also carries the sorted hashes of all its
+users, and each dataset of the ledger stores them (8 bytes a user), so that a run is charged on
+every budget it shares even one user with (budgets.py). The sketch still serves older ledgers'
+datasets, stored before hashes were.
+
+The hashes are of publisher ids only, never of seed ids: the ledger may be read by the
 operator, who must not learn from it who is in the seed.
 """
 
@@ -45,14 +52,14 @@ class UsersPart:
     total: int  # sum of the hashes mod 2^64
     xor: int
     smallest: np.ndarray  # up to SKETCH_SIZE smallest hashes, sorted
+    hashes: np.ndarray  # every user's hash, sorted
 
 
 def users_part(ids: pa.Array | pa.ChunkedArray) -> UsersPart:
-    hashes = user_hashes(ids)
-    smallest = np.sort(np.partition(hashes, SKETCH_SIZE - 1)[:SKETCH_SIZE]) if hashes.size > SKETCH_SIZE else np.sort(hashes)
+    hashes = np.sort(user_hashes(ids))
     total = int(hashes.sum(dtype=np.uint64)) if hashes.size else 0  # wraps mod 2^64, as wanted
     xor = int(np.bitwise_xor.reduce(hashes)) if hashes.size else 0
-    return UsersPart(int(hashes.size), total, xor, smallest)
+    return UsersPart(int(hashes.size), total, xor, hashes[:SKETCH_SIZE].copy(), hashes)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,25 @@ class UsersKey:
     digest: str  # the exact set of users (order-free)
     users: int
     sketch: np.ndarray  # the SKETCH_SIZE smallest hashes, sorted
+    hashes: np.ndarray | None = None  # every user's hash, sorted; None for a dataset stored before hashes were
+
+    def shared_with(self, hashes: np.ndarray) -> np.ndarray:
+        """This key's hashes that are also in the sorted array ``hashes`` (exact)."""
+        mine = self.hashes if self.hashes is not None else np.zeros(0, np.uint64)
+        if hashes.size == 0 or mine.size == 0:
+            return np.zeros(0, np.uint64)
+        at = np.minimum(np.searchsorted(hashes, mine), hashes.size - 1)
+        return mine[hashes[at] == mine]
+
+    def hashes_bytes(self, leave_out: list[np.ndarray]) -> bytes:
+        """What the ledger stores for this snapshot: its users' hashes, less those of users
+        another budget already holds (so that its later runs are not matched here too)."""
+        mine = self.hashes if self.hashes is not None else np.zeros(0, np.uint64)
+        for other in leave_out:
+            if other.size and mine.size:
+                at = np.minimum(np.searchsorted(other, mine), other.size - 1)
+                mine = mine[other[at] != mine]
+        return mine.astype("<u8").tobytes()
 
     def share_in(self, other: "UsersKey") -> float:
         """Estimated share of this key's users that are also ``other``'s users.
@@ -93,8 +119,14 @@ def merge_parts(parts: list[UsersPart]) -> UsersKey:
     for p in parts:
         xor ^= p.xor
     smallest = np.sort(np.concatenate([p.smallest for p in parts]))[:SKETCH_SIZE] if parts else np.zeros(0, np.uint64)
+    hashes = np.sort(np.concatenate([p.hashes for p in parts])) if parts else np.zeros(0, np.uint64)
     digest = hashlib.sha256(f"lookalike-users-v1:{users}:{total}:{xor}".encode()).hexdigest()
-    return UsersKey(digest, users, smallest.astype(np.uint64))
+    return UsersKey(digest, users, smallest.astype(np.uint64), hashes.astype(np.uint64))
+
+
+def stored_hashes(blob: bytes | None) -> np.ndarray | None:
+    """A dataset's hashes as the ledger stores them (None: stored before hashes were)."""
+    return None if blob is None else np.frombuffer(blob, dtype="<u8").astype(np.uint64)
 
 
 def users_key(ids: pa.Array | pa.ChunkedArray) -> UsersKey:

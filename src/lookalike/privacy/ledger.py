@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from lookalike.errors import BudgetExceededError, ConfigError, LookalikeError
@@ -130,55 +130,61 @@ class Ledger:
         attach: UsersKey | None = None,
         claim: str | None = None,
         plan: dict | None = None,
+        also: tuple[str, ...] = (),
     ) -> int:
         """Atomically reserve ``epsilon`` (and ``delta``) on an existing budget or raise
         :class:`BudgetExceededError`. ``attach``: a new snapshot of the budget's users, recorded
         with the reservation so that later snapshots are recognised through it too. ``plan``:
-        what the reservation covers, held by the entry (a resume is checked against it)."""
+        what the reservation covers, held by the entry (a resume is checked against it).
+        ``also``: other budgets the run's users belong to: each must cover the same amount and
+        gets a copy of the entry, closed with it (all or none are reserved)."""
         check_amount(epsilon, delta)
         now = time.time()
         # The slow part (a PRV composition) runs before the lock, on finished entries, which
         # never change again; whatever finishes meanwhile counts at face value below.
         self._ready(create=False)
-        block = gaussian_block(self.entries(fingerprint))
+        budgets = (fingerprint, *also)
+        blocks = {fp: gaussian_block(self.entries(fp)) for fp in budgets}
         with self.transaction() as conn:
-            budget = conn.execute(select(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).with_for_update()).first()
-            if budget is None:
-                raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
-            total_eps, total_delta = budget.budget_epsilon, budget.budget_delta
-            current = charge(self._rows(conn, fingerprint), block)
-            charged, charged_delta = current.charged_epsilon, current.delta
-            if charged + epsilon > total_eps + TOLERANCE:
-                raise BudgetExceededError(
-                    f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: this run needs epsilon {epsilon:.3g} "
-                    f"but only {max(total_eps - charged, 0):.3g} of {total_eps:.3g} remains ({current.reason}); lower privacy.target_epsilon or "
-                    "ask the data owners for more budget (lookalike-budget set-budget)"
-                )
-            if total_delta is not None and charged_delta + delta > total_delta * (1 + 1e-9):
-                raise BudgetExceededError(
-                    f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: delta {delta:.3g} exceeds "
-                    f"the remaining {max(total_delta - charged_delta, 0):.3g} of {total_delta:.3g}; lower privacy.target_delta"
-                )
+            for fp in budgets:
+                self._check_covers(conn, fp, epsilon, delta, blocks[fp])
             if attach is not None and conn.execute(select(DATASETS.c.digest).where(DATASETS.c.digest == attach.digest)).first() is None:
                 conn.execute(
-                    insert(DATASETS).values(digest=attach.digest, fingerprint=fingerprint, users=attach.users, sketch=attach.to_json(), created_at=now)
+                    insert(DATASETS).values(
+                        digest=attach.digest,
+                        fingerprint=fingerprint,
+                        users=attach.users,
+                        sketch=attach.to_json(),
+                        created_at=now,
+                        hashes=attach.hashes_bytes([]),
+                    )
                 )
-            result = conn.execute(
-                insert(ENTRIES).values(
-                    fingerprint=fingerprint,
-                    kind=kind,
-                    description=description,
-                    status="reserved",
-                    reserved_epsilon=epsilon,
-                    spent_epsilon=None,
-                    delta=delta,
-                    created_at=now,
-                    updated_at=now,
-                    claim=claim,
-                    plan=None if plan is None else json.dumps(plan, sort_keys=True),
-                )
+            row = dict(kind=kind, description=description, status="reserved", reserved_epsilon=epsilon, spent_epsilon=None, delta=delta)
+            row |= dict(created_at=now, updated_at=now)
+            plan_text = None if plan is None else json.dumps(plan, sort_keys=True)
+            entry = int(conn.execute(insert(ENTRIES).values(fingerprint=fingerprint, claim=claim, plan=plan_text, **row)).inserted_primary_key[0])
+            for fp in also:
+                conn.execute(insert(ENTRIES).values(fingerprint=fp, parent=entry, **row))
+            return entry
+
+    def _check_covers(self, conn, fingerprint: str, epsilon: float, delta: float, block) -> None:
+        budget = conn.execute(select(BUDGETS).where(BUDGETS.c.fingerprint == fingerprint).with_for_update()).first()
+        if budget is None:
+            raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
+        total_eps, total_delta = budget.budget_epsilon, budget.budget_delta
+        current = charge(self._rows(conn, fingerprint), block)
+        charged, charged_delta = current.charged_epsilon, current.delta
+        if charged + epsilon > total_eps + TOLERANCE:
+            raise BudgetExceededError(
+                f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: this run needs epsilon {epsilon:.3g} "
+                f"but only {max(total_eps - charged, 0):.3g} of {total_eps:.3g} remains ({current.reason}); lower privacy.target_epsilon or "
+                "ask the data owners for more budget (lookalike-budget set-budget)"
             )
-            return int(result.inserted_primary_key[0])
+        if total_delta is not None and charged_delta + delta > total_delta * (1 + 1e-9):
+            raise BudgetExceededError(
+                f"privacy budget exhausted in ledger '{self.path}' for data {fingerprint[:12]}: delta {delta:.3g} exceeds "
+                f"the remaining {max(total_delta - charged_delta, 0):.3g} of {total_delta:.3g}; lower privacy.target_delta"
+            )
 
     def note(self, entry_id: int, key: str, value) -> None:
         """Write ``value`` under ``key`` into an open reservation's plan, once: a release made
@@ -251,12 +257,13 @@ class Ledger:
     def _close(self, entry_id: int, status: str, epsilon: float, events: str | None = None) -> None:
         self._ready(create=False)
         with self.transaction() as conn:
+            # The entry and its copies on the other budgets the run touched close together.
             updated = conn.execute(
                 update(ENTRIES)
-                .where(ENTRIES.c.id == entry_id, ENTRIES.c.status == "reserved")
+                .where(or_(ENTRIES.c.id == entry_id, ENTRIES.c.parent == entry_id), ENTRIES.c.status == "reserved")
                 .values(status=status, spent_epsilon=epsilon, events=events, updated_at=time.time())
             ).rowcount
-        if updated != 1:
+        if updated < 1:
             raise LookalikeError(f"ledger '{self.path}': entry {entry_id} is not an open reservation")
 
     def entry(self, entry_id: int) -> dict:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -54,6 +55,9 @@ DATASETS = Table(
     Column("users", Integer, nullable=False),
     Column("sketch", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # Every user's 64-bit keyed hash (sorted, 8 bytes each) less those another budget held when
+    # the snapshot joined: which budgets a run touches is decided on these, exactly (fingerprint.py).
+    Column("hashes", LargeBinary),
 )
 ENTRIES = Table(
     "entries",
@@ -74,6 +78,9 @@ ENTRIES = Table(
     # (the DP size estimate). A resume is checked against this, never against its checkpoint,
     # which is a file the operator can edit.
     Column("plan", Text),
+    # A run that touches users of several budgets is charged on each: one entry on its home
+    # budget and a copy on each other, whose status and spend follow it (``parent`` = its id).
+    Column("parent", Integer),
 )
 
 
@@ -148,7 +155,9 @@ def create_schema(engine: Engine, location: str) -> None:
     METADATA.create_all(engine, checkfirst=True)
     # Ledgers written before entries carried their mechanism, or budgets their rules, get the
     # column added.
-    for table, column in (("entries", "events"), ("entries", "claim"), ("entries", "plan"), ("budgets", "rules")):
+    binary = "BLOB" if engine.dialect.name == "sqlite" else "BYTEA"
+    added = (("entries", "events", "TEXT"), ("entries", "claim", "TEXT"), ("entries", "plan", "TEXT"), ("entries", "parent", "INTEGER"))
+    for table, column, kind in added + (("budgets", "rules", "TEXT"), ("datasets", "hashes", binary)):
         if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
             with engine.begin() as conn:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"))
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))

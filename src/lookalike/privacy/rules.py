@@ -92,6 +92,24 @@ def effective_rules(stored: Rules, overrides: "RulesConfig", where: str) -> Rule
     return replace(stored, **changes)
 
 
+def tightest(all_rules: list[Rules]) -> Rules:
+    """The rules of a run that touches users of several budgets: each the strictest of theirs
+    (an allowance only where all allow it, the largest minimum, the smallest maximum)."""
+    strictest: dict[str, Any] = {}
+    for f in fields(Rules):
+        values = [getattr(r, f.name) for r in all_rules]
+        if f.name.startswith("allow_"):
+            strictest[f.name] = all(values)
+        elif f.name.startswith("min_"):
+            strictest[f.name] = max(values)
+        elif f.name.startswith("max_"):
+            given = [v for v in values if v is not None]
+            strictest[f.name] = min(given) if given else None
+        else:  # a new kind of rule must say which way is strict
+            raise TypeError(f"rule {f.name} is neither allow_, min_ nor max_")
+    return Rules(**strictest)
+
+
 def delta_cap(rules: Rules, rows: int) -> float:
     """The largest delta one release may have: the owners' cap, or 1/(10 R) for R public rows."""
     return float(rules.max_delta_per_release) if rules.max_delta_per_release is not None else 1.0 / (10.0 * max(rows, 1))

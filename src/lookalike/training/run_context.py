@@ -18,7 +18,7 @@ from lookalike.data.matching import check_matched, check_released_matched
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.model.bundle import weights_digest
 from lookalike.privacy.accounting import release_delta
-from lookalike.privacy.budgets import BudgetMatch, find_budget
+from lookalike.privacy.budget_match import BudgetMatch, find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import is_url
 from lookalike.privacy.rules import Rules, check_release_deltas, check_run_allowed, effective_rules
@@ -90,6 +90,10 @@ class RunContext:
             check_matched(self.data.training.matched, self.data.n_train, self.rules.min_matching_seed_size, True)
         if self.budget.new_snapshot is not None:
             log.info("publisher data: about %.0f%% of its users are in budget %s's data; charged there", 100 * self.budget.share, self.budget.fingerprint[:12])
+        if self.budget.also:
+            log.info(
+                "publisher data: some users belong to budgets %s too: charged on each, under the tightest rules", ", ".join(fp[:12] for fp in self.budget.also)
+            )
         return self.rules
 
     def plan(self) -> dict[str, str]:
@@ -113,6 +117,7 @@ class RunContext:
             attach=budget.new_snapshot,
             claim=self.claim,
             plan={"settings": self.plan()},
+            also=budget.also,
         )
         log.info(
             "ledger entry %d: reserved epsilon %.4g (training %.4g, size estimate %.4g, evaluation %.4g) on budget %s",

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from lookalike.errors import LookalikeError
-from lookalike.privacy.budgets import find_budget
+from lookalike.privacy.budget_match import find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.runtime.tracking import setup_experiment
 from lookalike.training.config import TrainConfig, train_config
