@@ -91,6 +91,14 @@ def test_another_budgets_sketched_users_plus_most_of_ones_own_stay_ones_own(demo
     match = find_budget(Ledger(ledger), users_key(crafted.column("user_id")))
     assert match.fingerprint == budgets["a"] and match.also == (budgets["b"],)
     assert not match.rules.allow_trusted_evaluation and not match.rules.allow_non_private
+    # The audit's run: non-private and trusted under B's loose rules, logging A's exact counts.
+    pq.write_table(crafted, tmp_path / "crafted.parquet")
+    cfg = make_cfg(
+        demo_dir, tmp_path / "out", f"data.publisher_path={tmp_path / 'crafted.parquet'}", "privacy.enabled=false", "trusted_evaluation=true", owner=False
+    )
+    with pytest.raises(ConfigError, match="not allowed by the data owners' rules"):
+        run(cfg)
+    assert all(s.runs == 0 for s in Ledger(ledger).status())
 
 
 def test_attach_refuses_a_table_mostly_another_budgets_or_none_of_its_own(demo_dir, tmp_path, capsys):

@@ -33,9 +33,9 @@ def test_a_refusal_on_the_minimum_seed_size_is_charged_and_decided_on_a_dp_count
         size_epsilon = float(cfg.privacy.size_epsilon)
         assert status.spent_epsilon == pytest.approx(n * size_epsilon)  # each probe pays for its counts
         # The release is the 3-vector (N, luxury, sports): its noise multiplier is that of the
-        # Gaussian mechanism at (size_epsilon, size_delta), whatever the dimension.
+        # Gaussian mechanism at (size_epsilon, size_delta = min(1e-7, 1/(100 R))), whatever the dimension.
         (event,) = json.loads(entries[-1]["events"])
-        assert event[1:] == [1.0, 1] and event[0] == pytest.approx(gaussian_sigma(size_epsilon, float(cfg.privacy.size_delta), 3**0.5) / 3**0.5)
+        assert event[1:] == [1.0, 1] and event[0] == pytest.approx(gaussian_sigma(size_epsilon, 1e-7, 3**0.5) / 3**0.5)
         released = json.loads(entries[-1]["plan"])["size"]["matched"]
         assert set(released) == {"luxury", "sports"}
     # A refused run logs no MLflow run and writes no run folder or checkpoint.
@@ -63,3 +63,16 @@ def test_the_counts_the_decision_reads_are_noisy(cfg_factory, tmp_path, monkeypa
     diffs = [r["released"][a] - exact[a] for r in seen for a in exact]
     assert all(r["exact"] == exact for r in seen) and len(diffs) == 12
     assert len(set(diffs)) > 3 and all(abs(d) < 40 for d in diffs)  # std about 4.2: 12 draws, 10 sigma margin
+
+
+def test_the_decision_follows_the_released_counts_not_the_exact_ones(cfg_factory, tmp_path, monkeypatch):
+    """Released counts 5,000 above the truth (the noise fixed for the test) let a run through a
+    minimum of 1,000 that the exact counts (about 120) would fail: the check reads the release."""
+    from lookalike.privacy.size_release import SizeEstimate
+    from lookalike.training import run_context
+
+    monkeypatch.setattr(run_context, "release_size", lambda n, epsilon, delta, matched: SizeEstimate(n, 1.0, {a: c + 5000 for a, c in (matched or {}).items()}))
+    cfg = cfg_factory("rules.min_matching_seed_size=1000", "privacy.target_epsilon=1", "trainer.epochs=1", out=tmp_path / "out")
+    run(cfg)
+    (status,) = Ledger(cfg.ledger.path).status()
+    assert status.runs == 1 and status.spent_epsilon > float(cfg.privacy.size_epsilon)  # it trained
