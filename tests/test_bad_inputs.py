@@ -108,7 +108,21 @@ def test_cli_prints_one_line_exits_2_and_leaves_no_run_folder(demo_dir, tmp_path
         "(columns: user_id, age, income_k, sessions_30d, signal_00, signal_01, signal_02, signal_03, signal_04, signal_05, "
         "signal_06, signal_07, signal_08, signal_09, signal_10, signal_11, signal_12, device, country, city, interests, cohort)"
     ]
-    assert files_under(out) == []
+    assert not out.exists()  # no empty runs/ (nor the output folder) that the refused run made
+
+
+def test_a_refused_run_leaves_an_existing_run_folder_as_it_was(demo_dir, tmp_path):
+    """hydra.run.dir naming a folder of the operator's logs: a refused run deleted it whole."""
+    logs = tmp_path / "applogs"
+    (logs / "archive.log").mkdir(parents=True)
+    for name in ("audit.log", "service.log", "archive.log/keep.txt"):
+        (logs / name).write_text(name)
+    code = "import sys; from lookalike.training.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
+    overrides = [f"paths.output_dir={tmp_path / 'out'}", f"data.publisher_path={demo_dir / 'publisher'}", f"data.seed_path={demo_dir / 'seed.jsonl'}"]
+    args = [sys.executable, "-c", code, "debug=default", *overrides, f"hydra.run.dir={logs}", "privacy.target_epsilon=-1"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "privacy.target_epsilon" in proc.stderr
+    assert {p.relative_to(logs).as_posix(): p.read_text() for p in files_under(logs)} == {n: n for n in ("archive.log/keep.txt", "audit.log", "service.log")}
 
 
 def test_a_diverging_run_stops_in_one_line_and_stays_charged(cfg_factory):

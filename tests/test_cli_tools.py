@@ -131,3 +131,15 @@ def test_hashing_changes_the_id_column_and_nothing_else(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="row 3 has an empty 'user_id'"):
         hash_file(blank, tmp_path / "blank_out.csv", "user_id", SALT, "id")
     assert not (tmp_path / "blank_out.csv").exists() and not (tmp_path / "blank_out.csv.tmp").exists()
+
+
+@pytest.mark.parametrize(("prefix", "message"), [("", "the fingerprint is empty"), ("%", "fingerprint '%' matches 0 budgets"), ("a_", "matches 0 budgets")])
+def test_set_budget_refuses_an_empty_or_wildcard_prefix(tmp_path, capsys, prefix, message):
+    """`set-budget ""` renewed the only budget there was: a prefix must name one."""
+    path = tmp_path / "ledger.sqlite"
+    reserve_on(Ledger(path), "ab" * 32, 1.0, 1e-6, budget=5)
+    with pytest.raises(SystemExit) as exit_info:
+        budget_main(["--ledger", str(path), "set-budget", prefix, "9"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
+    assert [s.budget_epsilon for s in Ledger(path).status()] == [5]

@@ -121,7 +121,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
         experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run
     except Exception:  # the model came from another tracking store
         pass
-    staged, published = StagedOutput(out), False
+    staged, published = StagedOutput(out, bool(e.overwrite)), False
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}"):
             mlflow.set_tags(

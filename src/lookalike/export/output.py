@@ -1,11 +1,19 @@
 """All-or-nothing output: everything is written to a hidden sibling folder, then renamed into
-place, so a failed export never leaves a half-written segment behind."""
+place, so a failed export never leaves a half-written segment behind.
+
+Every export holds a marker whose manifest lists what it wrote; ``export.overwrite=true``
+replaces a folder only when everything in it is on that list, so files that others put there
+later (a training run's ledger and MLflow store, say) are never deleted.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import socket
+import stat
 import uuid
 from pathlib import Path
 
@@ -16,7 +24,10 @@ import pyarrow.parquet as pq
 from lookalike.data.seed import check_audience_name
 from lookalike.errors import ConfigError
 
-MARKER = ".lookalike-export"  # written into every export: overwrite replaces only folders holding it
+MARKER = ".lookalike-export"  # in every export: its manifest lists what the export wrote
+KEY = "export.output_dir"
+ONLY_AN_EXPORT = "export.overwrite=true only replaces a previous export: choose an empty folder"
+log = logging.getLogger("lookalike.export")
 
 
 def check_output_dir(path: Path, overwrite: bool, protected: dict[str, str] | None = None) -> None:
@@ -35,11 +46,10 @@ def check_output_dir(path: Path, overwrite: bool, protected: dict[str, str] | No
             )
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
-            raise ConfigError("export.output_dir", f"'{path}' is not empty; choose another folder or set export.overwrite=true")
-        if not (path / MARKER).is_file():
-            raise ConfigError(
-                "export.output_dir", f"'{path}' holds files no export wrote; export.overwrite=true only replaces a previous export: choose an empty folder"
-            )
+            raise ConfigError(KEY, f"'{path}' is not empty; choose another folder or set export.overwrite=true")
+        problem = foreign_entry(target)  # a linked folder: what it points at
+        if problem is not None:
+            raise ConfigError(KEY, f"'{path}' {problem}; {ONLY_AN_EXPORT}")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -47,14 +57,45 @@ def check_output_dir(path: Path, overwrite: bool, protected: dict[str, str] | No
         raise ConfigError("export.output_dir", f"'{path}' is not writable; choose a folder you can write to")
 
 
+def foreign_entry(folder: Path) -> str | None:
+    """None when ``folder`` is empty or holds only what its marker's manifest lists (each listed
+    folder a real folder, each listed file a regular file, never a link); else what is wrong,
+    naming the first entry that no export wrote."""
+    if not folder.is_dir() or folder.is_symlink():
+        return "is not a folder"
+    if not any(folder.iterdir()):
+        return None
+    try:
+        manifest = json.loads((folder / MARKER).read_text())
+        files, folders = set(manifest["files"]) | {MARKER}, set(manifest["folders"])
+    except (OSError, UnicodeDecodeError):
+        return f"holds files no export wrote ('{min(p.name for p in folder.iterdir())}')"
+    except (ValueError, KeyError, TypeError):
+        return f"holds a '{MARKER}' without a manifest (an older lookalike-export, or edited): remove that folder yourself"
+    for root, dirs, names in os.walk(folder):  # does not follow links: a linked folder is foreign
+        dirs.sort()
+        here = Path(root).relative_to(folder)
+        for name in sorted(dirs):
+            entry = (here / name).as_posix()
+            if entry not in folders or os.path.islink(os.path.join(root, name)):
+                return f"holds files no export wrote ('{entry}')"
+        for name in sorted(names):
+            entry = (here / name).as_posix()
+            if entry not in files or not stat.S_ISREG(os.lstat(os.path.join(root, name)).st_mode):
+                return f"holds files no export wrote ('{entry}')"
+    return None
+
+
 class StagedOutput:
     """A temporary folder next to the destination; ``publish`` swaps it in atomically."""
 
-    def __init__(self, destination: Path):
-        self.destination = destination
-        destination.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, destination: Path, overwrite: bool = False):
+        # A linked output folder is published into the folder it points at: the link stays,
+        # and the stage is a sibling of the real folder (a rename never crosses file systems).
+        self.destination, self.overwrite = destination.resolve(), overwrite
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
         self._remove_abandoned()
-        self.stage = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.stage = self.destination.parent / f".{self.destination.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.stage.mkdir()
         (self.stage / MARKER).write_text(_owner())
 
@@ -66,14 +107,37 @@ class StagedOutput:
         return folder
 
     def publish(self) -> None:
-        (self.stage / MARKER).write_text("written by lookalike-export\n")  # who staged it stays here
-        old = None
-        if self.destination.exists():
-            old = self.destination.parent / f".{self.destination.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.destination, old)
-        os.replace(self.stage, self.destination)
+        """Rename the stage into place. Renaming a folder onto a path succeeds only where the
+        path is missing or an empty folder, and fails otherwise (ENOTEMPTY, EEXIST, ENOTDIR),
+        in one atomic step: of several exports into one new folder exactly one gets in, and a
+        folder that filled up after the check is never replaced. (An empty folder is what the
+        check allowed, so replacing one is no loss; no RENAME_NOREPLACE is needed.) With
+        overwrite, the previous export is first renamed aside, so nothing can be added to it
+        through its path, then checked against its manifest, and only its listed files go."""
+        _write_manifest(self.stage)
+        old = self._set_aside() if self.overwrite else None
+        try:
+            os.rename(self.stage, self.destination)
+        except OSError as exc:
+            kept = "" if old is None or _put_back(old, self.destination) else f"; the previous export is kept at '{old}'"
+            raise ConfigError(
+                KEY,
+                f"'{self.destination}' was filled by another process during this export ({exc.strerror}); nothing was published{kept}: choose another folder",
+            ) from None
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_listed(old)
+
+    def _set_aside(self) -> Path | None:
+        old = self.destination.parent / f".{self.destination.name}.old-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.destination, old)
+        except FileNotFoundError:
+            return None  # gone since the check: publish as into a new folder
+        problem = foreign_entry(old)
+        if problem is not None:
+            kept = "" if _put_back(old, self.destination) else f" (now at '{old}')"
+            raise ConfigError(KEY, f"'{self.destination}'{kept} {problem}, added while this export ran; nothing was published; {ONLY_AN_EXPORT}")
+        return old
 
     def discard(self) -> None:
         shutil.rmtree(self.stage, ignore_errors=True)
@@ -82,9 +146,46 @@ class StagedOutput:
         """Staging folders of killed exports into the same destination, from this machine and a
         process that is gone (a running export's stage is left alone)."""
         for stage in self.destination.parent.glob(f".{self.destination.name}.tmp-*"):
-            owner = (stage / MARKER).read_text().split("@", 1) if (stage / MARKER).is_file() else None
-            if owner and owner[1] == socket.gethostname() and not _alive(int(owner[0])):
+            try:
+                pid, _, host = (stage / MARKER).read_text().partition("@")
+            except OSError:  # no marker, or another export published or discarded it meanwhile
+                continue
+            # A stage about to be published holds its manifest instead: its export is running.
+            if pid.isdigit() and host == socket.gethostname() and not _alive(int(pid)):
                 shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write_manifest(stage: Path) -> None:
+    files, folders = [], []
+    for root, dirs, names in os.walk(stage):
+        here = Path(root).relative_to(stage)
+        folders += [(here / d).as_posix() for d in dirs]
+        files += [(here / n).as_posix() for n in names if (here / n).as_posix() != MARKER]
+    manifest = {"written_by": "lookalike-export", "files": sorted(files), "folders": sorted(folders)}
+    (stage / MARKER).write_text(json.dumps(manifest, indent=1) + "\n")  # who staged it is no longer needed
+
+
+def _put_back(old: Path, destination: Path) -> bool:
+    try:
+        os.rename(old, destination)  # replaces at most an empty folder that appeared meanwhile
+        return True
+    except OSError:
+        return False
+
+
+def _remove_listed(old: Path) -> None:
+    """Remove a previous export that was set aside: only the entries its manifest lists, files
+    first, then folders deepest first; anything else keeps its folder (and is reported)."""
+    try:
+        # No marker: the folder was empty when it was set aside (foreign_entry checked it).
+        manifest = json.loads((old / MARKER).read_text()) if (old / MARKER).is_file() else {"files": [], "folders": []}
+        for entry in [*manifest["files"], MARKER]:
+            (old / entry).unlink(missing_ok=True)
+        for entry in sorted(manifest["folders"], key=lambda e: e.count("/"), reverse=True):
+            (old / entry).rmdir()
+        old.rmdir()
+    except (OSError, ValueError) as exc:
+        log.warning("the previous export set aside at '%s' could not be removed (%s); remove it yourself", old, exc)
 
 
 def _owner() -> str:

@@ -76,7 +76,11 @@ def attach_snapshot(ledger: Ledger, prefix: str, key: UsersKey) -> str:
 
 
 def _unique(ledger: Ledger, prefix: str, conn) -> str:
-    matches = conn.execute(select(BUDGETS.c.fingerprint).where(BUDGETS.c.fingerprint.startswith(prefix))).all()
+    # An empty prefix would pick the only budget there is, whichever it is: the owners name it.
+    if not prefix.strip():
+        raise LookalikeError(f"ledger '{ledger.path}': the fingerprint is empty: give a budget's fingerprint or a unique prefix (lookalike-budget lists them)")
+    # autoescape: '%' and '_' in a prefix are characters, not LIKE wildcards matching any budget.
+    matches = conn.execute(select(BUDGETS.c.fingerprint).where(BUDGETS.c.fingerprint.startswith(prefix, autoescape=True))).all()
     if len(matches) != 1:
         raise LookalikeError(f"ledger '{ledger.path}': fingerprint '{prefix}' matches {len(matches)} budgets; give more of it")
     return matches[0][0]

@@ -5,15 +5,18 @@ Training and export both use these; neither imports the other's glue for them.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from lookalike.errors import ConfigError
 
@@ -42,10 +45,80 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+class RunFolderRecord(Callback):
+    """Notes what is at the run folder before Hydra creates it (``on_run_start`` and
+    ``on_multirun_start`` come before Hydra's mkdir; ``on_job_start`` comes after), so that a
+    refused run removes only what it created itself: ``hydra.run.dir`` may name a folder that
+    holds the operator's own files."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The same config object run_job resolves next; ${now:} and ${run_id:} are cached, so
+        # this is the folder Hydra is about to create.
+        _record(Path(os.path.abspath(str(config.hydra.run.dir))), job=False)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _record(Path(os.path.abspath(str(config.hydra.sweep.dir))), job=True)
+
+
+_before: dict[str, Any] = {}  # what RunFolderRecord saw; one Hydra application per process
+
+
+def _record(folder: Path, job: bool) -> None:
+    """``folder`` is the run folder, or for a sweep the folder its job folders go into;
+    ``created``: it and the parents above it that do not exist yet, deepest first."""
+    created = []
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
+    entries = {p.name for p in folder.iterdir()} if folder.is_dir() else None
+    _before.clear()
+    _before.update(folder=folder, job=job, entries=entries, created=created)
+
+
+def _hydra_files(folder: Path) -> set[str]:
+    """The names Hydra writes into a run folder: its job log and, if set, its config copy."""
+    hydra = HydraConfig.get()
+    names = {str(hydra.output_subdir)} if hydra.output_subdir else set()
+    log_file = OmegaConf.select(cast(DictConfig, hydra.job_logging), "handlers.file.filename", default=None)  # a dict to mypy, a DictConfig at run time
+    if log_file is not None and Path(os.path.abspath(str(log_file))).parent == folder:
+        names.add(Path(str(log_file)).name)
+    return names
+
+
 def discard_run_directory() -> None:
-    """Remove Hydra's job folder if it holds nothing but Hydra's own config and log."""
-    if not HydraConfig.initialized():
+    """After a refusal: remove what Hydra wrote for this run, and the folders the run created,
+    if they hold nothing else. Files that were there before the run are never touched; with
+    no record of what was there (no RunFolderRecord), nothing is removed."""
+    if not HydraConfig.initialized() or not _before:
         return
-    folder = Path(HydraConfig.get().runtime.output_dir)
-    if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
-        shutil.rmtree(folder, ignore_errors=True)
+    folder = Path(os.path.abspath(HydraConfig.get().runtime.output_dir))
+    ours = _hydra_files(folder)
+    if _before["job"]:  # a sweep's job folder: created by this run unless it was in the sweep folder
+        if folder.parent != _before["folder"] or (_before["entries"] is not None and folder.name in _before["entries"]):
+            return
+        created, existed = [folder], None
+    elif folder == _before["folder"]:
+        created, existed = _before["created"], _before["entries"]
+    else:
+        return
+    if existed is not None:  # an existing folder: only Hydra's files that the run added
+        for name in sorted(ours - existed):
+            _remove(folder / name)
+        return
+    if not folder.is_dir() or any(p.name not in ours for p in folder.iterdir()):
+        return  # the run wrote more (checkpoints of a charged run): kept
+    for name in ours:
+        _remove(folder / name)
+    for made in created:  # the run folder, then the parents it created (``runs/``), while empty
+        try:
+            made.rmdir()
+        except OSError:
+            break
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
