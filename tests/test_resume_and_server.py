@@ -79,7 +79,10 @@ def test_killed_run_stays_charged_and_resume_continues_the_accountant(cfg_factor
     steps_per_epoch = saved.steps // saved.epoch
     assert m["privacy.steps"] == epochs * steps_per_epoch
     (status,) = Ledger(out / "privacy_ledger.sqlite").status()
-    assert status.reserved_epsilon == 0 and status.spent_epsilon == pytest.approx(m["privacy.total_epsilon"])
+    # A resumed run is charged its reservation in full (its steps before the resume are known
+    # only from the checkpoint, a file the operator can edit): at least what it reports.
+    assert status.reserved_epsilon == 0 and status.spent_epsilon == pytest.approx(3.0 + 100 + 0.2)
+    assert status.spent_epsilon >= m["privacy.total_epsilon"] - 1e-9
 
     straight = cfg_factory(exact, f"trainer.epochs={epochs}", "owner.epsilon=1e5", out=tmp_path / "straight")
     run(straight)

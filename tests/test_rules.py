@@ -29,6 +29,7 @@ def test_a_new_budget_forbids_trusted_and_non_private_runs(demo_dir, tmp_path, c
         "allow_trusted_evaluation": False,
         "allow_non_private": False,
         "allow_seed_in_output": False,
+        "max_delta_per_release": None,
     }
     budget_main(["--ledger", str(ledger), "set-rules", row["fingerprint"][:8], "--min-matching-seed-size", "25", "--allow-trusted-evaluation"])
     rules = Ledger(ledger).status()[0].rules
