@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from lookalike.data.matching import check_publisher_ids
 from lookalike.data.publisher import open_publisher
 from lookalike.errors import DataError, LookalikeError
-from lookalike.privacy.budgets import attach_snapshot, create_budget, find_budget, set_budget, set_rules
+from lookalike.privacy.budgets import attach_snapshot, create_budget, create_budget_if_missing, set_budget, set_rules
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger, runs_fitting
 from lookalike.privacy.rules import Rules
@@ -96,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--id-column", default="user_id")
     create.add_argument("--epsilon", type=float, required=True, help="total epsilon for these users")
     create.add_argument("--delta", type=float, default=None, help="total delta (default: not capped)")
-    create.add_argument("--if-missing", action="store_true", help="do nothing when a budget already covers these users")
+    create.add_argument("--if-missing", action="store_true", help="do nothing when a budget already covers these users (decided under the ledger's lock)")
     _rule_options(create)
     attach = sub.add_parser("attach", help="add a publisher table (a new snapshot, a grown table) to an existing budget")
     attach.add_argument("fingerprint", help="the budget's fingerprint, or a unique prefix of it")
@@ -126,14 +126,14 @@ def main(argv: list[str] | None = None) -> None:
         changes = {k: getattr(args, k, None) for k in RULE_FLAGS}
         if args.command == "create":
             key = publisher_users(args.publisher, args.id_column)
-            if args.if_missing and ledger.exists():
-                try:
-                    found = find_budget(ledger, key)
-                    print(f"budget {found.fingerprint[:12]} already covers these users; nothing changed")
+            rules = Rules().with_changes(**changes)
+            if args.if_missing:
+                fingerprint, created = create_budget_if_missing(ledger, key, args.epsilon, args.delta, rules)
+                if not created:
+                    print(f"budget {fingerprint[:12]} already covers these users; nothing changed")
                     return
-                except LookalikeError:
-                    pass
-            fingerprint = create_budget(ledger, key, args.epsilon, args.delta, Rules().with_changes(**changes))
+            else:
+                fingerprint = create_budget(ledger, key, args.epsilon, args.delta, rules)
             print(f"budget {fingerprint[:12]} created for {key.users} users in ledger '{ledger.path}'")
         elif args.command == "attach":
             fingerprint = attach_snapshot(ledger, args.fingerprint, publisher_users(args.publisher, args.id_column))

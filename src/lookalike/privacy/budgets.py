@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, update
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.privacy.fingerprint import SHARED_USERS, UsersKey
 from lookalike.privacy.ledger import Ledger
-from lookalike.privacy.ledger_store import BUDGETS, DATASETS
+from lookalike.privacy.ledger_store import BUDGETS, DATASETS, lock_budgets
 from lookalike.privacy.rules import Rules
 
 
@@ -31,8 +31,21 @@ class BudgetMatch:
 
 def _datasets(ledger: Ledger) -> list[tuple[str, UsersKey]]:
     with ledger.transaction(write=False) as conn:
-        rows = conn.execute(select(DATASETS.c.digest, DATASETS.c.fingerprint, DATASETS.c.sketch)).all()
+        return _datasets_in(conn)
+
+
+def _datasets_in(conn) -> list[tuple[str, UsersKey]]:
+    rows = conn.execute(select(DATASETS.c.digest, DATASETS.c.fingerprint, DATASETS.c.sketch)).all()
     return [(fp, UsersKey.from_json(digest, sketch)) for digest, fp, sketch in rows]
+
+
+def _covering(datasets: list[tuple[str, UsersKey]], key: UsersKey) -> list[tuple[float, str]]:
+    """(share, fingerprint) of each budget holding most of these users, the best first."""
+    best: dict[str, float] = {}
+    for fingerprint, known in datasets:
+        share = 1.0 if known.digest == key.digest else key.share_in(known)
+        best[fingerprint] = max(best.get(fingerprint, 0.0), share)
+    return sorted(((share, fp) for fp, share in best.items() if share >= SHARED_USERS), reverse=True)
 
 
 def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
@@ -43,12 +56,8 @@ def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
             "with lookalike-budget create (or set ledger.path to theirs)"
         )
     ledger._ready(create=False)
-    best: dict[str, float] = {}
     datasets = _datasets(ledger)
-    for fingerprint, known in datasets:
-        share = 1.0 if known.digest == key.digest else key.share_in(known)
-        best[fingerprint] = max(best.get(fingerprint, 0.0), share)
-    matches = sorted(((share, fp) for fp, share in best.items() if share >= SHARED_USERS), reverse=True)
+    matches = _covering(datasets, key)
     if not matches:
         raise LookalikeError(
             f"ledger '{ledger.path}' has no budget for this publisher data ({key.users} users): the data owners "
@@ -69,20 +78,38 @@ def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
 def create_budget(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, rules: Rules) -> str:
     """A new budget for these users. Refused where the users overlap a budget that exists: a
     new snapshot draws on its old budget (renew that one with :func:`set_budget`)."""
+    return _create(ledger, key, epsilon, delta, rules, if_missing=False)[0]
+
+
+def create_budget_if_missing(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, rules: Rules) -> tuple[str, bool]:
+    """The budget that covers these users, created unless one does: (fingerprint, created).
+    Looking and creating are one transaction under the ledger's write lock, so of two owners'
+    scripts (or two torchrun ranks) racing on a fresh ledger one creates and the other finds it;
+    looking first and creating in a second transaction let the later one see its own users
+    "already covered" and fail."""
+    return _create(ledger, key, epsilon, delta, rules, if_missing=True)
+
+
+def _create(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, rules: Rules, if_missing: bool) -> tuple[str, bool]:
     _check_total(epsilon, delta)
     ledger._ready(create=True)
-    for fingerprint, known in _datasets(ledger):
-        share = max(key.share_in(known), known.share_in(key), 1.0 if known.digest == key.digest else 0.0)
-        if share >= SHARED_USERS:
-            raise LookalikeError(
-                f"ledger '{ledger.path}': about {share:.0%} of these users are already covered by budget {fingerprint[:12]}; "
-                "add this data to it with lookalike-budget attach, and renew it with set-budget"
-            )
     now = time.time()
     with ledger.transaction() as conn:
+        lock_budgets(conn)  # SQLite's BEGIN IMMEDIATE holds the lock already; other databases take it here
+        datasets = _datasets_in(conn)
+        covering = _covering(datasets, key)
+        if if_missing and len(covering) == 1:
+            return covering[0][1], False
+        for fingerprint, known in datasets:
+            share = max(key.share_in(known), known.share_in(key), 1.0 if known.digest == key.digest else 0.0)
+            if share >= SHARED_USERS:
+                raise LookalikeError(
+                    f"ledger '{ledger.path}': about {share:.0%} of these users are already covered by budget {fingerprint[:12]}; "
+                    "add this data to it with lookalike-budget attach, and renew it with set-budget"
+                )
         conn.execute(insert(BUDGETS).values(fingerprint=key.digest, budget_epsilon=epsilon, budget_delta=delta, created_at=now, rules=rules.to_json()))
         conn.execute(insert(DATASETS).values(digest=key.digest, fingerprint=key.digest, users=key.users, sketch=key.to_json(), created_at=now))
-    return key.digest
+    return key.digest, True
 
 
 def attach_snapshot(ledger: Ledger, prefix: str, key: UsersKey) -> str:
