@@ -23,6 +23,7 @@ from lookalike.privacy.budgets import attach_snapshot, create_budget, create_bud
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger, runs_fitting
 from lookalike.privacy.rules import Rules
+from lookalike.runtime.credentials import check_command_line
 from lookalike.runtime.room import room_ledger
 
 DEFAULT_LEDGER = "outputs/privacy_ledger.sqlite"
@@ -87,7 +88,10 @@ def publisher_users(path: str, id_column: str):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lookalike-budget", description="The data owners' privacy budgets and clean-room rules.")
     p.add_argument(
-        "--ledger", default=None, help=f"ledger file or database URL (the runs' ledger.path; default {DEFAULT_LEDGER}, or the room's with LOOKALIKE_ROOM set)"
+        "--ledger",
+        default=None,
+        help=f"ledger file or database URL without a password (the runs' ledger.path; default {DEFAULT_LEDGER}, "
+        "or LOOKALIKE_LEDGER_URL's, or the room's with LOOKALIKE_ROOM set)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub = p.add_subparsers(dest="command")
@@ -120,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    check_command_line("lookalike-budget", argv)  # --ledger with a password: LOOKALIKE_LEDGER_URL or a PGPASSFILE instead
     args = parser().parse_args(argv)
     try:
         ledger = Ledger(room_ledger(args.ledger, DEFAULT_LEDGER))  # with a room file, the room's ledger only

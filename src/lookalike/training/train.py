@@ -25,6 +25,7 @@ from lookalike.parallel.world import StartSignal, World, finish, world_from_env
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
+from lookalike.runtime.credentials import check_command_line
 from lookalike.runtime.live_runs import start_run
 from lookalike.runtime.quiet import silence_known_warnings
 from lookalike.runtime.runs import discard_run_directory, is_multirun, run_directory
@@ -236,6 +237,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """Console entry point (``lookalike-train``)."""
+    check_command_line("lookalike-train")  # before Hydra, whose parse errors echo an argument
     main()
 
 
