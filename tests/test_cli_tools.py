@@ -143,3 +143,22 @@ def test_set_budget_refuses_an_empty_or_wildcard_prefix(tmp_path, capsys, prefix
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
     assert [s.budget_epsilon for s in Ledger(path).status()] == [5]
+
+
+def test_json_lines_keep_every_other_field_as_written(tmp_path):
+    """Decoding and re-encoding each line retyped the other fields (1.10 -> 1.1, 1e2 -> 100.0,
+    1E400 -> Infinity, not JSON) and hashed the numeric id 0.10 as "0.1"."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rest = ', "price": 1.10, "n": 1e2, "big": 1E400, "tiny": -0.0, "s": "caf\\u00e9 \\"x\\"", "deep": {"user_id": [1.50, null]}}'
+    lines = ['{"user_id": 0.10' + rest + "\r\n", '{ "audience" :"a" ,"user_id":"A\\u0040x.com" }\n', '{"user_id": 7}']
+    src.write_text("".join(lines), newline="")
+    assert hash_file(src, out, "user_id", SALT, "auto") == 3
+    got = out.read_bytes().decode().split("\n")
+    assert got[0] == f'{{"user_id": "{hash_id("0.10", SALT)}"' + rest + "\r"
+    assert got[1] == f'{{ "audience" :"a" ,"user_id":"{hash_id("a@x.com", SALT)}" }}'  # the string's value, escapes decoded
+    assert got[2:] == [f'{{"user_id": "{hash_id("7", SALT)}"}}', ""]
+    for line, refused in (('{"user_id": true}', "is true, not a string or a number"), ('{"user_id": "a", "user_id": "b"}', "has 'user_id' 2 times")):
+        src.write_text(line + "\n")
+        with pytest.raises(DataError, match=refused):
+            hash_file(src, tmp_path / "refused.jsonl", "user_id", SALT, "id")
+        assert not (tmp_path / "refused.jsonl").exists()

@@ -320,14 +320,20 @@ def test_an_unreachable_tracking_server_shows_no_password_and_charges_nothing(de
             f"data.seed_path={demo_dir / 'seed.jsonl'}",
             f"export.model={run_id}",
             f"export.output_dir={tmp_path / 'seg'}",
-            "mlflow.tracking_uri=http://alice:s3cret@127.0.0.1:9",
+            "mlflow.tracking_uri=http://127.0.0.1:9",  # the password in the environment: one in the URL is refused (test_credentials.py)
         ],
         capture_output=True,
         text=True,
         timeout=300,
-        env=os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"},
+        env=os.environ
+        | {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+            "MLFLOW_TRACKING_USERNAME": "alice",
+            "MLFLOW_TRACKING_PASSWORD": "s3cret",
+        },
     )
-    assert proc.returncode == 2 and "s3cret" not in proc.stdout + proc.stderr and "alice:***@" in proc.stderr
+    assert proc.returncode == 2 and "s3cret" not in proc.stdout + proc.stderr and "http://127.0.0.1:9/" in proc.stderr
     assert Ledger(out / "privacy_ledger.sqlite").status() == before and not (tmp_path / "seg").exists()
 
 

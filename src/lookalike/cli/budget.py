@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 from lookalike.data.matching import check_publisher_ids
 from lookalike.data.publisher import open_publisher
 from lookalike.errors import DataError, LookalikeError
-from lookalike.privacy.budget_match import find_budget
-from lookalike.privacy.budgets import attach_snapshot, create_budget, default_delta, set_budget, set_rules
+from lookalike.privacy.budgets import attach_snapshot, create_budget, create_budget_if_missing, default_delta, set_budget, set_rules
 from lookalike.privacy.fingerprint import users_key
 from lookalike.privacy.ledger import Ledger, runs_fitting
 from lookalike.privacy.rules import Rules
+from lookalike.runtime.credentials import check_command_line
 from lookalike.runtime.room import room_ledger
 
 DEFAULT_LEDGER = "outputs/privacy_ledger.sqlite"
@@ -90,7 +90,10 @@ def publisher_users(path: str, id_column: str):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lookalike-budget", description="The data owners' privacy budgets and clean-room rules.")
     p.add_argument(
-        "--ledger", default=None, help=f"ledger file or database URL (the runs' ledger.path; default {DEFAULT_LEDGER}, or the room's with LOOKALIKE_ROOM set)"
+        "--ledger",
+        default=None,
+        help=f"ledger file or database URL without a password (the runs' ledger.path; default {DEFAULT_LEDGER}, "
+        "or LOOKALIKE_LEDGER_URL's, or the room's with LOOKALIKE_ROOM set)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub = p.add_subparsers(dest="command")
@@ -99,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--id-column", default="user_id")
     create.add_argument("--epsilon", type=float, required=True, help="total epsilon for these users")
     create.add_argument("--delta", type=float, default=None, help="total delta (default: 1/R for the table's R users)")
-    create.add_argument("--if-missing", action="store_true", help="do nothing when a budget already covers these users")
+    create.add_argument("--if-missing", action="store_true", help="do nothing when a budget already covers these users (decided under the ledger's lock)")
     _rule_options(create)
     attach = sub.add_parser("attach", help="add a publisher table (a new snapshot, a grown table) to an existing budget")
     attach.add_argument("fingerprint", help="the budget's fingerprint, or a unique prefix of it")
@@ -123,21 +126,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    check_command_line("lookalike-budget", argv)  # --ledger with a password: LOOKALIKE_LEDGER_URL or a PGPASSFILE instead
     args = parser().parse_args(argv)
     try:
         ledger = Ledger(room_ledger(args.ledger, DEFAULT_LEDGER))  # with a room file, the room's ledger only
         changes = {k: getattr(args, k, None) for k in RULE_FLAGS}
         if args.command == "create":
             key = publisher_users(args.publisher, args.id_column)
-            if args.if_missing and ledger.exists():
-                try:
-                    found = find_budget(ledger, key)
-                    print(f"budget {found.fingerprint[:12]} already covers these users; nothing changed")
-                    return
-                except LookalikeError:
-                    pass
+            rules = Rules().with_changes(**changes)
             delta = default_delta(key.users) if args.delta is None else args.delta
-            fingerprint = create_budget(ledger, key, args.epsilon, delta, Rules().with_changes(**changes))
+            if args.if_missing:
+                fingerprint, created = create_budget_if_missing(ledger, key, args.epsilon, delta, rules)
+                if not created:
+                    print(f"budget {fingerprint[:12]} already covers these users; nothing changed")
+                    return
+            else:
+                fingerprint = create_budget(ledger, key, args.epsilon, delta, rules)
             print(f"budget {fingerprint[:12]} created for {key.users} users in ledger '{ledger.path}'")
         elif args.command == "attach":
             fingerprint = attach_snapshot(ledger, args.fingerprint, publisher_users(args.publisher, args.id_column))

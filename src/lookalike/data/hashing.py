@@ -116,7 +116,11 @@ def _hash_csv(source: Path, tmp: Path, column: str, salt: bytes, kind: str) -> i
 
 
 def _hash_jsonl(source: Path, tmp: Path, column: str, salt: bytes, kind: str) -> int:
-    with open(source, encoding="utf-8-sig") as inp, open(tmp, "w", encoding="utf-8") as out:
+    """Each line as text, like a CSV row: only the id's value is replaced. Decoding the line and
+    encoding it again retyped every other field (1.10 became 1.1, 1e2 100.0, 1E400 Infinity, which
+    is not JSON) and hashed a numeric id 0.10 as "0.1"."""
+    # newline="": a line keeps its own ending (\r\n stays \r\n).
+    with open(source, encoding="utf-8-sig", newline="") as inp, open(tmp, "w", encoding="utf-8", newline="") as out:
         rows = 0
         for line, text in enumerate(inp, start=1):
             if not text.strip():
@@ -127,11 +131,55 @@ def _hash_jsonl(source: Path, tmp: Path, column: str, salt: bytes, kind: str) ->
                 raise DataError(f"input file '{source}': line {line} is not JSON ({exc.msg})") from exc
             if not isinstance(record, dict) or column not in record:
                 raise DataError(f"input file '{source}': line {line} has no '{column}': pass --column")
-            _refuse_blank([record[column]], source, column, line)
-            record[column] = hash_id(str(record[column]), salt, kind)
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            spans = _value_spans(text, column)
+            if len(spans) > 1:  # json.loads keeps the last; another reader may take the first
+                raise DataError(f"input file '{source}': line {line} has '{column}' {len(spans)} times; keep one")
+            at, end = spans[0]
+            value = _id_text(text[at:end])
+            if value is _NOT_AN_ID:
+                raise DataError(f"input file '{source}': line {line}: '{column}' is {text[at:end][:40]}, not a string or a number")
+            _refuse_blank([value], source, column, line)
+            text = text[:at] + json.dumps(hash_id(str(value), salt, kind)) + text[end:]
+            out.write(text if text.endswith("\n") else text + "\n")
             rows += 1
     return rows
+
+
+_DECODER = json.JSONDecoder()
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_NOT_AN_ID = object()
+
+
+def _value_spans(text: str, key: str) -> list[tuple[int, int]]:
+    """Where ``key``'s values sit in ``text``, a JSON object already checked by ``json.loads``."""
+    spans, at = [], _skip(text, _skip(text, 0) + 1)  # past the '{'
+    while text[at] != "}":
+        name, at = _DECODER.raw_decode(text, at)  # a key is a JSON string
+        at = _skip(text, _skip(text, at) + 1)  # past the ':'
+        end = _DECODER.raw_decode(text, at)[1]
+        if name == key:
+            spans.append((at, end))
+        at = _skip(text, end)
+        if text[at] == ",":
+            at = _skip(text, at + 1)
+    return spans
+
+
+def _skip(text: str, at: int) -> int:
+    """The first position from ``at`` that is not JSON whitespace."""
+    while at < len(text) and text[at] in " \t\n\r":
+        at += 1
+    return at
+
+
+def _id_text(raw: str) -> object:
+    """The id a JSON value stands for: a string's text, a number as written (0.10 stays 0.10, as
+    in a CSV); None for null; _NOT_AN_ID for anything else."""
+    if raw.startswith('"'):
+        return json.loads(raw)
+    if _NUMBER.fullmatch(raw):
+        return raw
+    return None if raw == "null" else _NOT_AN_ID
 
 
 def main(argv: list[str] | None = None) -> None:

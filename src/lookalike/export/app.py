@@ -30,6 +30,8 @@ from lookalike.parallel.world import barrier, finish, world_from_env
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
+from lookalike.runtime.credentials import check_command_line
+from lookalike.runtime.live_runs import start_run
 from lookalike.runtime.quiet import silence_known_warnings
 from lookalike.runtime.runs import discard_run_directory, is_multirun
 from lookalike.runtime.tracking import setup_experiment
@@ -123,7 +125,7 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
         pass
     staged, published = StagedOutput(out, bool(e.overwrite)), False
     try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}"):
+        with start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}"):
             mlflow.set_tags(
                 {
                     "lookalike.kind": "export",
@@ -232,6 +234,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
+    check_command_line("lookalike-export")  # before Hydra, whose parse errors echo an argument
     main()
 
 

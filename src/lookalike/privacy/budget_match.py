@@ -35,7 +35,12 @@ class BudgetMatch:
 def load_datasets(ledger: Ledger) -> dict[str, list[UsersKey]]:
     """Every budget's datasets, with their stored hashes where they have them."""
     with ledger.transaction(write=False) as conn:
-        rows = conn.execute(select(DATASETS.c.digest, DATASETS.c.fingerprint, DATASETS.c.sketch, DATASETS.c.hashes)).all()
+        return datasets_in(conn)
+
+
+def datasets_in(conn) -> dict[str, list[UsersKey]]:
+    """:func:`load_datasets` inside a transaction the caller holds (creation, under its lock)."""
+    rows = conn.execute(select(DATASETS.c.digest, DATASETS.c.fingerprint, DATASETS.c.sketch, DATASETS.c.hashes)).all()
     held: dict[str, list[UsersKey]] = {}
     for digest, fingerprint, sketch, blob in rows:
         held.setdefault(fingerprint, []).append(replace(UsersKey.from_json(digest, sketch), hashes=stored_hashes(blob)))

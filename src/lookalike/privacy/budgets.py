@@ -14,10 +14,10 @@ import time
 from sqlalchemy import insert, select, update
 
 from lookalike.errors import ConfigError, LookalikeError
-from lookalike.privacy.budget_match import load_datasets, other_hashes, shared_users
+from lookalike.privacy.budget_match import datasets_in, load_datasets, other_hashes, shared_users
 from lookalike.privacy.fingerprint import SHARED_USERS, UsersKey
 from lookalike.privacy.ledger import Ledger
-from lookalike.privacy.ledger_store import BUDGETS, DATASETS
+from lookalike.privacy.ledger_store import BUDGETS, DATASETS, lock_budgets
 from lookalike.privacy.rules import Rules
 
 
@@ -27,22 +27,39 @@ def create_budget(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | 
     None leaves the total delta uncapped; the owners' command caps it by default
     (:func:`default_delta`). Users another budget holds stay that budget's (runs on them are
     charged on both)."""
+    return _create(ledger, key, epsilon, delta, rules, if_missing=False)[0]
+
+
+def create_budget_if_missing(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, rules: Rules) -> tuple[str, bool]:
+    """The budget that covers these users, created unless one does: (fingerprint, created).
+    Looking and creating are one transaction under the ledger's write lock, so of two owners'
+    scripts (or two torchrun ranks) racing on a fresh ledger one creates and the other finds it;
+    looking first and creating in a second transaction let the later one see its own users
+    "already covered" and fail."""
+    return _create(ledger, key, epsilon, delta, rules, if_missing=True)
+
+
+def _create(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, rules: Rules, if_missing: bool) -> tuple[str, bool]:
     _check_total(epsilon, delta)
     ledger._ready(create=True)
-    held = load_datasets(ledger)
-    for fingerprint, datasets in held.items():
-        shared = shared_users(key, datasets)
-        share = max(shared / max(key.users, 1), max(shared / max(d.users, 1) for d in datasets))
-        if share >= SHARED_USERS:
-            raise LookalikeError(
-                f"ledger '{ledger.path}': about {share:.0%} of these users are already covered by budget {fingerprint[:12]}; "
-                "add this data to it with lookalike-budget attach, and renew it with set-budget"
-            )
     now = time.time()
     with ledger.transaction() as conn:
+        lock_budgets(conn)  # SQLite's BEGIN IMMEDIATE holds the lock already; other databases take it here
+        held = datasets_in(conn)
+        covering = [fp for fp, datasets in held.items() if shared_users(key, datasets) >= SHARED_USERS * key.users]
+        if if_missing and len(covering) == 1:
+            return covering[0], False
+        for fingerprint, datasets in held.items():
+            shared = shared_users(key, datasets)
+            share = max(shared / max(key.users, 1), max(shared / max(d.users, 1) for d in datasets))
+            if share >= SHARED_USERS:
+                raise LookalikeError(
+                    f"ledger '{ledger.path}': about {share:.0%} of these users are already covered by budget {fingerprint[:12]}; "
+                    "add this data to it with lookalike-budget attach, and renew it with set-budget"
+                )
         conn.execute(insert(BUDGETS).values(fingerprint=key.digest, budget_epsilon=epsilon, budget_delta=delta, created_at=now, rules=rules.to_json()))
         conn.execute(insert(DATASETS).values(**_dataset_row(key, key.digest, other_hashes(held, None), now)))
-    return key.digest
+    return key.digest, True
 
 
 def _dataset_row(key: UsersKey, fingerprint: str, leave_out: list, now: float) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import (
     CheckConstraint,
     Column,
+    Connection,
     Engine,
     Float,
     ForeignKey,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    select,
     text,
 )
 from sqlalchemy.engine import make_url
@@ -152,12 +154,34 @@ def create_schema(engine: Engine, location: str) -> None:
     file = sqlite_file(location)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-    METADATA.create_all(engine, checkfirst=True)
-    # Ledgers written before entries carried their mechanism, or budgets their rules, get the
-    # column added.
-    binary = "BLOB" if engine.dialect.name == "sqlite" else "BYTEA"
-    added = (("entries", "events", "TEXT"), ("entries", "claim", "TEXT"), ("entries", "plan", "TEXT"), ("entries", "parent", "INTEGER"))
-    for table, column, kind in added + (("budgets", "rules", "TEXT"), ("datasets", "hashes", binary)):
-        if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
-            with engine.begin() as conn:
+    # One transaction under a lock, so processes opening a fresh ledger at once (torchrun ranks,
+    # owners' scripts) do not both see no table and both create it: SQLite's BEGIN IMMEDIATE is
+    # that lock; PostgreSQL has no table to lock yet, so it takes a transaction advisory lock.
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        METADATA.create_all(conn, checkfirst=True)
+        # Ledgers written before entries carried their mechanism, or budgets their rules, get the
+        # column added.
+        binary = "BLOB" if conn.dialect.name == "sqlite" else "BYTEA"
+        added = (("entries", "events", "TEXT"), ("entries", "claim", "TEXT"), ("entries", "plan", "TEXT"), ("entries", "parent", "INTEGER"))
+        for table, column, kind in added + (("budgets", "rules", "TEXT"), ("datasets", "hashes", binary)):
+            if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
+_SCHEMA_LOCK = 0x6C6B6C64  # any constant: the advisory lock's name among the database's others
+
+
+def lock_budgets(conn: Connection) -> None:
+    """Inside a write transaction, hold the lock that creating a budget needs, so that no budget
+    appears between reading the budgets and inserting one. SQLite's transactions hold the
+    database's write lock from their BEGIN IMMEDIATE; PostgreSQL locks the table against other
+    writers (readers go on); other databases lock the rows read (InnoDB's next-key locks keep
+    new rows out of the range too)."""
+    if conn.dialect.name == "sqlite":
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("LOCK TABLE budgets IN SHARE ROW EXCLUSIVE MODE"))
+    else:
+        conn.execute(select(BUDGETS.c.fingerprint).with_for_update()).all()

@@ -13,7 +13,12 @@ that is neither the room's nor the packaged default (a command-line override, an
 file, a config built in code) is refused in one line. The raw value is compared, before
 interpolation, so the packaged ``${paths.output_dir}/privacy_ledger.sqlite`` is recognised
 whatever ``paths.output_dir`` is. Without ``LOOKALIKE_ROOM`` nothing changes: the operator picks
-the ledger, and with it the rules."""
+the ledger, and with it the rules.
+
+``LOOKALIKE_LEDGER_URL`` names the ledger (a database URL with its password, which no setting may
+hold: runtime/credentials.py) the same way: with a room file, in place of its ``ledger.path``
+(a file that sets it too is refused as ambiguous); without one, alone, as the ledger an override
+may not change."""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger_store import sqlite_file
+from lookalike.runtime.credentials import LEDGER_ENV, PASSWORD_KEYS, refuse_password
 
 ENV = "LOOKALIKE_ROOM"
 # The room's keys, each with the group file of the packaged configs that holds its default.
@@ -39,18 +45,23 @@ _ABSENT = object()
 
 @dataclass(frozen=True)
 class Room:
-    file: str
-    settings: dict[str, str]  # dotted key -> value, every key of ROOM_KEYS
+    file: str | None  # None: no room file, only LOOKALIKE_LEDGER_URL
+    settings: dict[str, str]  # dotted key -> value: every key of ROOM_KEYS with a room file
+    ledger_from_env: bool = False  # ledger.path came from LOOKALIKE_LEDGER_URL
+
+    def source(self, key: str) -> str:
+        return LEDGER_ENV if key == "ledger.path" and self.ledger_from_env else f"the room file '{self.file}' ({ENV})"
 
     def refuse(self, key: str) -> ConfigError:
-        return ConfigError(key, f"is set by the room file '{self.file}' ({ENV}); remove the override")
+        return ConfigError(key, f"is set by {self.source(key)}; remove the override")
 
 
 def load_room() -> Room | None:
-    """The room file named by ``LOOKALIKE_ROOM``, checked; None when the variable is unset or empty."""
-    name = os.environ.get(ENV, "")
+    """The room file named by ``LOOKALIKE_ROOM`` and the ledger named by ``LOOKALIKE_LEDGER_URL``,
+    checked; None when neither variable is set."""
+    name, url = os.environ.get(ENV, ""), os.environ.get(LEDGER_ENV, "")
     if not name:
-        return None
+        return Room(None, {"ledger.path": _env_ledger(url)}, ledger_from_env=True) if url else None
     try:
         text = Path(name).read_text()
     except OSError as exc:
@@ -71,10 +82,26 @@ def load_room() -> Room | None:
         file = sqlite_file(value) if key == "ledger.path" else Path(value)
         if file is not None and not file.is_absolute():
             raise ConfigError(key, f"'{value}' in the room file '{name}' ({ENV}) is relative, so it would follow the working directory: make it absolute")
+    if url:
+        if "ledger.path" in settings:
+            raise ConfigError(LEDGER_ENV, f"is set, and the room file '{name}' ({ENV}) sets ledger.path too: keep one of them")
+        settings["ledger.path"] = _env_ledger(url)
     for key in ROOM_KEYS:
         if key not in settings:
-            raise ConfigError(key, f"is missing from the room file '{name}' ({ENV}): the room sets every one of {', '.join(ROOM_KEYS)}")
-    return Room(name, settings)
+            also = f" and {LEDGER_ENV} is not set" if key == "ledger.path" else ""
+            raise ConfigError(key, f"is missing from the room file '{name}' ({ENV}){also}: the room sets every one of {', '.join(ROOM_KEYS)}")
+    return Room(name, settings, ledger_from_env=bool(url))
+
+
+def _env_ledger(url: str) -> str:
+    """``LOOKALIKE_LEDGER_URL``, checked; never shown, since it may hold a password."""
+    try:
+        file = sqlite_file(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's URL parser raises several kinds
+        raise ConfigError(LEDGER_ENV, "is neither an absolute file path nor a database URL (sqlite:////..., postgresql+psycopg://...)") from None
+    if file is not None and not file.is_absolute():
+        raise ConfigError(LEDGER_ENV, "names a relative path, which would follow the working directory: make it absolute")
+    return url
 
 
 def _flatten(node: dict, prefix: str, into: dict[str, Any]) -> None:
@@ -87,9 +114,14 @@ def _flatten(node: dict, prefix: str, into: dict[str, Any]) -> None:
 
 def apply_room(cfg: Any, schema: type) -> Any:
     """``cfg`` (a DictConfig, a dict, or the ``schema`` dataclass) with the room's settings in
-    place of the config's; the caller's object is left as it was. Only the room keys the schema
+    place of the config's, after refusing a URL with a password in ``ledger.path`` or
+    ``mlflow.tracking_uri``; the caller's object is left as it was. Only the room keys the schema
     has are set (training has no ``export`` section)."""
     room = load_room()
+    for key in PASSWORD_KEYS:  # a password in a setting is refused; the room's or LOOKALIKE_LEDGER_URL's own value is no setting
+        current = _current(cfg, key)
+        if room is None or current != room.settings.get(key):
+            refuse_password(key, current)
     if room is None:
         return cfg
     if isinstance(cfg, DictConfig):
@@ -117,13 +149,13 @@ def apply_room(cfg: Any, schema: type) -> Any:
 
 
 def room_ledger(given: str | None, default: str) -> str:
-    """The ledger for ``lookalike-budget``: the room's (a different ``--ledger`` is refused), or
-    without a room ``given`` or ``default``."""
+    """The ledger for ``lookalike-budget``: the room's or ``LOOKALIKE_LEDGER_URL``'s (a different
+    ``--ledger`` is refused), or without either ``given`` or ``default``."""
     room = load_room()
     if room is None:
         return given or default
     if given is not None and given != room.settings["ledger.path"]:
-        raise LookalikeError(f"--ledger '{given}': the ledger is set by the room file '{room.file}' ({ENV}); remove --ledger")
+        raise LookalikeError(f"--ledger '{given}': the ledger is set by {room.source('ledger.path')}; remove --ledger")
     return room.settings["ledger.path"]
 
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from lookalike.errors import LookalikeError
 from lookalike.privacy.budget_match import find_budget
 from lookalike.privacy.ledger import Ledger
+from lookalike.runtime.live_runs import owner_tags
 from lookalike.runtime.tracking import setup_experiment
 from lookalike.training.config import TrainConfig, train_config
 from lookalike.training.prepare import data_users
@@ -61,7 +62,7 @@ class SweepSummary(Callback):
         except LookalikeError as exc:
             print(f"lookalike-train: error: {exc}", file=sys.stderr)
             sys.exit(2)
-        run = MlflowClient().create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", tags={"lookalike.kind": "sweep"})
+        run = MlflowClient().create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", tags={"lookalike.kind": "sweep"} | owner_tags())
         self.parent = run.info.run_id
         os.environ[PARENT_ENV] = self.parent  # read by each trial (also in launcher subprocesses)
 

@@ -25,6 +25,8 @@ from lookalike.parallel.world import StartSignal, World, finish, world_from_env
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import mask_urls
+from lookalike.runtime.credentials import check_command_line
+from lookalike.runtime.live_runs import start_run
 from lookalike.runtime.quiet import silence_known_warnings
 from lookalike.runtime.runs import discard_run_directory, is_multirun, run_directory
 from lookalike.runtime.tracking import (
@@ -103,7 +105,7 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
         run_dir = run_directory(cfg)
         # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
         resumed_run_id = resume_run_id(inputs.resume)
-        with mlflow.start_run(
+        with start_run(  # first marks KILLED the runs whose process is gone (runtime/live_runs.py)
             run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id, run_name=None if resumed_run_id else ctx.run_name()
         ) as active:
             try:
@@ -235,6 +237,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """Console entry point (``lookalike-train``)."""
+    check_command_line("lookalike-train")  # before Hydra, whose parse errors echo an argument
     main()
 
 
