@@ -182,7 +182,7 @@ def test_trials_start_from_weights_the_logged_seed_cannot_regenerate(cfg_factory
     real = Inputs.build_model
 
     def drawn(model) -> torch.Tensor:  # the randomly initialised weights (not LayerNorm's ones, not zero biases)
-        return torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.numel() > 1 and float(p.std()) > 0])
+        return torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.numel() > 1 and float(p.detach().std()) > 0])
 
     def spy(self, trial, model_cfg):
         model = real(self, trial, model_cfg)
