@@ -124,7 +124,9 @@ def train(
         total, count = torch.zeros((), device=device), 0
         with _physical_batches(loader, optimizer, private, trainer) as batches:
             # The bar counts logical steps (one per accountant step), not physical batches.
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not trainer.progress_bar, leave=False)
+            # disable=None: a bar only on a terminal; a CI or Slurm log gets the epoch lines alone,
+            # not thousands of carriage-return updates.
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=None if trainer.progress_bar else True, leave=False)
             for batch in batches:
                 *inputs, labels = (t.to(device, non_blocking=True) for t in batch)
                 optimizer.zero_grad(set_to_none=True)
