@@ -33,7 +33,7 @@ from lookalike.privacy.ledger_store import mask_urls
 from lookalike.runtime.credentials import check_command_line
 from lookalike.runtime.live_runs import start_run
 from lookalike.runtime.quiet import silence_known_warnings
-from lookalike.runtime.runs import discard_run_directory, is_multirun
+from lookalike.runtime.runs import check_run_folder, discard_run_directory, is_multirun
 from lookalike.runtime.tracking import setup_experiment
 
 log = logging.getLogger("lookalike.export")
@@ -225,6 +225,7 @@ def _save_report(report: dict, folder: Path) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     try:
+        check_run_folder(cfg)
         run(cfg)
     except LookalikeError as exc:
         print(f"lookalike-export: error: {mask_urls(str(exc))}", file=sys.stderr)

@@ -28,7 +28,7 @@ from lookalike.privacy.ledger_store import mask_urls
 from lookalike.runtime.credentials import check_command_line
 from lookalike.runtime.live_runs import start_run
 from lookalike.runtime.quiet import silence_known_warnings
-from lookalike.runtime.runs import discard_run_directory, is_multirun, run_directory
+from lookalike.runtime.runs import check_run_folder, discard_run_directory, is_multirun, run_directory
 from lookalike.runtime.tracking import (
     flat_params,
     log_dict_artifact,
@@ -217,6 +217,7 @@ def _save_and_record(ctx: RunContext, inputs: Inputs, result: TrainResult, run_i
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
+        check_run_folder(cfg)
         metric = run(cfg)
         if is_multirun() and (metric is None or math.isnan(metric)):
             # Too few held-out users for a DP estimate: Optuna's sweeper cannot take NaN, None
