@@ -56,6 +56,12 @@ CASES = {
     ),
     "optimizer argument": (lambda tmp, demo: ["+trainer.optimizer.betas=[2,3]"], "config 'trainer.optimizer': cannot be built .*beta"),
     "optimizer target": (lambda tmp, demo: ["trainer.optimizer._target_=torch.optim.NoSuchOptimizer"], "config 'trainer.optimizer': cannot be built"),
+    # Hydra's target policy refuses it; its reason, wrapped over lines, is shown whole on one.
+    "unsafe optimizer target": (
+        lambda tmp, demo: ["trainer.optimizer._target_=os.system"],
+        r"config 'trainer.optimizer': cannot be built \(Target 'os.system' is blocklisted because it allows config data to control executable",
+    ),
+    "model that cannot be built": (lambda tmp, demo: [f"model.embedding_dim={2**40}"], "config 'model': cannot be built .*fix its settings"),
     "epsilon zero": (lambda tmp, demo: ["privacy.target_epsilon=0"], "config 'privacy.target_epsilon'"),
     "delta too large": (lambda tmp, demo: ["privacy.target_delta=0.01"], "config 'privacy.target_delta': 0.01 must be in"),
     "negative rate": (lambda tmp, demo: ["data.negative_rate=-1"], "config 'data.negative_rate'"),
