@@ -294,18 +294,6 @@ def test_overwrite_replaces_only_a_previous_export(demo_dir, trained, tmp_path, 
     assert sorted(p for p in target.rglob("*")) == before
 
 
-def test_a_killed_exports_staging_folder_is_cleaned_up(demo_dir, trained, tmp_path):
-    target = tmp_path / "segments"
-    stale = tmp_path / ".segments.tmp-deadbeef"
-    (stale / "audience=luxury").mkdir(parents=True)
-    import socket
-
-    (stale / ".lookalike-export").write_text(f"{2**22 + 12345}@{socket.gethostname()}")  # no such process
-    export(export_cfg(demo_dir, trained, target, "export.audience_size.bins=[10]"))
-    assert not stale.exists() and (target / ".lookalike-export").is_file()
-    assert not list(tmp_path.glob(".segments.*"))
-
-
 def test_an_unreachable_tracking_server_shows_no_password_and_charges_nothing(demo_dir, trained, tmp_path):
     out, run_id = trained
     before = Ledger(out / "privacy_ledger.sqlite").status()

@@ -33,7 +33,7 @@ from lookalike.privacy.ledger_store import mask_urls
 from lookalike.runtime.credentials import check_command_line
 from lookalike.runtime.live_runs import start_run
 from lookalike.runtime.quiet import silence_known_warnings
-from lookalike.runtime.runs import discard_run_directory, is_multirun
+from lookalike.runtime.runs import check_run_folder, discard_run_directory, is_multirun
 from lookalike.runtime.tracking import setup_experiment
 
 log = logging.getLogger("lookalike.export")
@@ -108,23 +108,24 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
     ledger = Ledger(cfg.ledger.path)
     # MLflow first: an unreachable tracking server must fail before anything is reserved.
     experiment_id = setup_experiment(cfg.mlflow)
-    entry = None
-    if job.epsilon > 0:
-        entry = ledger.reserve(
-            job.fingerprint,
-            job.epsilon,
-            job.delta,
-            kind="export",
-            description=f"lookalike-export {job.uri}",
-            attach=job.budget.new_snapshot,
-            also=job.budget.also,
-        )
+    # The staging folder too (and the abandoned ones beside it cleared): a problem there fails
+    # before the reservation, and a refused reservation discards the stage.
+    staged, published, entry = StagedOutput(out, bool(e.overwrite)), False, None
     try:
-        experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run
-    except Exception:  # the model came from another tracking store
-        pass
-    staged, published = StagedOutput(out, bool(e.overwrite)), False
-    try:
+        if job.epsilon > 0:
+            entry = ledger.reserve(
+                job.fingerprint,
+                job.epsilon,
+                job.delta,
+                kind="export",
+                description=f"lookalike-export {job.uri}",
+                attach=job.budget.new_snapshot,
+                also=job.budget.also,
+            )
+        try:
+            experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run
+        except Exception:  # the model came from another tracking store
+            pass
         with start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}"):
             mlflow.set_tags(
                 {
@@ -225,6 +226,7 @@ def _save_report(report: dict, folder: Path) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     try:
+        check_run_folder(cfg)
         run(cfg)
     except LookalikeError as exc:
         print(f"lookalike-export: error: {mask_urls(str(exc))}", file=sys.stderr)

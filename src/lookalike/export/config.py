@@ -9,7 +9,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from lookalike.errors import ConfigError
-from lookalike.runtime.config import SharedSections, check_outputs_outside_inputs
+from lookalike.runtime.config import SharedSections
 from lookalike.runtime.typed_config import to_typed
 from lookalike.settings import device_name, number, one_of, require, whole
 
@@ -98,10 +98,9 @@ class ExportConfig(SharedSections):
     export: ExportSettings = field(default_factory=ExportSettings)
 
     def check(self) -> None:
-        check_outputs_outside_inputs(
-            {"export.output_dir": self.export.output_dir, "ledger.path": self.ledger.path},
-            {"data.publisher_path": self.data.publisher_path, "data.seed_path": self.data.seed_path},
-        )
+        # The staging folder is a sibling of export.output_dir (export/output.py), so it lies in an
+        # input folder only when export.output_dir does: checking the folder covers it.
+        self.check_outputs({"export.output_dir": self.export.output_dir})
 
 
 def export_config(cfg: Any) -> ExportConfig:

@@ -147,11 +147,13 @@ class StagedOutput:
         process that is gone (a running export's stage is left alone)."""
         for stage in self.destination.parent.glob(f".{self.destination.name}.tmp-*"):
             try:
-                pid, _, host = (stage / MARKER).read_text().partition("@")
-            except OSError:  # no marker, or another export published or discarded it meanwhile
+                pid, _, host = (stage / MARKER).read_text(encoding="utf-8").partition("@")
+            except (OSError, UnicodeDecodeError):  # no marker, a garbage one, or another export published or discarded it meanwhile
                 continue
             # A stage about to be published holds its manifest instead: its export is running.
-            if pid.isdigit() and host == socket.gethostname() and not _alive(int(pid)):
+            # A marker that is not ASCII digits (int() refuses "²", which isdigit() accepts), a
+            # manifest or another host's is not ours to judge: left alone.
+            if pid.isascii() and pid.isdigit() and host == socket.gethostname() and not _alive(int(pid)):
                 shutil.rmtree(stage, ignore_errors=True)
 
 
@@ -195,7 +197,7 @@ def _owner() -> str:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process id can be
         return False
     except PermissionError:
         return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lookalike.errors import ConfigError
+from lookalike.runtime.config import check_outputs_outside_inputs, input_paths
 
 
 def pick_device(name: str, key: str = "trainer.device") -> torch.device:
@@ -45,6 +47,33 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def check_run_folder(cfg: Any) -> None:
+    """The Hydra job's folder outside the inputs (it gets the job log, checkpoints and the
+    bundle); RunFolderRecord refuses it before Hydra creates it, this covers an application
+    run without that callback."""
+    if HydraConfig.initialized():
+        key = "hydra.sweep.dir" if is_multirun() else "hydra.run.dir"
+        check_outputs_outside_inputs({key: HydraConfig.get().runtime.output_dir}, _inputs(cfg))
+
+
+def _inputs(config: Any) -> dict[str, Any]:
+    seed = OmegaConf.select(config, "data.seed_path", default=None)
+    seed = OmegaConf.to_container(seed, resolve=True) if isinstance(seed, (DictConfig, ListConfig)) else seed
+    return input_paths(OmegaConf.select(config, "data.publisher_path", default=None), seed)
+
+
+def _refuse_inside_inputs(config: DictConfig, key: str, folder: Path) -> None:
+    """Before Hydra creates the run folder and opens its log there: a folder inside the input
+    data would get train.log beside the table, which every later run then reports corrupt.
+    Refused in one line, exit 2, like every refusal of the application (nothing is written yet)."""
+    try:
+        check_outputs_outside_inputs({key: folder}, _inputs(config))
+    except ConfigError as exc:
+        app = OmegaConf.select(config, "hydra.help.app_name", default="lookalike")
+        print(f"{app}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 class RunFolderRecord(Callback):
     """Notes what is at the run folder before Hydra creates it (``on_run_start`` and
     ``on_multirun_start`` come before Hydra's mkdir; ``on_job_start`` comes after), so that a
@@ -54,10 +83,14 @@ class RunFolderRecord(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The same config object run_job resolves next; ${now:} and ${run_id:} are cached, so
         # this is the folder Hydra is about to create.
-        _record(Path(os.path.abspath(str(config.hydra.run.dir))), job=False)
+        folder = Path(os.path.abspath(str(config.hydra.run.dir)))
+        _refuse_inside_inputs(config, "hydra.run.dir", folder)
+        _record(folder, job=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _record(Path(os.path.abspath(str(config.hydra.sweep.dir))), job=True)
+        folder = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+        _refuse_inside_inputs(config, "hydra.sweep.dir", folder)
+        _record(folder, job=True)
 
 
 _before: dict[str, Any] = {}  # what RunFolderRecord saw; one Hydra application per process

@@ -14,7 +14,7 @@ from lookalike.errors import ConfigError
 from lookalike.model.config import ModelConfig
 from lookalike.model.registry import model_kind
 from lookalike.privacy.config import PrivacyConfig
-from lookalike.runtime.config import SharedSections, check_outputs_outside_inputs
+from lookalike.runtime.config import SharedSections
 from lookalike.runtime.typed_config import check_all, to_typed
 from lookalike.settings import device_name, number, require, whole
 
@@ -156,10 +156,7 @@ class TrainConfig(SharedSections):
             )
         if self.tuning.mean_trials is not None:
             self._check_tuning()
-        check_outputs_outside_inputs(
-            {"paths.output_dir": self.paths.output_dir, "ledger.path": self.ledger.path},
-            {"data.publisher_path": self.data.publisher_path, "data.seed_path": self.data.seed_path},
-        )
+        self.check_outputs({"paths.output_dir": self.paths.output_dir})
 
     def _check_tuning(self) -> None:
         """Private tuning picks the best trial by a noisy count of held-out seed users, in one process."""

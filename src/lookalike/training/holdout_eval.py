@@ -35,7 +35,11 @@ def evaluate_holdout(model, data, device, cfg: Any, epsilon: float, delta: float
     negatives = score(model, data.eval_negative_features, device)
     audiences = data.training.audiences
     pos = [score(model, data.holdout_features[a], device)[:, i] if len(data.holdout_features[a]) else np.zeros(0) for i, a in enumerate(audiences)]
-    neg = [negatives[:, i] for i in range(len(audiences))]
+    # No evaluation negatives (a seed holding every user of the evaluation range): ``score``
+    # returns a 0 x 0 array; each audience then has an empty set, whose histogram is all noise
+    # in a DP run, and whose exact metrics are NaN in a trusted one, instead of an IndexError
+    # after the training's epsilon is spent.
+    neg = [negatives[:, i] if len(negatives) else np.zeros(0) for i in range(len(audiences))]
     prefix, curves, aucs, multiplier = ("trusted" if trusted else "dp"), {}, [], 0.0
     if trusted:
         hist_pos, hist_neg = [histogram(x) for x in pos], [histogram(x) for x in neg]
@@ -53,6 +57,10 @@ def evaluate_holdout(model, data, device, cfg: Any, epsilon: float, delta: float
     valid = [a for a in aucs if not np.isnan(a)]
     mean_auc = float(np.mean(valid)) if valid else float("nan")
     mlflow.log_metric(f"{prefix}.auc", mean_auc)
+    if not valid:
+        # Decided on what was released (the noisy histograms, or the exact ones in a trusted
+        # run), so the warning tells the operator nothing the metrics do not.
+        log.warning("%s held-out AUC undefined (NaN): too few held-out seed users or evaluation negatives; the model is logged all the same", prefix)
     _log_curve(curves, prefix)
     return mean_auc, multiplier
 

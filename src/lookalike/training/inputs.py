@@ -22,6 +22,7 @@ from lookalike.runtime.runs import pick_device
 from lookalike.training.canaries import plant_canaries
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig
+from lookalike.training.loop import check_optimizer, one_line
 from lookalike.training.model_rule import model_for_seed, seed_users_estimate
 from lookalike.training.prepare import prepare
 
@@ -58,6 +59,19 @@ class Inputs:
         seed_users = None if examples is None else seed_users_estimate(examples, self.data.in_background_range, data.negative_rate, data.holdout_fraction)
         components = self.data.projection.matrix.shape[1] if self.data.projection is not None else None
         return model_for_seed(cfg.model, seed_users, components)
+
+    def check_model(self, cfg: TrainConfig) -> None:
+        """Build the configured model, and a learned one's optimizer on its parameters, before the
+        reservation: what cannot be built (a size past any memory, say) is refused in one line
+        here instead of failing with a traceback once the budget is held. A small seed's model
+        (model_rule.py, decided after the DP counts) is smaller than the configured one."""
+        with torch.random.fork_rng(devices=[]):  # the seeded weights of the run stay what they were
+            try:
+                model = self.build_model(cfg, self.model_config(cfg, None))
+            except Exception as exc:
+                raise ConfigError("model", f"cannot be built ({one_line(exc)}): fix its settings") from None
+            if model_kind(cfg.model.kind).learned:
+                check_optimizer(cfg, model.parameters())
 
     def build_model(self, cfg: TrainConfig, model_cfg: ModelConfig) -> torch.nn.Module:
         model = build_model(self.data.spec, len(self.data.training.audiences), model_cfg)

@@ -46,14 +46,19 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
 
 
-def check_optimizer(cfg: Any) -> None:
-    """Build ``trainer.optimizer`` on a stand-in parameter: a bad argument or target is refused
-    in one line before a run reserves anything, not after its first DP step."""
+def check_optimizer(cfg: Any, params: Any = None) -> None:
+    """Build ``trainer.optimizer`` on ``params`` (a stand-in parameter by default): a bad argument
+    or target is refused in one line before a run reserves anything, not after its first DP step."""
     try:
-        instantiate(cfg.trainer.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
-    except Exception as exc:  # Hydra's instantiation errors, the optimizer's own ValueErrors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("trainer.optimizer", f"cannot be built ({first}): fix its _target_ or arguments") from None
+        instantiate(cfg.trainer.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))] if params is None else params)
+    except Exception as exc:  # Hydra's instantiation errors (its target policy's too), the optimizer's own ValueErrors
+        raise ConfigError("trainer.optimizer", f"cannot be built ({one_line(exc)}): fix its _target_ or arguments") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message for a one-line error: its first paragraph, line breaks folded
+    (Hydra wraps its target-policy refusal over several lines, so a first line cuts it mid-sentence)."""
+    return " ".join(str(exc).strip().split("\n\n")[0].split()) or type(exc).__name__
 
 
 def train(

@@ -28,7 +28,7 @@ from lookalike.privacy.ledger_store import mask_urls
 from lookalike.runtime.credentials import check_command_line
 from lookalike.runtime.live_runs import start_run
 from lookalike.runtime.quiet import silence_known_warnings
-from lookalike.runtime.runs import discard_run_directory, is_multirun, run_directory
+from lookalike.runtime.runs import check_run_folder, discard_run_directory, is_multirun, run_directory
 from lookalike.runtime.tracking import (
     flat_params,
     log_dict_artifact,
@@ -88,6 +88,7 @@ def _train_shard(cfg: TrainConfig, world: World, signal: StartSignal) -> None:
 def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | None:
     check_optimizer(cfg)  # a bad optimizer setting fails before any work, not after the first DP step
     inputs = gather_inputs(cfg, world)
+    inputs.check_model(cfg)  # the model and its optimizer, built once before anything is reserved
     signal.armed = True  # every rank has its data; the others now wait for go or stop
     ctx = RunContext(cfg, inputs.data, inputs.delta, Ledger(cfg.ledger.path))
     ctx.check_rules()  # the data owners' rules refuse a run before anything is reserved or logged
@@ -131,7 +132,6 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
         ckpt.meta = ctx.checkpoint_meta() | {"mlflow_run_id": run_id}
         ckpt.save(run_dir / "checkpoints" / "last.pt")
 
-    ctx.begin_training()
     estimate = ctx.estimate if model_kind(cfg.model.kind).learned else None
     examples = inputs.examples(estimate) if estimate is not None else None
     model_cfg = inputs.model_config(cfg, estimate)
@@ -139,6 +139,9 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     mlflow.log_param("model.input_projection_used", model_cfg.input_projection or "null")
     model: Any = inputs.build_model(cfg, model_cfg)
     tensors = inputs.training_tensors()
+    # Nothing above read the data through a DP step, so a failure there releases the reservation
+    # (less the DP counts already released); from the go to the other ranks on, it stays charged.
+    ctx.begin_training()
     signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
     if not model_kind(cfg.model.kind).learned:
         result = fit_centroid(model, tensors, cfg, inputs.delta or 0.0)
@@ -217,6 +220,7 @@ def _save_and_record(ctx: RunContext, inputs: Inputs, result: TrainResult, run_i
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
+        check_run_folder(cfg)
         metric = run(cfg)
         if is_multirun() and (metric is None or math.isnan(metric)):
             # Too few held-out users for a DP estimate: Optuna's sweeper cannot take NaN, None
