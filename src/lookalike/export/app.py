@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +21,7 @@ import mlflow
 from omegaconf import DictConfig
 
 import lookalike.runtime.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
-from lookalike.errors import BudgetExceededError, LookalikeError
+from lookalike.errors import BudgetExceededError, LookalikeError, no_space_left
 from lookalike.export.config import ExportConfig, export_config
 from lookalike.export.job import ExportJob, Scored, plan_export, score, score_batches_of
 from lookalike.export.output import StagedOutput, check_output_dir
@@ -123,8 +124,13 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
         experiment_id = mlflow.get_run(job.meta["run_id"]).info.experiment_id  # beside the training run
     except Exception:  # the model came from another tracking store
         pass
-    staged, published = StagedOutput(out, bool(e.overwrite)), False
+    staged: StagedOutput | None = None
+    published = False
+    # A full disk while staging: one line; the finally below discards the stage and gives the reservation back.
+    full = partial(no_space_left, f"export.output_dir '{out}'", "free space there or choose another folder; nothing was published and nothing charged")
     try:
+        with full():
+            staged = StagedOutput(out, bool(e.overwrite))  # inside the try: its marker is a write too
         with start_run(experiment_id=experiment_id, run_name=f"export-{time.strftime('%H%M%S')}"):
             mlflow.set_tags(
                 {
@@ -152,7 +158,8 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                 }
             )
             scored = produce()
-            report = _write(job.rules.allow_list_output, staged, scored.state, job.population, job.bins, job.sizes, plan)
+            with full():
+                report = _write(job.rules.allow_list_output, staged, scored.state, job.population, job.bins, job.sizes, plan)
             report |= {
                 "model": {"uri": job.uri, "training_run_id": job.meta["run_id"], "private": job.private},
                 "population": job.population,
@@ -169,8 +176,9 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                     "ledger_entry_id": entry,
                 },
             }
-            _save_report(report, staged.stage)
-            staged.publish()
+            with full():
+                _save_report(report, staged.stage)
+                staged.publish()
             published = True
             if entry is not None:
                 # The report is one Gaussian release; randomised response is not Gaussian.
@@ -198,7 +206,8 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
             return report
     finally:
         if not published:
-            staged.discard()
+            if staged is not None:
+                staged.discard()
             if entry is not None:
                 ledger.release(entry)  # nothing left the room: the reservation goes back
 

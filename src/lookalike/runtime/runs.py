@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lookalike.errors import ConfigError
+from lookalike.settings import path_value
 
 
 def pick_device(name: str, key: str = "trainer.device") -> torch.device:
@@ -54,10 +56,23 @@ class RunFolderRecord(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The same config object run_job resolves next; ${now:} and ${run_id:} are cached, so
         # this is the folder Hydra is about to create.
+        _refuse_long_paths(config, "hydra.run.dir")
         _record(Path(os.path.abspath(str(config.hydra.run.dir))), job=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_long_paths(config, "hydra.sweep.dir")
         _record(Path(os.path.abspath(str(config.hydra.sweep.dir))), job=True)
+
+
+def _refuse_long_paths(config: DictConfig, folder_key: str) -> None:
+    """Hydra makes the run folder before the command checks its config: a name no file system
+    takes (ENAMETOOLONG) is refused here, in the command's one line, not as Hydra's traceback."""
+    try:
+        path_value("paths.output_dir", OmegaConf.select(config, "paths.output_dir", default="") or "")
+        path_value(folder_key, os.path.abspath(str(OmegaConf.select(config, folder_key))))
+    except ConfigError as exc:
+        print(f"lookalike-{config.hydra.job.config_name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 _before: dict[str, Any] = {}  # what RunFolderRecord saw; one Hydra application per process
