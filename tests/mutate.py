@@ -227,8 +227,8 @@ MUTATIONS = [
     (
         "a new snapshot gets a fresh budget",
         "privacy/budgets.py",
-        "share >= SHARED_USERS:\n            raise",
-        "share > 1.0:\n            raise",
+        "if share >= SHARED_USERS:\n                raise",
+        "if share > 1.0:\n                raise",
         ["tests/test_ledger_key.py"],
     ),
     (

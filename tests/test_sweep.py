@@ -59,7 +59,7 @@ def test_sweep_that_runs_out_of_budget_ends_with_a_summary(demo_dir, tmp_path):
 def test_sweep_the_budget_cannot_start_is_refused_in_one_line(demo_dir, tmp_path):
     proc = sweep(demo_dir, tmp_path, budget=0.5, trials=2)
     assert proc.returncode == 2
-    assert "covers no trial of this sweep: each needs epsilon 1.05, 0.5 remains" in proc.stderr
+    assert "covers no trial of this sweep: the cheapest trial needs epsilon 1.05, 0.5 remains" in proc.stderr
     assert "Traceback" not in proc.stderr and Ledger(tmp_path / "privacy_ledger.sqlite").status()[0].runs == 0
 
 

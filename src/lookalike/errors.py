@@ -1,5 +1,12 @@
 """User-facing errors: one line that names the file, column or setting and what to do."""
 
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class LookalikeError(Exception):
     """A problem with the user's input or configuration.
@@ -23,3 +30,19 @@ class DataError(LookalikeError):
 
 class BudgetExceededError(LookalikeError):
     """The privacy ledger cannot cover the requested epsilon."""
+
+
+# A full disk or quota: what the operator fixes (room on the device, another folder), not a bug.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def no_space_left(what: str, fix: str) -> Iterator[None]:
+    """Turn "no space left on device" while writing ``what`` (a file or folder, named) into one
+    line saying ``fix``; any other OSError stays a bug report."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise LookalikeError(f"{what}: {os.strerror(exc.errno).lower()}: {fix}") from None

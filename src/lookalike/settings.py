@@ -7,6 +7,7 @@ type lets through: NaN and infinity (NaN passes every comparison), and values ou
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable
 
 from lookalike.errors import ConfigError
@@ -44,6 +45,21 @@ def one_of(key: str, value: Any, allowed: tuple[str, ...], hint: str = "") -> No
 def set_value(key: str, value: Any) -> None:
     if value in (None, ""):
         raise ConfigError(key, "is not set")
+
+
+# One path component and a whole path, in bytes, as Linux file systems allow (NAME_MAX, PATH_MAX).
+NAME_MAX, PATH_MAX = 255, 4095
+
+
+def path_value(key: str, value: Any) -> None:
+    """Refuse an output path no file system takes (ENAMETOOLONG would surface mid-run as a traceback)."""
+    encoded = os.fsencode(str(value))
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        start = longest[:24].decode(errors="replace")
+        raise ConfigError(key, f"has a folder or file name of {len(longest)} bytes ('{start}...'): at most {NAME_MAX}; use a shorter path")
+    if len(encoded) > PATH_MAX:
+        raise ConfigError(key, f"is {len(encoded)} bytes long: at most {PATH_MAX}; use a shorter path")
 
 
 def device_name(key: str, value: str) -> None:

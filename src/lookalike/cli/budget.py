@@ -38,6 +38,9 @@ RULE_FLAGS = (
     "max_delta_per_release",
 )
 
+# The smallest per-run epsilon preview counts runs for (the ledger's tolerance is 1e-9).
+MIN_PREVIEW_EPSILON = 1e-6
+
 
 def format_table(rows: list[dict]) -> str:
     # spent + reserved is what summing would charge; "charged" composes the finished Gaussian
@@ -153,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
             set_rules(ledger, args.fingerprint, **changes)
         if args.command == "preview" and not args.epsilon > 0:
             raise LookalikeError("--epsilon must be positive")
+        if args.command == "preview" and args.epsilon < MIN_PREVIEW_EPSILON:
+            # remaining / 5e-324 is infinite: no count of runs to show, and no run reserves so little
+            raise LookalikeError(f"--epsilon {args.epsilon:g} is too small to mean anything: give what one run reserves (at least {MIN_PREVIEW_EPSILON:g})")
         rows = [s.to_dict() for s in ledger.status()] if args.command != "create" else []
     except LookalikeError as exc:
         print(f"lookalike-budget: error: {exc}", file=sys.stderr)

@@ -31,7 +31,9 @@ class VocabConfig:
 @dataclass
 class DataConfig:
     publisher_path: str = "data/demo/publisher"
-    seed_path: Optional[str] = None
+    # One file, a list of files (one audience each, named by the file stem) or a mapping
+    # audience -> file: typed Any because OmegaConf cannot type a union of str, list and dict.
+    seed_path: Any = None
     id_column: str = "user_id"
     audience_column: str = "audience"
     # null: infer from the column types; else {numeric: [...], categorical: [...], multi_categorical: [...]}
@@ -66,3 +68,19 @@ class DataConfig:
         if self.max_robust_z is not None:
             require("data.max_robust_z", self.max_robust_z, lambda v: v > 0, "must be > 0 (or null: no check)")
         one_of("data.non_finite", self.non_finite, ("refuse", "impute"))
+        self.seed_path = seed_path_value(self.seed_path)
+
+
+def seed_path_value(value: Any) -> Any:
+    """``data.seed_path`` as a str, a list of str or a dict str -> str. Any lets through what the
+    old ``Optional[str]`` converted (a number, ``data.seed_path=123``: a file named 123) and what
+    it refused (nested lists or mappings), so both are settled here."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dict) and value and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+        return [str(v) for v in value]
+    raise ConfigError("data.seed_path", f"{value!r} is not a file, a list of files or a mapping audience -> file: e.g. '{{buyers: b.jsonl, visitors: v.csv}}'")

@@ -173,6 +173,11 @@ def as_strings(column: pa.ChunkedArray, name: str, path: str, multi: bool) -> pa
     if multi:
         if not is_list(column.type):
             raise DataError(f"publisher data '{path}': multi-categorical column '{name}' has type {column.type}: it must be a list column")
+        if pa.types.is_nested(column.type.value_type):  # Arrow cannot cast list<list<...>> to list<string>
+            raise DataError(
+                f"publisher data '{path}': multi-categorical column '{name}' has type {column.type}: "
+                f"use a list of strings (flatten it upstream) or leave it out with data.exclude_columns=[{name}]"
+            )
         return column.cast(pa.list_(pa.string()))
     if is_list(column.type) or pa.types.is_struct(column.type):
         raise DataError(f"publisher data '{path}': categorical column '{name}' has type {column.type}: declare it multi_categorical or drop it")

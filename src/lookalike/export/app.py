@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +21,7 @@ import mlflow
 from omegaconf import DictConfig
 
 import lookalike.runtime.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
-from lookalike.errors import BudgetExceededError, LookalikeError
+from lookalike.errors import BudgetExceededError, LookalikeError, no_space_left
 from lookalike.export.config import ExportConfig, export_config
 from lookalike.export.job import ExportJob, Scored, plan_export, score, score_batches_of
 from lookalike.export.output import StagedOutput, check_output_dir
@@ -108,10 +109,15 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
     ledger = Ledger(cfg.ledger.path)
     # MLflow first: an unreachable tracking server must fail before anything is reserved.
     experiment_id = setup_experiment(cfg.mlflow)
-    # The staging folder too (and the abandoned ones beside it cleared): a problem there fails
-    # before the reservation, and a refused reservation discards the stage.
-    staged, published, entry = StagedOutput(out, bool(e.overwrite)), False, None
+    staged: StagedOutput | None = None
+    published, entry = False, None
+    # A full disk while staging: one line; the finally below discards the stage and gives the reservation back.
+    full = partial(no_space_left, f"export.output_dir '{out}'", "free space there or choose another folder; nothing was published and nothing charged")
     try:
+        # The staging folder first (and the abandoned ones beside it cleared): a problem there
+        # fails before the reservation, and a refused reservation discards the stage.
+        with full():
+            staged = StagedOutput(out, bool(e.overwrite))  # its marker is a write too
         if job.epsilon > 0:
             entry = ledger.reserve(
                 job.fingerprint,
@@ -153,7 +159,8 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                 }
             )
             scored = produce()
-            report = _write(job.rules.allow_list_output, staged, scored.state, job.population, job.bins, job.sizes, plan)
+            with full():
+                report = _write(job.rules.allow_list_output, staged, scored.state, job.population, job.bins, job.sizes, plan)
             report |= {
                 "model": {"uri": job.uri, "training_run_id": job.meta["run_id"], "private": job.private},
                 "population": job.population,
@@ -170,8 +177,9 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
                     "ledger_entry_id": entry,
                 },
             }
-            _save_report(report, staged.stage)
-            staged.publish()
+            with full():
+                _save_report(report, staged.stage)
+                staged.publish()
             published = True
             if entry is not None:
                 # The report is one Gaussian release; randomised response is not Gaussian.
@@ -199,7 +207,8 @@ def release(job: ExportJob, produce: Callable[[], Scored], merged_from: Path | N
             return report
     finally:
         if not published:
-            staged.discard()
+            if staged is not None:
+                staged.discard()
             if entry is not None:
                 ledger.release(entry)  # nothing left the room: the reservation goes back
 

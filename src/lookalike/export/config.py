@@ -3,19 +3,25 @@ with Hydra's ConfigStore as ``lookalike_schema/export``."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from lookalike.errors import ConfigError
+from lookalike.privacy.ledger_store import mask_urls
 from lookalike.runtime.config import SharedSections
 from lookalike.runtime.typed_config import to_typed
-from lookalike.settings import device_name, number, one_of, require, whole
+from lookalike.settings import device_name, number, one_of, path_value, require, whole
 
 MAX_BINS, MAX_ABSOLUTE = 25, 20_000_000  # as in AWS Clean Rooms ML
 # An experiment config sets both commands; export reads none of training's sections.
 TRAINING_SECTIONS = ("model", "privacy", "trainer", "evaluation", "audit", "seed")
+
+# export.model's URI schemes: MLflow's own stores and this machine (a bare run id, latest or a path has none).
+URI_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/")
+MODEL_SCHEMES = ("runs", "models", "file")
 
 
 @dataclass
@@ -81,6 +87,14 @@ class ExportSettings:
     def check(self) -> None:
         if not self.model:
             raise ConfigError("export.model", "is not set: give a training run id, runs:/<run_id>/model or models:/<name>/<version>")
+        scheme = URI_SCHEME.match(str(self.model).strip())
+        if scheme and scheme.group(1).lower() not in MODEL_SCHEMES:
+            # mlflow would fetch http://, s3://, ... from anywhere: a model comes from the tracking store or this machine
+            raise ConfigError(
+                "export.model",
+                f"'{mask_urls(str(self.model))}' is no model of the tracking store: give a training run id, runs:/<run_id>/model, "
+                "models:/<name>/<version>, latest or a local model folder",
+            )
         one_of("export.seed_exclusion", self.seed_exclusion, ("exact", "randomized"))
         if self.seed_exclusion == "randomized":
             require("export.seed_exclusion_epsilon", self.seed_exclusion_epsilon, lambda v: v > 0, "must be > 0")
@@ -90,6 +104,7 @@ class ExportSettings:
         if self.min_score is not None:
             require("export.min_score", self.min_score, lambda v: 0 <= v <= 1, "must be a probability in [0, 1] or null")
         device_name("export.device", self.device)
+        path_value("export.output_dir", self.output_dir)
         whole("export.batch_rows", self.batch_rows)
 
 

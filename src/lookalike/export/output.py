@@ -97,7 +97,11 @@ class StagedOutput:
         self._remove_abandoned()
         self.stage = self.destination.parent / f".{self.destination.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.stage.mkdir()
-        (self.stage / MARKER).write_text(_owner())
+        try:
+            (self.stage / MARKER).write_text(_owner())
+        except BaseException:
+            self.discard()  # a stage without its marker (a full disk) would never be cleaned up
+            raise
 
     def write_segment(self, audience: str, size: int, ids: pa.Array, scores: np.ndarray) -> Path:
         folder = self.stage / f"audience={check_audience_name(audience, 'export')}" / f"size={size}"

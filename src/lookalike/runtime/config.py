@@ -13,7 +13,7 @@ from lookalike.data.config import DataConfig
 from lookalike.errors import ConfigError
 from lookalike.privacy.config import LedgerConfig, RulesConfig
 from lookalike.privacy.ledger_store import sqlite_file
-from lookalike.settings import set_value
+from lookalike.settings import path_value, set_value
 
 
 @dataclass
@@ -35,6 +35,7 @@ class PathsConfig:
 
     def check(self) -> None:
         set_value("paths.output_dir", self.output_dir)
+        path_value("paths.output_dir", self.output_dir)
 
 
 @dataclass

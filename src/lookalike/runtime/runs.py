@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lookalike.errors import ConfigError
 from lookalike.runtime.config import check_outputs_outside_inputs, input_paths
+from lookalike.settings import path_value
 
 
 def pick_device(name: str, key: str = "trainer.device") -> torch.device:
@@ -84,13 +85,26 @@ class RunFolderRecord(Callback):
         # The same config object run_job resolves next; ${now:} and ${run_id:} are cached, so
         # this is the folder Hydra is about to create.
         folder = Path(os.path.abspath(str(config.hydra.run.dir)))
+        _refuse_long_paths(config, "hydra.run.dir")
         _refuse_inside_inputs(config, "hydra.run.dir", folder)
         _record(folder, job=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+        _refuse_long_paths(config, "hydra.sweep.dir")
         _refuse_inside_inputs(config, "hydra.sweep.dir", folder)
         _record(folder, job=True)
+
+
+def _refuse_long_paths(config: DictConfig, folder_key: str) -> None:
+    """Hydra makes the run folder before the command checks its config: a name no file system
+    takes (ENAMETOOLONG) is refused here, in the command's one line, not as Hydra's traceback."""
+    try:
+        path_value("paths.output_dir", OmegaConf.select(config, "paths.output_dir", default="") or "")
+        path_value(folder_key, os.path.abspath(str(OmegaConf.select(config, folder_key))))
+    except ConfigError as exc:
+        print(f"lookalike-{config.hydra.job.config_name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 _before: dict[str, Any] = {}  # what RunFolderRecord saw; one Hydra application per process

@@ -6,6 +6,7 @@ accountant history, the noise multiplier and the ledger reservation it trains un
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, no_space_left
 
 
 @dataclass
@@ -47,10 +48,23 @@ class Checkpoint:
     def save(self, path: str | Path) -> None:
         """Write atomically: a crash mid-save never leaves a truncated checkpoint behind."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(asdict(self), tmp)
-        os.replace(tmp, path)
+        # torch.save reports a full disk as an opaque RuntimeError ("unexpected pos"): serialise in
+        # memory, then write with Python's I/O, whose OSError carries ENOSPC.
+        buffer = io.BytesIO()
+        torch.save(asdict(self), buffer)
+        fix = "free space there or point paths.output_dir (or hydra.run.dir) at another device; the run's reservation stays charged (training had begun)"
+        try:
+            with no_space_left(f"checkpoint '{path}'", fix):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as file:
+                    file.write(buffer.getbuffer())
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a partial file would only take more of the space
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> "Checkpoint":

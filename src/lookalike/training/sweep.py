@@ -1,7 +1,7 @@
 """Hydra callback that groups a multirun sweep in MLflow and ends it with a summary.
 
-Before the first trial it checks that the privacy budget covers at least one trial (a sweep
-that cannot run refuses in one line). Each trial's MLflow run becomes a child of one parent run
+Before the first trial it checks that the privacy budget covers at least the cheapest trial (a
+sweep no trial of which can run refuses in one line; training/sweep_budget.py). Each trial's MLflow run becomes a child of one parent run
 (``mlflow.parentRunId``). Trials the ledger refuses return NaN, which Optuna records as failed;
 at the end the parent run gets the counts and the best trial, and the log says the same.
 """
@@ -27,19 +27,13 @@ from lookalike.privacy.budget_match import find_budget
 from lookalike.privacy.ledger import Ledger
 from lookalike.runtime.live_runs import owner_tags
 from lookalike.runtime.tracking import setup_experiment
-from lookalike.training.config import TrainConfig, train_config
+from lookalike.training.config import train_config
 from lookalike.training.prepare import data_users
+from lookalike.training.sweep_budget import cheapest_trial_epsilon
 
 log = logging.getLogger("lookalike.training.sweep")
 PARENT_ENV = "LOOKALIKE_PARENT_RUN_ID"
 OUTCOMES = ".trial_outcomes"  # under hydra.sweep.dir
-
-
-def trial_epsilon(cfg: TrainConfig) -> float:
-    """What one trial reserves: training, the DP size and match counts, and the DP release of its held-out metrics."""
-    if not cfg.privacy.enabled:
-        return 0.0
-    return float(cfg.privacy.target_epsilon) + float(cfg.privacy.size_epsilon) + (0.0 if cfg.trusted_evaluation else float(cfg.evaluation.epsilon))
 
 
 class SweepSummary(Callback):
@@ -49,15 +43,16 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             typed = train_config(config)
-            needed = trial_epsilon(typed)
+            # the cheapest trial, not the multirun's own config: that holds none of the swept values
+            needed = cheapest_trial_epsilon(config, typed)
             ledger = Ledger(typed.ledger.path)
             fits, remaining = ledger.runs_that_fit(find_budget(ledger, data_users(typed)).fingerprint, needed)
             if fits == 0:
                 raise LookalikeError(
                     f"privacy budget in ledger '{ledger.path}' covers no trial of this sweep: "
-                    f"each needs epsilon {needed:.3g}, {remaining:.3g} remains (lookalike-budget preview --epsilon {needed:.3g})"
+                    f"the cheapest trial needs epsilon {needed:.3g}, {remaining:.3g} remains (lookalike-budget preview --epsilon {needed:.3g})"
                 )
-            log.info("sweep: each trial reserves epsilon %.3g; the budget covers %d more", needed, fits)
+            log.info("sweep: the cheapest trial reserves epsilon %.3g; the budget covers at most %d more", needed, fits)
             experiment_id = setup_experiment(typed.mlflow)
         except LookalikeError as exc:
             print(f"lookalike-train: error: {exc}", file=sys.stderr)
