@@ -54,6 +54,11 @@ def test_dp_run_logs_privacy_spend_params_and_a_loadable_model(cfg_factory, demo
     assert entry["status"] == "spent" and entry["spent_epsilon"] == pytest.approx(m["privacy.epsilon_spent"] + size_epsilon + 50)
     assert entry["reserved_epsilon"] == pytest.approx(52 + size_epsilon) and m["privacy.total_epsilon"] <= 52 + size_epsilon
     assert "lookalike.seed_fingerprint" not in t  # a hash of the seed ids would confirm a guessed seed
+    # MLflow's dataset column: the publisher table (path, users' digest, feature schema), never the seed
+    client = MlflowClient(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
+    (used,) = client.get_run(logged.info.run_id).inputs.dataset_inputs
+    assert used.dataset.name == "publisher" and used.dataset.digest == t["lookalike.users"][:16] and [i.key for i in used.tags] == ["mlflow.data.context"]
+    assert {c["name"] for c in json.loads(used.dataset.schema)["mlflow_colspec"]} >= {"age", "device", "interests"}
     assert entry["fingerprint"] == t["lookalike.fingerprint"]
     # the model comes back as a bundle export can rebuild, and as an MLflow pyfunc
     model_uri = t["lookalike.model_uri"]

@@ -6,6 +6,7 @@ import fcntl
 import json
 import logging
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -108,15 +109,36 @@ def log_params(params: dict[str, str]) -> None:
         mlflow.log_params(dict(items[start : start + 100]))
 
 
-def model_signature(spec, audiences: list[str]):
-    """Inputs: the publisher feature columns; outputs: one probability per audience."""
-    from mlflow.models import ModelSignature
+def feature_schema(spec):
+    """The publisher feature columns a model reads, as MLflow's schema."""
     from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
     inputs: list[ColSpec | TensorSpec] = [ColSpec("double", f.name) for f in spec.numeric]
     inputs += [ColSpec("string", f.name) for f in spec.categorical]
     inputs += [ColSpec(Array("string"), f.name) for f in spec.multi_categorical]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double", a) for a in audiences]))
+    return Schema(inputs)
+
+
+def model_signature(spec, audiences: list[str]):
+    """Inputs: the publisher feature columns; outputs: one probability per audience."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(inputs=feature_schema(spec), outputs=Schema([ColSpec("double", a) for a in audiences]))
+
+
+def log_publisher_input(path: str, users_digest: str, spec) -> None:
+    """The run's input in MLflow's dataset column: the publisher table, by its path, the digest
+    of its users' ids (the ledger's key, public) and its feature schema. Nothing of the seed: a
+    digest of the seed ids would let anyone confirm a guessed seed."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local path either way
+        source = resolve_dataset_source(str(Path(path).resolve()))
+    dataset = MetaDataset(source, name=Path(path).name, digest=users_digest[:16], schema=feature_schema(spec))  # type: ignore[abstract]  # profile has a default
+    mlflow.log_input(dataset, context="training")
 
 
 def synthetic_input_example(spec):

@@ -34,6 +34,7 @@ from lookalike.runtime.tracking import (
     log_dict_artifact,
     log_model,
     log_params,
+    log_publisher_input,
     model_signature,
     resume_run_id,
     setup_experiment,
@@ -112,6 +113,7 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
             try:
                 if resumed_run_id is None:
                     log_params(flat_params(cfg))
+                    log_publisher_input(str(cfg.data.publisher_path), inputs.data.users.digest, inputs.data.spec)
                     if os.environ.get(PARENT_ENV):
                         mlflow.set_tag("mlflow.parentRunId", os.environ[PARENT_ENV])  # a sweep trial
                 mlflow.set_tags(ctx.tags())
