@@ -15,8 +15,9 @@ import json
 import pytest
 import torch
 
-from lookalike.errors import ConfigError
+from lookalike.errors import ConfigError, LookalikeError
 from lookalike.privacy.ledger import Ledger
+from lookalike.privacy.ledger_store import ENTRIES
 from lookalike.training import train as train_module
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.train import run
@@ -91,3 +92,23 @@ def test_an_edited_checkpoint_neither_changes_the_plan_nor_undercharges(cfg_fact
     assert done["status"] == "spent" and done["spent_epsilon"] == pytest.approx(entry["reserved_epsilon"]) and done["events"] is None
     (resumed,) = set(out.glob("runs/*/checkpoints/last.pt")) - {path}
     assert Checkpoint.load(resumed).noise_multiplier == pytest.approx(sigma) and Checkpoint.load(resumed).epoch == 3
+
+
+def test_a_checkpoint_naming_an_entry_that_never_trained_is_refused(cfg_factory, tmp_path, monkeypatch):
+    """The ledger shows every open entry and its claim: a forged checkpoint could name one that
+    stopped before releasing its DP counts, and train at the exact training-set size."""
+    out = tmp_path / "out"
+    settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10")
+    monkeypatch.setattr(train_module, "_log_epoch", _crash_in_epoch(2))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg_factory(*settings, out=out))
+    monkeypatch.undo()
+    (path,) = out.glob("runs/*/checkpoints/last.pt")
+    ledger = Ledger(cfg_factory(*settings[:2], out=out, owner=False).ledger.path)
+    entry = ledger.entry(Checkpoint.load(path).meta["ledger_entry_id"])
+    plan = json.loads(entry["plan"])
+    with ledger.transaction() as conn:  # what an entry killed before its counts' release holds
+        conn.execute(ENTRIES.update().where(ENTRIES.c.id == entry["id"]).values(plan=json.dumps({"settings": plan["settings"]})))
+    with pytest.raises(LookalikeError, match="released no size estimate"):
+        run(cfg_factory(*settings[:2], f"trainer.resume_from={path}", out=out, owner=False))
+    assert ledger.entry(entry["id"])["status"] == "reserved" and ledger.entry(entry["id"])["claim"] == entry["claim"]

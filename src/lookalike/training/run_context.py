@@ -148,6 +148,10 @@ class RunContext:
                 )
         if entry["status"] != "reserved":
             raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
+        if planned.get("size") is None:
+            # Every run that trained released its DP counts first: without them a resume would
+            # sample at the exact (seed-derived) size. A checkpoint naming such an entry is forged.
+            raise LookalikeError(f"ledger entry {entry['id']} released no size estimate: no run trained under it, so there is nothing to resume")
         if entry["fingerprint"] != self._matched().fingerprint:
             raise ConfigError("trainer.resume_from", "the checkpoint's reservation is on another budget; resume with the same data")
         self.ledger.take_over(entry["id"], resume.meta.get("claim"), self.claim)
