@@ -91,5 +91,5 @@ def find_budget(ledger: Ledger, key: UsersKey) -> BudgetMatch:
         stored = dict(conn.execute(select(BUDGETS.c.fingerprint, BUDGETS.c.rules).where(BUDGETS.c.fingerprint.in_((fingerprint, *also)))).all())
     rules = tightest([Rules.from_json(stored[fp]) for fp in (fingerprint, *also)])
     known = any(d.digest == key.digest for d in held[fingerprint])
-    snapshot = None if known else replace(key, hashes=np.frombuffer(key.hashes_bytes(other_hashes(held, fingerprint)), dtype="<u8").astype(np.uint64))
+    snapshot = None if known else key.without(other_hashes(held, fingerprint))
     return BudgetMatch(fingerprint, rules, homes[0][0] / max(key.users, 1), snapshot, also)

@@ -63,7 +63,7 @@ def _create(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, 
 
 
 def _dataset_row(key: UsersKey, fingerprint: str, leave_out: list, now: float) -> dict:
-    return dict(digest=key.digest, fingerprint=fingerprint, users=key.users, sketch=key.to_json(), created_at=now, hashes=key.hashes_bytes(leave_out))
+    return dict(digest=key.digest, fingerprint=fingerprint, users=key.users, sketch=key.to_json(), created_at=now, hashes=key.without(leave_out).hashes_bytes())
 
 
 def default_delta(users: int) -> float:

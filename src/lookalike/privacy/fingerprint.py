@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -77,15 +77,19 @@ class UsersKey:
         at = np.minimum(np.searchsorted(hashes, mine), hashes.size - 1)
         return mine[hashes[at] == mine]
 
-    def hashes_bytes(self, leave_out: list[np.ndarray]) -> bytes:
-        """What the ledger stores for this snapshot: its users' hashes, less those of users
-        another budget already holds (so that its later runs are not matched here too)."""
+    def without(self, leave_out: list[np.ndarray]) -> "UsersKey":
+        """This key with only the hashes of users no array in ``leave_out`` holds: what the ledger
+        stores for a snapshot, so that another budget's users are not matched here too."""
         mine = self.hashes if self.hashes is not None else np.zeros(0, np.uint64)
         for other in leave_out:
             if other.size and mine.size:
                 at = np.minimum(np.searchsorted(other, mine), other.size - 1)
                 mine = mine[other[at] != mine]
-        return mine.astype("<u8").tobytes()
+        return replace(self, hashes=mine)
+
+    def hashes_bytes(self) -> bytes:
+        """The stored form of :attr:`hashes` (sorted, 8 bytes each; :func:`stored_hashes` reads it)."""
+        return (self.hashes if self.hashes is not None else np.zeros(0, np.uint64)).astype("<u8").tobytes()
 
     def share_in(self, other: "UsersKey") -> float:
         """Estimated share of this key's users that are also ``other``'s users.

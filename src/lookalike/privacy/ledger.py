@@ -156,7 +156,7 @@ class Ledger:
                         users=attach.users,
                         sketch=attach.to_json(),
                         created_at=now,
-                        hashes=attach.hashes_bytes([]),
+                        hashes=attach.hashes_bytes(),
                     )
                 )
             row = dict(kind=kind, description=description, status="reserved", reserved_epsilon=epsilon, spent_epsilon=None, delta=delta)
