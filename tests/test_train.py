@@ -41,6 +41,7 @@ def test_dp_run_logs_privacy_spend_params_and_a_loadable_model(cfg_factory, demo
     assert m["privacy.noise_multiplier"] > 0 and 0 < m["privacy.sample_rate"] < 1 and m["privacy.steps"] > 0
     assert m["scan.rows_scanned"] == 4000 and m["scan.bytes_scanned"] > 0 and m["scan.files_scanned"] == 4
     assert p["privacy.target_epsilon"] == "2.0" and p["data.id_column"] == "user_id" and p["model.similarity"] == "cosine"
+    assert p["trainer.table_route"] == "dense"  # the demo's tables are far below trainer.sparse_tables_from
     assert t["lookalike.privacy"] == "dp" and t["privacy.accountant"] == "prv" and t["lookalike.trusted_evaluation"] == "false"
     # outside trusted mode no exact seed-derived number is logged: held-out metrics are DP
     assert not [k for k in m if k.startswith("trusted.") or "loss" in k]

@@ -31,6 +31,8 @@ class TrainerConfig:
     batch_rule_noise: float = 2.0  # the noise multiplier the batch rule aims at
     physical_batch_size: int = 512
     optimizer: dict[str, Any] = field(default_factory=_adam)  # instantiated by Hydra, partial: given the parameters
+    sparse_tables_from: Optional[int] = 100_000  # embedding tables of at least this many rows train sparsely (table_route.py); null: none
+    table_lr: Optional[float] = None  # DP-SGD's lr for those tables; null: a row's per-step noise matches optimizer.lr
     resume_from: Optional[str] = None
     progress_bar: bool = True
     collective_timeout_minutes: float = 120
@@ -42,6 +44,10 @@ class TrainerConfig:
             whole("trainer.batch_size", self.batch_size)
         require("trainer.batch_rule_noise", self.batch_rule_noise, lambda v: 0.3 <= v <= 20, "must be in [0.3, 20]")
         whole("trainer.physical_batch_size", self.physical_batch_size)
+        if self.sparse_tables_from is not None:
+            whole("trainer.sparse_tables_from", self.sparse_tables_from, 0)
+        if self.table_lr is not None:
+            require("trainer.table_lr", self.table_lr, lambda v: v > 0, "must be > 0 (or null: derived from optimizer.lr)")
         require("trainer.collective_timeout_minutes", self.collective_timeout_minutes, lambda v: v > 0, "must be > 0")
         if self.optimizer.get("lr") is not None:
             require("trainer.optimizer.lr", self.optimizer["lr"], lambda v: v > 0, "must be > 0")

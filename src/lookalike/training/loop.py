@@ -24,6 +24,7 @@ from lookalike.parallel.world import World, broadcast_parameters
 from lookalike.training.batch_rule import logical_batch_size
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.dp_sgd.engine import make_private
+from lookalike.training.table_route import SplitOptimizer, TableRoute, table_route
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class TrainResult:
     history: list = field(default_factory=list)  # accountant history: (sigma, q, steps)
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
     batch_size: int = 0  # the logical batch it ran at (trainer.batch_size or the batch rule's)
+    table_route: str = "dense"  # how its big embedding tables trained (training/table_route.py)
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -89,7 +91,13 @@ def train(
         if not privacy.enabled:
             raise ConfigError("privacy.enabled", "false runs in one process only; torchrun training is for DP runs")
         broadcast_parameters(model)
-    optimizer = instantiate(trainer.optimizer)(params=model.parameters())
+    route = table_route(model, trainer.sparse_tables_from, trainer.optimizer.get("lr"), trainer.table_lr)
+    if privacy.enabled and (privacy.grad_sample_mode != "fused" or world is not None):
+        # Lazy noise needs the fused clipping's sparse sums, and one process (table_route.py).
+        route = TableRoute()
+    optimizer: Any = instantiate(trainer.optimizer)(params=route.dense_parameters(model) if route.tables else model.parameters())
+    if route.tables and not privacy.enabled:
+        optimizer = SplitOptimizer(optimizer, route)
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer_state)
     # The training set is small next to any accelerator's memory: put it there once, not per batch.
@@ -115,6 +123,7 @@ def train(
             max_physical_batch=int(trainer.physical_batch_size),
             world=world,
             examples=examples,
+            tables=route if route.tables else None,
         )
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
@@ -155,6 +164,9 @@ def train(
                     postfix["loss"] = f"{example_loss.mean().item():.4f}" if labels.shape[0] else "-"
                 bar.set_postfix(postfix, refresh=False)
             bar.close()
+        lazy = private.clipping.lazy if private is not None and private.clipping is not None else None
+        if lazy is not None:
+            lazy.flush()  # the checkpoint, the epoch's checks and any evaluation read every row
         losses.append(float(total) / max(count, 1))
         if not math.isfinite(losses[-1]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             # Nothing a non-finite model scores means anything; its reservation stays charged.
@@ -175,7 +187,11 @@ def train(
     plain = private.plain_model if private is not None else model
     if private is not None and private.clipping is not None:
         private.clipping.detach()
-    result = TrainResult(plain, steps, int(trainer.epochs), losses=losses, batch_size=batch_size)
+        if private.clipping.lazy is not None:
+            private.clipping.lazy.detach()
+    if isinstance(optimizer, SplitOptimizer):
+        optimizer.release()
+    result = TrainResult(plain, steps, int(trainer.epochs), losses=losses, batch_size=batch_size, table_route=route.describe(privacy.enabled))
     if private is not None:
         result.epsilon = float(private.engine.get_epsilon(delta))
         result.noise_multiplier, result.sample_rate = private.noise_multiplier, private.sample_rate

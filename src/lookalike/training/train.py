@@ -214,6 +214,7 @@ def _save_and_record(ctx: RunContext, inputs: Inputs, result: TrainResult, run_i
     bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences, extra=ctx.model_meta(run_id))
     model_uri = log_model(bundle, ctx.cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences), synthetic_input_example(data.spec))
     mlflow.log_metrics(ctx.privacy_metrics())
+    mlflow.log_param("trainer.table_route", result.table_route)  # dense, or which sparse route (training/table_route.py)
     mlflow.set_tag("lookalike.model_uri", model_uri)
     log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
     log.info("run %s done: %s", run_id, ctx.describe())

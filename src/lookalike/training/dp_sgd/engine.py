@@ -20,10 +20,12 @@ from lookalike.privacy.accounting import calibrate_noise
 from lookalike.privacy.mechanisms import entropy_generator
 from lookalike.privacy.poisson_sampling import PoissonBatches
 from lookalike.training.dp_sgd.fused_clipping import FusedClipping
+from lookalike.training.dp_sgd.lazy_tables import LazyNoisyTables
 from lookalike.training.dp_sgd.noisy_optimizer import (
     DistributedNoisySumOptimizer,
     NoisySumOptimizer,
 )
+from lookalike.training.table_route import TableRoute
 
 log = logging.getLogger(__name__)
 ACCOUNTANTS = ("prv", "rdp")
@@ -60,6 +62,7 @@ def make_private(
     max_physical_batch: int = 512,
     world: World | None = None,
     examples: int,
+    tables: TableRoute | None = None,
 ) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
@@ -84,7 +87,9 @@ def make_private(
     dp_optimizer: Any = optimizer
     dp_loader: Any = loader
     if privacy.grad_sample_mode == "fused":
-        model, dp_optimizer, dp_loader, clipping = _fused(engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch, world, examples)
+        model, dp_optimizer, dp_loader, clipping = _fused(
+            engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch, world, examples, tables
+        )
     elif world is not None:
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' runs in one process only; torchrun training needs fused")
     else:
@@ -115,6 +120,9 @@ def make_private(
         dp_optimizer.noise_multiplier = calibrate_noise(float(privacy.target_epsilon), delta, sample_rate, epochs * len(dp_loader), privacy.accountant)
     if accountant_state is not None:
         engine.accountant.load_state_dict(accountant_state)
+    if clipping is not None and clipping.lazy is not None and tables is not None:
+        clipping.lazy.lr = tables.dp_lr(float(dp_optimizer.noise_multiplier) * float(privacy.max_grad_norm), float(dp_optimizer.expected_batch_size))
+        log.info("lazy-noise SGD on %d embedding table(s) of %s rows, lr %.4g", len(clipping.lazy.tables), tables.sizes(), clipping.lazy.lr)
     return PrivateTraining(engine, model, dp_optimizer, dp_loader, float(dp_optimizer.noise_multiplier), sample_rate, clipping)
 
 
@@ -128,6 +136,7 @@ def _fused(
     max_physical_batch: int,
     world: World | None,
     examples: int,
+    tables: TableRoute | None,
 ):
     """What ``engine.make_private`` sets up, with our fused clipping in place of Opacus' model
     wrapper: Poisson sampling at Opacus' rate and step count, Opacus' noise-adding optimizer for
@@ -155,7 +164,14 @@ def _fused(
     sample_rate = 1 / len(batches)
     optimizer.expected_batch_size = int(examples * sample_rate) / (world.size if world else 1)
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-    return model, optimizer, batches, FusedClipping(model, float(privacy.max_grad_norm))
+    lazy = None
+    if tables is not None and tables.tables:
+        # Under torchrun each rank reads other rows, so owed noise drawn at read time would
+        # differ between replicas: the loop keeps tables dense there (training/table_route.py).
+        assert world is None, "lazy-noise tables run in one process"
+        lazy = LazyNoisyTables(tables.tables, 0.0, entropy_generator(device), bool(privacy.secure_mode))  # lr once the noise is known
+        optimizer.tables = lazy
+    return model, optimizer, batches, FusedClipping(model, float(privacy.max_grad_norm), lazy)
 
 
 def _sample_at(loader: Any, optimizer: Any, engine: PrivacyEngine, steps: int, examples: int) -> None:

@@ -31,6 +31,7 @@ from lookalike.model.audience import (
     audience_clipped_sum,
     audience_norm_squared,
 )
+from lookalike.training.dp_sgd.lazy_tables import LazyNoisyTables
 
 SUPPORTED = (nn.Linear, nn.Embedding, AudienceTower)
 STABILITY = 1e-6  # Opacus adds this to the norm before dividing
@@ -40,11 +41,14 @@ class FusedClipping:
     """Attach to a plain module; call :meth:`backward` with per-example losses instead of
     ``loss.backward()``: it leaves the clipped (not yet noised) gradient sum in ``p.grad``."""
 
-    def __init__(self, model: nn.Module, max_grad_norm: float):
+    def __init__(self, model: nn.Module, max_grad_norm: float, lazy: LazyNoisyTables | None = None):
         self.max_grad_norm = float(max_grad_norm)
         self.records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         self.handles = []
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Lazy-noise tables get their clipped sums sparse (lazy.add), never a dense p.grad.
+        self.lazy = lazy
+        skip = {id(p) for p in lazy.parameters()} if lazy is not None else set()
+        self.params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
         for name, module in model.named_modules():
             if not any(p.requires_grad for p in module.parameters(recurse=False)):
                 continue
@@ -86,7 +90,7 @@ class FusedClipping:
         norms = squared.sqrt()
         coef = (self.max_grad_norm / (norms + STABILITY)).clamp(max=1.0)
         for (module, inputs, _), g, kept in zip(records, backprops, saved):
-            _add_clipped(module, inputs, g, coef, kept)
+            _add_clipped(module, inputs, g, coef, kept, self.lazy)
         self._fill_missing()
         return norms
 
@@ -119,7 +123,7 @@ def _norm_squared(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor) -> t
     return audience_norm_squared(module, inputs, g)
 
 
-def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef: torch.Tensor, kept: Any) -> None:
+def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef: torch.Tensor, kept: Any, lazy: LazyNoisyTables | None = None) -> None:
     if isinstance(module, nn.Linear):
         weighted = g * coef.unsqueeze(1)
         if module.weight.requires_grad:
@@ -129,8 +133,11 @@ def _add_clipped(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor, coef:
     elif isinstance(module, nn.Embedding):
         if module.weight.requires_grad:
             g = kept * coef.view(-1, *([1] * (g.dim() - 1)))
-            table = torch.zeros_like(module.weight).index_add_(0, inputs.reshape(-1), g.reshape(-1, g.shape[-1]))
-            _accumulate(module.weight, table)
+            if lazy is not None and module in lazy:
+                lazy.add(module, inputs, g)  # the rows a batch touches, not the whole table
+            else:
+                table = torch.zeros_like(module.weight).index_add_(0, inputs.reshape(-1), g.reshape(-1, g.shape[-1]))
+                _accumulate(module.weight, table)
     else:
         assert isinstance(module, AudienceTower)
         for param, total in audience_clipped_sum(module, inputs, g, coef, kept).items():

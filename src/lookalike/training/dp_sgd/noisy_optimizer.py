@@ -16,9 +16,28 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
 from lookalike.parallel.world import all_reduce_mean_
+from lookalike.training.dp_sgd.lazy_tables import LazyNoisyTables
 
 
 class NoisySumOptimizer(DPOptimizerFastGradientClipping):
+    # Big embedding tables trained with lazy noise (dp_sgd/lazy_tables.py): not among this
+    # optimizer's parameters; each logical step hands them the same noise std and divisor.
+    tables: LazyNoisyTables | None = None
+
+    def step(self, closure=None):
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        if not self.pre_step():
+            return None
+        self.step_tables()
+        return self.original_optimizer.step()
+
+    def step_tables(self) -> None:
+        if self.tables is not None:
+            divisor = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1.0
+            self.tables.step(self.noise_std(), divisor)
+
     def accumulate(self) -> None:
         for p in self.params:
             if p.summed_grad is None:
