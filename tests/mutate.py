@@ -82,6 +82,13 @@ MUTATIONS = [
         ["tests/test_lazy_noise.py::test_lazy_noise_has_dense_dp_sgds_distribution"],
     ),
     (
+        "lazy noise: a checkpoint written with noise still owed",
+        "training/loop.py",
+        "            lazy.flush()  # a checkpoint",
+        "            pass  # a checkpoint",
+        ["tests/test_sparse_tables.py::test_dp_tables_take_lazy_noise_every_row_noised_and_the_model_learns"],
+    ),
+    (
         "DP-SGD noise / 10 (fused)",
         "training/dp_sgd/noisy_optimizer.py",
         "normal_(0.0, std, generator",

@@ -10,6 +10,7 @@ from lookalike.model.registry import build_model
 from lookalike.training.config import train_config
 from lookalike.training.loop import train
 from lookalike.training.prepare import prepare
+from lookalike.training.row_adam import RowAdam
 
 
 def fit(cfg, resume=None, checkpoints: list | None = None):
@@ -46,6 +47,9 @@ def test_dp_tables_take_lazy_noise_every_row_noised_and_the_model_learns(cfg_fac
         # hook is left on the returned model.
         assert (table.weight.detach() != start[f"{name}.weight"]).any(1).all(), name
         assert not table._forward_pre_hooks and not table.sparse
+        # So does every checkpoint: between flushes a touched row holds its gradient without
+        # that step's noise, which must never reach a file the operator reads.
+        assert (checkpoints[0].model_state[f"{name}.weight"] != start[f"{name}.weight"]).any(1).all(), name
     assert ranks_seed_first(result, data) > 0.6
     # A resume from a checkpoint (written after a flush: nothing owed) takes the same route on.
     resumed, _, _ = fit(cfg, resume=checkpoints[1])
@@ -62,11 +66,11 @@ def test_small_tables_stay_dense_and_hooks_mode_never_goes_lazy(cfg_factory):
     assert hooks.table_route == "dense"
 
 
-def test_nonprivate_tables_take_sparse_adam_and_resume(cfg_factory):
+def test_nonprivate_tables_take_row_wise_adam_and_resume(cfg_factory):
     cfg = cfg_factory("privacy.enabled=false", "trusted_evaluation=true", "trainer.epochs=3", "trainer.sparse_tables_from=1")
     checkpoints: list = []
     result, data, _ = fit(cfg, checkpoints=checkpoints)
-    assert result.table_route.startswith("SparseAdam on ")
+    assert result.table_route.startswith("row-wise Adam on ")
     assert all(not t.sparse for t in tables(result.model).values())  # a plain model again
     assert ranks_seed_first(result, data) > 0.7
     # The checkpoint holds both optimizers' state; a resume from epoch 1 runs the last two epochs.
@@ -75,3 +79,17 @@ def test_nonprivate_tables_take_sparse_adam_and_resume(cfg_factory):
     resumed, _, _ = fit(cfg, resume=first)
     assert resumed.steps == result.steps and len(resumed.losses) == 3
     assert resumed.losses[1:] == pytest.approx(result.losses[1:], rel=0.05)
+
+
+def test_row_adam_is_sparse_adams_update():
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(50, 4, generator=generator)
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    row_adam, sparse_adam = RowAdam([ours], lr=0.01), torch.optim.SparseAdam([theirs], lr=0.01)
+    for _ in range(6):
+        ids = torch.randint(0, 50, (30,), generator=generator)  # repeats: summed, as a sparse gradient is
+        values = torch.randn(30, 4, generator=generator)
+        for param, optimizer in ((ours, row_adam), (theirs, sparse_adam)):
+            param.grad = torch.sparse_coo_tensor(ids[None], values, (50, 4))
+            optimizer.step()
+    assert torch.allclose(ours, theirs, atol=1e-6) and not torch.equal(ours.detach(), start)

@@ -165,10 +165,12 @@ def train(
                 bar.set_postfix(postfix, refresh=False)
             bar.close()
         lazy = private.clipping.lazy if private is not None and private.clipping is not None else None
-        if lazy is not None:
-            lazy.flush()  # the checkpoint, the epoch's checks and any evaluation read every row
+        if lazy is not None and save_checkpoint is not None:
+            lazy.flush()  # a checkpoint the operator can read owes nothing (dp_sgd/lazy_tables.py)
         losses.append(float(total) / max(count, 1))
-        if not math.isfinite(losses[-1]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        # A NaN or inf anywhere makes the sum non-finite (so does a sum past float range, which is
+        # divergence too): one reduction per parameter, not a bool copy of a million-row table.
+        if not math.isfinite(losses[-1]) or not all(bool(torch.isfinite(p.detach().sum())) for p in model.parameters()):
             # Nothing a non-finite model scores means anything; its reservation stays charged.
             raise LookalikeError(
                 f"training diverged in epoch {epoch + 1}: the loss or a weight is NaN/inf; lower trainer.optimizer.lr (or check the data's numeric columns)"

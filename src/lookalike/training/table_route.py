@@ -4,8 +4,8 @@ A step reads a few thousand rows of a table; a publisher's sites, apps or conten
 of millions. Dense training pays for every row at every step (Adam's dense update; under DP, noise
 on every row too), so tables of at least ``trainer.sparse_tables_from`` rows take a sparse route:
 
-- non-private: sparse gradients (``nn.Embedding(sparse=True)`` during training) and
-  ``torch.optim.SparseAdam`` for those tables, the configured optimizer for everything else;
+- non-private: sparse gradients (``nn.Embedding(sparse=True)`` during training) and SparseAdam's
+  row-wise update (row_adam.py) for those tables, the configured optimizer for everything else;
 - DP-SGD (fused clipping, one process): SGD with lazy noise (dp_sgd/lazy_tables.py), exactly dense
   DP-SGD's distribution at the cost of the rows a step touches.
 
@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from lookalike.training.row_adam import RowAdam
 
 DENSE = "dense"
 
@@ -49,7 +51,7 @@ class TableRoute:
         """What the run's MLflow params and log say about the route."""
         if not self.tables:
             return DENSE
-        return f"{'lazy-noise SGD' if private else 'SparseAdam'} on {len(self.tables)} table(s) of {self.sizes()} rows"
+        return f"{'lazy-noise SGD' if private else 'row-wise Adam'} on {len(self.tables)} table(s) of {self.sizes()} rows"
 
 
 def table_route(model: nn.Module, min_rows: int | None, base_lr: float | None, table_lr: float | None) -> TableRoute:
@@ -61,13 +63,13 @@ def table_route(model: nn.Module, min_rows: int | None, base_lr: float | None, t
 
 
 class SplitOptimizer:
-    """Non-private training with sparse tables: SparseAdam on the tables' sparse gradients, the
+    """Non-private training with sparse tables: row-wise Adam on the tables' sparse gradients, the
     configured optimizer on the rest, stepped and saved as one."""
 
     def __init__(self, dense: torch.optim.Optimizer, route: TableRoute):
         self.dense = dense
         self.route = route
-        self.sparse = torch.optim.SparseAdam([t.weight for t in route.tables], lr=route.base_lr)
+        self.sparse = RowAdam([t.weight for t in route.tables], lr=route.base_lr)
         for table in route.tables:
             table.sparse = True  # F.embedding then returns a sparse gradient: the rows looked up only
 

@@ -6,7 +6,11 @@ moves by pure noise, -lr N(0, (sigma C)^2) / B per step, and nothing reads it in
 pending steps sum to one Gaussian of the summed variance. So each row keeps the cumulative noise
 variance it has received (``synced``) and the table keeps the total released so far; a row is
 brought up to date, with one draw of the difference, when a forward pass reads it or when the
-whole table is flushed (before the model is checkpointed, evaluated, saved or exported).
+whole table is flushed: before every checkpoint (each epoch's end) and when training ends.
+Between flushes a touched row holds its clipped gradient without that step's noise, and which rows
+owe what tells which values the last batches held: neither may leave the process, so a checkpoint
+(which the operator can read) is only ever written flushed, owing nothing, and a resume starts
+from nothing owed.
 
 The released weights have exactly the distribution of dense DP-SGD with the same SGD step: every
 row holds the same sum of independent Gaussians, drawn later but before anything reads it, and a
@@ -48,10 +52,10 @@ class LazyNoisyTables:
         self.materialize(module, inputs[0].reshape(-1))
 
     @torch.no_grad()
-    def materialize(self, table: nn.Embedding, ids: torch.Tensor) -> None:
+    def materialize(self, table: nn.Embedding, ids: torch.Tensor, distinct: bool = False) -> None:
         """Add to rows ``ids`` the noise released since each was last brought up to date."""
         at = self.tables.index(table)
-        rows = torch.unique(ids)
+        rows = ids if distinct else torch.unique(ids)
         owed = (self.released - self.synced[at][rows]).clamp_min(0.0)
         if rows.numel() == 0 or not bool((owed > 0).any()):
             return
@@ -63,7 +67,7 @@ class LazyNoisyTables:
     def flush(self) -> None:
         """Bring every row up to date: what a checkpoint, an evaluation or the saved model reads."""
         for table in self.tables:
-            self.materialize(table, torch.arange(table.num_embeddings, device=table.weight.device))
+            self.materialize(table, torch.arange(table.num_embeddings, device=table.weight.device), distinct=True)
 
     def add(self, table: nn.Module, ids: torch.Tensor, clipped: torch.Tensor) -> None:
         """One physical batch's clipped per-position gradients (rows ``ids``), kept sparse."""
