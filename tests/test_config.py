@@ -57,6 +57,8 @@ def test_user_facing_names_exist_with_defaults(cfg_factory):
         ("trainer.epochs=0", "trainer.epochs"),
         ("trainer.device=tpu", "trainer.device"),
         ("trainer.collective_timeout_minutes=0", "trainer.collective_timeout_minutes"),
+        ("trainer.sparse_tables_from=-1", "trainer.sparse_tables_from"),
+        ("trainer.table_lr=0", "trainer.table_lr"),
         ("privacy.accountant=gdp2", "privacy.accountant"),
         ("data.holdout_fraction=1.0", "data.holdout_fraction"),
         ("model.similarity=euclid", "model.similarity"),

@@ -94,6 +94,8 @@ def train(
     route = table_route(model, trainer.sparse_tables_from, trainer.optimizer.get("lr"), trainer.table_lr)
     if privacy.enabled and (privacy.grad_sample_mode != "fused" or world is not None):
         # Lazy noise needs the fused clipping's sparse sums, and one process (table_route.py).
+        if route.tables:
+            log.info("embedding tables of %s rows train dense: lazy noise runs with grad_sample_mode=fused in one process", route.sizes())
         route = TableRoute()
     optimizer: Any = instantiate(trainer.optimizer)(params=route.dense_parameters(model) if route.tables else model.parameters())
     if route.tables and not privacy.enabled:
