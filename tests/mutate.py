@@ -131,6 +131,20 @@ MUTATIONS = [
         ["tests/test_train.py::test_reported_epsilon_equals_a_fresh_accountant_for_the_steps_taken"],
     ),
     (
+        "epoch-end RDP cached without its step count",
+        "privacy/accountants.py",
+        "return _step_rdp(q, noise_multiplier, tuple(orders)) * steps",
+        "return _step_rdp(q, noise_multiplier, tuple(orders))",
+        ["tests/test_accounting.py"],
+    ),
+    (
+        "epoch-end PRV epsilon remembered across steps",
+        "privacy/accountants.py",
+        "question = (tuple(self.history), delta, eps_error, delta_error)",
+        "question = (delta, eps_error, delta_error)",
+        ["tests/test_accounting.py::test_the_cached_accountants_report_opacus_epsilon_to_the_last_bit"],
+    ),
+    (
         "evaluation histogram sensitivity halved",
         "training/dp_metrics.py",
         "(2.0 * len(pos)) ** 0.5)",

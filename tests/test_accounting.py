@@ -18,6 +18,29 @@ def test_calibrated_noise_meets_the_target_tightly(accountant, target, q, steps)
     assert epsilon_from_history([(sigma * 0.97, q, steps)], 2e-6, accountant) > reached
 
 
+@pytest.mark.parametrize("mechanism", ["prv", "rdp"])
+def test_the_cached_accountants_report_opacus_epsilon_to_the_last_bit(mechanism):
+    """privacy/accountants.py caches the per-step RDP of (q, sigma) and the PRV accountant's last
+    answer: a run's epoch-end epsilon must stay exactly Opacus' own, epoch after epoch."""
+    from opacus.accountants import create_accountant as opacus_accountant
+
+    from lookalike.privacy.accountants import create_accountant
+
+    for sigma, q, steps in [(1.05, 1 / 48, 48), (0.7, 0.01, 100), (3.0, 0.2, 5)]:
+        ours, theirs = create_accountant(mechanism), opacus_accountant(mechanism)
+        for epoch in range(1, 4):
+            for accountant in (ours, theirs):
+                for _ in range(steps):  # the optimizer hook's way: one step() per step
+                    accountant.step(noise_multiplier=sigma, sample_rate=q)
+            assert ours.history == theirs.history
+            # The same delta as the epoch before: a remembered answer must be for these steps.
+            assert ours.get_epsilon(2e-6) == theirs.get_epsilon(2e-6)
+            assert ours.get_epsilon(2e-6) == theirs.get_epsilon(2e-6)
+        assert ours.get_epsilon(1e-5) == theirs.get_epsilon(1e-5)
+        ours.history = theirs.history = [(sigma, q, steps), (2 * sigma, q / 2, 7)]  # a resumed run's changed plan
+        assert ours.get_epsilon(2e-6) == theirs.get_epsilon(2e-6)
+
+
 def test_unreachable_target_names_the_key():
     with pytest.raises(ConfigError, match="privacy.target_epsilon"):
         calibrate_noise(1e-6, 1e-5, 0.5, 10_000, "rdp")

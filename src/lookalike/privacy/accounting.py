@@ -9,9 +9,9 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-from opacus.accountants import create_accountant
 
 from lookalike.errors import ConfigError
+from lookalike.privacy.accountants import create_accountant
 
 log = logging.getLogger(__name__)
 ACCOUNTANTS = ("prv", "rdp")

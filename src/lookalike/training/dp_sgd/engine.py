@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from lookalike.errors import ConfigError
 from lookalike.parallel.world import World
+from lookalike.privacy.accountants import create_accountant
 from lookalike.privacy.accounting import calibrate_noise
 from lookalike.privacy.mechanisms import entropy_generator
 from lookalike.privacy.poisson_sampling import PoissonBatches
@@ -82,6 +83,8 @@ def make_private(
     if errors:
         raise ConfigError("model", f"not compatible with DP-SGD: {errors[0]}")
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=bool(privacy.secure_mode))
+    # The same accountant, minus the work that repeats at every epoch end (privacy/accountants.py).
+    engine.accountant = create_accountant(privacy.accountant)
     clipping = None
     # From here on Opacus' wrappers: a DPOptimizer (noise_multiplier) and a Poisson loader.
     dp_optimizer: Any = optimizer
