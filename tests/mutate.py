@@ -63,8 +63,8 @@ MUTATIONS = [
     (
         "lazy noise: owed variance drawn as a std",
         "training/dp_sgd/lazy_tables.py",
-        "unit * owed.sqrt().to(weight.dtype)",
-        "unit * owed.to(weight.dtype)",
+        "unit.mul_(owed.sqrt().to(weight.dtype)",
+        "unit.mul_(owed.to(weight.dtype)",
         ["tests/test_lazy_noise.py::test_lazy_noise_has_dense_dp_sgds_distribution"],
     ),
     (
@@ -80,6 +80,13 @@ MUTATIONS = [
         "        self.flush()\n        for handle in self.handles:",
         "        for handle in self.handles:",
         ["tests/test_lazy_noise.py::test_lazy_noise_has_dense_dp_sgds_distribution"],
+    ),
+    (
+        "lazy noise: a row read twice in a batch drawn twice",
+        "training/dp_sgd/lazy_tables.py",
+        "return ids[self.claims[at][ids] == positions]",
+        "return ids",
+        ["tests/test_lazy_noise.py::test_lazy_noise_has_dense_dp_sgds_distribution", "tests/test_lazy_noise.py::test_a_read_row_carries_every_step_it_missed"],
     ),
     (
         "lazy noise: a checkpoint written with noise still owed",

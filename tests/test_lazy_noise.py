@@ -2,10 +2,11 @@
 
 A tiny model (a 6-row table under a linear layer) takes the same four batches many times over,
 once with the table noised densely at every step (Opacus' optimizer, plain SGD on everything) and
-once with lazy noise (the table's noise owed until a row is read, then flushed). Rows 3 to 5 are
+once with lazy noise (the table's noise owed until a row is read, then flushed). Rows 4 and 5 are
 never read: their final weights are the initial ones plus pure noise of exactly 4 steps' variance.
-Rows 0 to 2 are read at different steps, so their noise feeds back into later gradients through the
-linear layer: the two routes must agree in every weight's mean and variance over the runs.
+Rows 0 to 3 are read at different steps, some several times in one batch (row 3 three times after
+three steps owed), so their noise feeds back into later gradients through the linear layer: the two
+routes must agree in every weight's mean and variance over the runs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lookalike.training.dp_sgd.lazy_tables import LazyNoisyTables
 from lookalike.training.dp_sgd.noisy_optimizer import NoisySumOptimizer
 
 ROWS, DIM, LR, SIGMA, CLIP, BATCH = 6, 3, 0.5, 1.2, 1.0, 4.0
-BATCHES = [torch.tensor([0, 1, 1, 0]), torch.tensor([2, 0]), torch.tensor([1, 2, 2]), torch.tensor([0])]
+BATCHES = [torch.tensor([0, 1, 1, 0]), torch.tensor([2, 0]), torch.tensor([1, 2, 2]), torch.tensor([3, 3, 3, 0])]
 RUNS = 1200
 
 
@@ -71,12 +72,12 @@ def test_lazy_noise_has_dense_dp_sgds_distribution():
 
     # Never-read rows: initial value plus 4 steps of N(0, (lr sigma C / B)^2) each, nothing else.
     step_var = (LR * SIGMA * CLIP / BATCH) ** 2
-    unread = slice(3 * DIM, ROWS * DIM)
+    unread = slice(4 * DIM, ROWS * DIM)
     for name, runs in (("dense", dense), ("lazy", lazy)):
         var = runs[:, unread].var(0)
         # A sample variance over RUNS draws has relative sd sqrt(2 / RUNS), about 3.7%: 5 sd.
         assert (var / (len(BATCHES) * step_var) - 1).abs().max() < 5 * math.sqrt(2 / RUNS), f"{name}: {var}"
-        mean_error = (runs[:, unread].mean(0) - start[3:].reshape(-1)).abs().max()
+        mean_error = (runs[:, unread].mean(0) - start[4:].reshape(-1)).abs().max()
         assert mean_error < 5 * math.sqrt(len(BATCHES) * step_var / RUNS), name
 
     # Every weight, read rows and the head included: means within 5 standard errors, variances
@@ -102,3 +103,12 @@ def test_a_read_row_carries_every_step_it_missed():
     assert moved[5].abs().sum() > 0 and moved[:5].eq(0).all()
     tables.flush()
     assert tables.synced[0].eq(12.0).all()
+
+
+def test_rows_read_in_one_batch_are_brought_up_to_date_once():
+    model = nn.Embedding(100, 2)
+    tables = LazyNoisyTables([model], lr=1.0, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        ids = torch.randint(0, 100, (int(torch.randint(1, 300, (), generator=generator)),), generator=generator)
+        assert sorted(tables._distinct(0, ids).tolist()) == sorted(set(ids.tolist()))

@@ -47,5 +47,5 @@ class RowAdam(torch.optim.Optimizer):
                 step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
                 # SparseAdam's update, bias corrections folded into the step size as it does.
                 denom = exp_avg_sq.sqrt_().add_(group["eps"])
-                p.index_add_(0, rows, exp_avg.div_(denom), alpha=-step_size)
+                p.index_add_(0, rows, exp_avg.div_(denom).mul_(-step_size))  # no alpha: 4x slower on CPU
         return None

@@ -40,6 +40,7 @@ class LazyNoisyTables:
         # Per row, the part of ``released`` already added to its weights (float64: a long run's sums).
         self.synced = [torch.zeros(t.num_embeddings, dtype=torch.float64, device=t.weight.device) for t in self.tables]
         self.pending: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {id(t): [] for t in self.tables}
+        self.claims = [torch.zeros(t.num_embeddings, dtype=torch.long, device=t.weight.device) for t in self.tables]  # scratch for _distinct
         self.handles = [t.register_forward_pre_hook(self._before_read) for t in self.tables]
 
     def __contains__(self, module: object) -> bool:
@@ -55,14 +56,25 @@ class LazyNoisyTables:
     def materialize(self, table: nn.Embedding, ids: torch.Tensor, distinct: bool = False) -> None:
         """Add to rows ``ids`` the noise released since each was last brought up to date."""
         at = self.tables.index(table)
-        rows = ids if distinct else torch.unique(ids)
+        rows = ids if distinct else self._distinct(at, ids)
         owed = (self.released - self.synced[at][rows]).clamp_min(0.0)
         if rows.numel() == 0 or not bool((owed > 0).any()):
             return
         weight = table.weight
-        unit = _generate_noise(1.0, torch.empty(rows.numel(), weight.shape[1], device=weight.device, dtype=weight.dtype), self.generator, self.secure_mode)
-        weight.index_add_(0, rows, unit * owed.sqrt().to(weight.dtype).unsqueeze(1))
+        shape = (rows.numel(), weight.shape[1])
+        if self.secure_mode:
+            unit = _generate_noise(1.0, torch.empty(shape, device=weight.device, dtype=weight.dtype), self.generator, True)
+        else:
+            unit = torch.empty(shape, device=weight.device, dtype=weight.dtype).normal_(generator=self.generator)
+        weight.index_add_(0, rows, unit.mul_(owed.sqrt().to(weight.dtype).unsqueeze(1)))
         self.synced[at][rows] = self.released
+
+    def _distinct(self, at: int, ids: torch.Tensor) -> torch.Tensor:
+        """The distinct values of ``ids`` without sorting (``torch.unique`` sorts): every position
+        writes its index into its row's slot, and exactly one position per row finds its own there."""
+        positions = torch.arange(ids.numel(), device=ids.device)
+        self.claims[at].index_put_((ids,), positions)
+        return ids[self.claims[at][ids] == positions]
 
     def flush(self) -> None:
         """Bring every row up to date: what a checkpoint, an evaluation or the saved model reads."""
@@ -79,7 +91,8 @@ class LazyNoisyTables:
         The clipped sum lands on the rows it touches now; the noise, on every row, is owed."""
         for table in self.tables:
             for ids, clipped in self.pending[id(table)]:
-                table.weight.index_add_(0, ids, clipped, alpha=-self.lr / divisor)
+                # Scaled first: index_add_ with an alpha runs about 4x slower on CPU.
+                table.weight.index_add_(0, ids, clipped.mul_(-self.lr / divisor))
             self.pending[id(table)] = []
         self.released += (self.lr * noise_std / divisor) ** 2
 
