@@ -2,9 +2,10 @@
 
 Like SparseAdam, a row's moments and weights move only at steps whose batch looked it up
 ("lazy Adam"), with the bias correction of the table's step count. SparseAdam coalesces each
-gradient and masks both moment tables with it, about ten passes over the touched rows; here one
-``unique`` sums the repeated lookups, each moment is gathered, updated and written back once, and
-the weights take one ``index_add_``: half SparseAdam's time per step on a million-row table.
+gradient (a sort) and masks both moment tables with it, about ten passes over the touched rows;
+here the repeated lookups are summed without sorting (:func:`distinct_rows`), both moments of the
+touched rows are gathered, updated and written back once, and the weights take one
+``index_add_``: the touched rows are what a step costs, wherever they lie in a million-row table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class RowAdam(torch.optim.Optimizer):
         if lr <= 0 or eps <= 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"RowAdam needs lr > 0, eps > 0 and betas in [0, 1): lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self.claims: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -33,19 +35,34 @@ class RowAdam(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    # Both moments of a row side by side: one gather and one scatter per step.
+                    state["moments"] = torch.zeros(p.shape[0], 2, p.shape[1], dtype=p.dtype, device=p.device)
                 state["step"] += 1
-                indices, values = grad._indices()[0], grad._values()
-                rows, inverse = torch.unique(indices, return_inverse=True)
+                # Scratch for distinct_rows, not state: load_state_dict would cast it to the weights' dtype.
+                claims = self.claims.setdefault(id(p), torch.zeros(p.shape[0], dtype=torch.long, device=p.device))
+                rows, inverse = distinct_rows(claims, grad._indices()[0])
+                values = grad._values()
                 g = torch.zeros(rows.numel(), p.shape[1], dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
-                exp_avg = state["exp_avg"].index_select(0, rows).mul_(beta1).add_(g, alpha=1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, exp_avg)
-                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+                moments = state["moments"].index_select(0, rows)
+                exp_avg, exp_avg_sq = moments[:, 0], moments[:, 1]
+                exp_avg.mul_(beta1).add_(g, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                state["moments"].index_copy_(0, rows, moments)
                 step = state["step"]
                 step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
                 # SparseAdam's update, bias corrections folded into the step size as it does.
-                denom = exp_avg_sq.sqrt_().add_(group["eps"])
-                p.index_add_(0, rows, exp_avg.div_(denom).mul_(-step_size))  # no alpha: 4x slower on CPU
+                update = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+                p.index_add_(0, rows, update.mul_(-step_size))  # no alpha: 4x slower on CPU
         return None
+
+
+def distinct_rows(claims: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct values of ``ids`` and each position's index among them, without sorting
+    (``torch.unique`` sorts): every position writes its index into its row's slot of ``claims``
+    (as long as the table), and the one position per row that finds its own there represents it."""
+    positions = torch.arange(ids.numel(), device=ids.device)
+    claims.index_put_((ids,), positions)
+    representative = claims[ids]
+    is_first = representative == positions
+    slot = is_first.cumsum(0) - 1
+    return ids[is_first], slot[representative]

@@ -26,6 +26,8 @@ import torch
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
+from lookalike.training.row_adam import distinct_rows
+
 
 class LazyNoisyTables:
     """The tables trained with lazy noise: SGD at ``lr``, clipped sums handed in by the fused
@@ -70,11 +72,8 @@ class LazyNoisyTables:
         self.synced[at][rows] = self.released
 
     def _distinct(self, at: int, ids: torch.Tensor) -> torch.Tensor:
-        """The distinct values of ``ids`` without sorting (``torch.unique`` sorts): every position
-        writes its index into its row's slot, and exactly one position per row finds its own there."""
-        positions = torch.arange(ids.numel(), device=ids.device)
-        self.claims[at].index_put_((ids,), positions)
-        return ids[self.claims[at][ids] == positions]
+        """The distinct values of ``ids``, without sorting (training/row_adam.py)."""
+        return distinct_rows(self.claims[at], ids)[0]
 
     def flush(self) -> None:
         """Bring every row up to date: what a checkpoint, an evaluation or the saved model reads."""
