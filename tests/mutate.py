@@ -231,6 +231,20 @@ MUTATIONS = [
         ["tests/test_seed_size_oracle.py::test_a_refusal_on_the_minimum_seed_size_is_charged_and_decided_on_a_dp_count"],
     ),
     (
+        "a ledger keyed by the old user hash is matched on the new one",
+        "privacy/budget_match.py",
+        "    if old:\n",
+        "    if False:\n",
+        ["tests/test_ledger_rekey.py"],
+    ),
+    (
+        "rekey maps a dataset the table only partly holds",
+        "privacy/rekey.py",
+        "if dataset.hashes.size and not np.array_equal(v1[at], dataset.hashes):",
+        "if False:",
+        ["tests/test_ledger_rekey.py::test_rekey_needs_a_table_holding_every_stored_user"],
+    ),
+    (
         "a run is charged on its home budget only",
         "privacy/budget_match.py",
         "also = tuple(fp for _, fp in touched if fp != fingerprint)",

@@ -112,3 +112,15 @@ def test_canaries_audit_passes_m_and_delta_through():
     assert found["audit.delta"] == 1e-3
     assert found["audit.epsilon_lower_bound"] == epsilon_lower_bound(40, 40, m, 1e-3)
     assert 0.0 < found["audit.epsilon_lower_bound"] < epsilon_lower_bound(40, 40, m, 0.0) - 0.1
+
+
+def test_the_sample_rate_counts_canaries_by_m_alone_not_by_which_are_in():
+    """Which canaries are in is the audit's secret: the rows the sample rate counts for them (one
+    launch on one process and one under torchrun must sample at the same rate) depend on m only."""
+    m = 200
+    features = EncodedFeatures(np.zeros((m, 1), dtype=np.float32), np.arange(m, dtype=np.int64)[:, None], [])
+    draws = [np.zeros(m, dtype=bool), np.ones(m, dtype=bool)] + [np.random.default_rng(s).random(m) < 0.5 for s in range(5)]
+    planted = {Canaries(features, included, 0.1).planted for included in draws}
+    assert planted == {m + m // 2}  # the decoys and the expected included canaries
+    rows, _ = Canaries(features, draws[2], 0.1).training_rows(2)
+    assert abs(rows.numeric.shape[0] - (m + m // 2)) <= 3 * math.sqrt(m) / 2  # the realised rows: about that many

@@ -4,6 +4,7 @@ lookalike-budget --ledger outputs/privacy_ledger.sqlite                      # w
 lookalike-budget --ledger L create --publisher data/demo/publisher --epsilon 5 --allow-trusted-evaluation
 lookalike-budget --ledger L attach 5c62ccb5 --publisher /data/publisher-2026-12   # a grown table
 lookalike-budget --ledger L set-budget 5c62ccb5 8.0                           # renew
+lookalike-budget --ledger L rekey --publisher /data/publisher-2026-12         # a ledger of an older version
 lookalike-budget --ledger L set-rules 5c62ccb5 --min-aggregation-size 200
 lookalike-budget --ledger L preview --epsilon 1.2
 """
@@ -14,14 +15,15 @@ import argparse
 import json
 import sys
 
-import pyarrow.compute as pc
+import numpy as np
 
-from lookalike.data.matching import check_publisher_ids
 from lookalike.data.publisher import open_publisher
+from lookalike.data.publisher_ids import check_id_batch, id_batches, scan_users
 from lookalike.errors import DataError, LookalikeError
 from lookalike.privacy.budgets import attach_snapshot, create_budget, create_budget_if_missing, default_delta, set_budget, set_rules
-from lookalike.privacy.fingerprint import users_key
+from lookalike.privacy.fingerprint import merge_parts, user_hashes, v1_user_hashes
 from lookalike.privacy.ledger import Ledger, runs_fitting
+from lookalike.privacy.rekey import TableHashes, rekey
 from lookalike.privacy.rules import Rules
 from lookalike.runtime.credentials import check_command_line
 from lookalike.runtime.room import room_ledger
@@ -85,9 +87,21 @@ def publisher_users(path: str, id_column: str):
     dataset = open_publisher(path)
     if id_column not in dataset.schema.names:
         raise DataError(f"publisher data '{path}' has no id column '{id_column}': pass --id-column")
-    ids = dataset.to_table(columns=[id_column]).column(id_column)
-    check_publisher_ids(ids, id_column, path)
-    return users_key(pc.cast(ids, "string"))
+    return merge_parts([scan_users(dataset, id_column, None, path)])
+
+
+def table_hashes(path: str, id_column: str) -> TableHashes:
+    """A publisher table's users under both versions of the hash (the old one is slow: a Python
+    call per id), streamed a batch at a time."""
+    dataset = open_publisher(path)
+    if id_column not in dataset.schema.names:
+        raise DataError(f"publisher data '{path}' has no id column '{id_column}': pass --id-column")
+    v1, v2 = [], []
+    for ids in id_batches(dataset, id_column, None):
+        check_id_batch(ids, id_column, path)
+        v1.append(v1_user_hashes(ids))
+        v2.append(user_hashes(ids))
+    return TableHashes(np.concatenate(v1 or [np.zeros(0, np.uint64)]), np.concatenate(v2 or [np.zeros(0, np.uint64)]))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -111,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
     attach.add_argument("fingerprint", help="the budget's fingerprint, or a unique prefix of it")
     attach.add_argument("--publisher", required=True, help="the publisher table (Parquet file or folder)")
     attach.add_argument("--id-column", default="user_id")
+    rekey_cmd = sub.add_parser("rekey", help="re-key the datasets an older version stored, from the publisher tables they were made from")
+    rekey_cmd.add_argument("--publisher", required=True, help="a table the datasets were created or attached from (Parquet file or folder)")
+    rekey_cmd.add_argument("--id-column", default="user_id")
     setter = sub.add_parser("set-budget", help="change (renew) the total epsilon of one budget")
     setter.add_argument("fingerprint", help="the fingerprint, or a unique prefix of it")
     setter.add_argument("epsilon", type=float)
@@ -149,6 +166,14 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "attach":
             fingerprint = attach_snapshot(ledger, args.fingerprint, publisher_users(args.publisher, args.id_column))
             print(f"budget {fingerprint[:12]} now covers '{args.publisher}' too")
+            return
+        elif args.command == "rekey":
+            done, left = rekey(ledger, table_hashes(args.publisher, args.id_column))
+            if done == 0 and left:
+                raise LookalikeError(
+                    f"'{args.publisher}' holds all the users of none of the {left} dataset(s) to re-key: give the table each was created or attached from"
+                )
+            print(f"re-keyed {done} dataset(s) with '{args.publisher}'; {left} left" + (" (re-key them from their own tables)" if left else ""))
             return
         elif args.command == "set-budget":
             set_budget(ledger, args.fingerprint, args.epsilon, args.delta)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -85,6 +85,18 @@ def scan_publisher(
     With ``share=(rank, ranks)`` only that rank's row groups are read (row_group_shares.py); the
     cost is still the whole scan's (every rank reads it from the same footers) except
     ``rows_in_window``, which counts this rank's rows: the caller sums it over ranks."""
+    source, fragments = publisher_source(dataset, columns, row_filter, path, share)
+    chunks = list(read_chunks(source, dataset, columns, row_filter, path))
+    table = pa.concat_tables(chunks) if chunks else source.schema.empty_table().select(list(columns))
+    return table, scan_cost(fragments, columns, table.num_rows, share)
+
+
+def publisher_source(
+    dataset: ds.Dataset, columns: Sequence[str], row_filter: ds.Expression | None, path: str | Path, share: tuple[int, int] | None = None
+) -> tuple[ds.Dataset, list[ds.Fragment]]:
+    """What this process reads of the publisher (its rank's row groups under torchrun), checked
+    before any data is read: every column there, one schema in every file. Also the fragments
+    the whole scan prunes to (what it costs)."""
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
         raise DataError(f"publisher data '{path}': column '{missing[0]}' not found (columns: {', '.join(dataset.schema.names)})")
@@ -94,26 +106,52 @@ def scan_publisher(
     mismatch = schema_mismatch(dataset, columns, fragments)
     if mismatch:
         raise DataError(f"publisher data '{path}': {mismatch}")
+    if share is None:
+        return dataset, fragments
     try:
-        source = dataset
-        if share is not None:
-            source, mine, groups = rank_share(dataset, fragments, row_filter, *share)
-            log.info("rank %d of %d reads %d of %d row groups", share[0], share[1], mine, groups)
-        table = source.to_table(columns=list(columns), filter=row_filter)
+        source, mine, groups = rank_share(dataset, fragments, row_filter, *share)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"publisher data '{path}' could not be read: {_first_line(exc)}") from exc
+    log.info("rank %d of %d reads %d of %d row groups", share[0], share[1], mine, groups)
+    return source, fragments
+
+
+def read_chunks(
+    source: ds.Dataset, dataset: ds.Dataset, columns: Sequence[str], row_filter: ds.Expression | None, path: str | Path, rows: int | None = None
+) -> Iterator[pa.Table]:
+    """``columns`` of the rows in the window, streamed in tables of at least ``rows`` rows
+    (except the last; None: one table of everything). Unreadable data is one line naming the
+    problem. Memory: one chunk, plus Arrow's read-ahead."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    try:
+        for batch in source.to_batches(columns=list(columns), filter=row_filter):
+            if batch.num_rows == 0:
+                continue
+            pending.append(batch)
+            held += batch.num_rows
+            if rows is not None and held >= rows:
+                yield pa.Table.from_batches(pending)
+                pending, held = [], 0
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
         mismatch = schema_mismatch(dataset, columns)
         raise DataError(f"publisher data '{path}' could not be read: {mismatch or _first_line(exc)}") from exc
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+def scan_cost(fragments: Sequence[ds.Fragment], columns: Sequence[str], rows_in_window: int, share: tuple[int, int] | None = None) -> ScanStats:
     rows, size = _fragment_cost(fragments, set(columns))
-    stats = ScanStats(files_scanned=len(fragments), rows_scanned=rows, bytes_scanned=size, rows_in_window=table.num_rows)
+    stats = ScanStats(files_scanned=len(fragments), rows_scanned=rows, bytes_scanned=size, rows_in_window=rows_in_window)
     log.info(
         "scanned %d files, %d rows, %d bytes; %d rows in window%s",
         stats.files_scanned,
         rows,
         size,
-        table.num_rows,
+        rows_in_window,
         " in this rank's share" if share is not None else "",
     )
-    return table, stats
+    return stats
 
 
 def _fragment_cost(fragments: Iterable[ds.Fragment], columns: set[str]) -> tuple[int, int]:

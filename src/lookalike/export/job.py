@@ -17,8 +17,8 @@ import mlflow
 import numpy as np
 import torch
 
-from lookalike.data.matching import check_publisher_ids
 from lookalike.data.publisher import open_publisher, schema_mismatch, window_filter
+from lookalike.data.publisher_ids import scan_users
 from lookalike.data.seed import check_audience_name, read_seed
 from lookalike.errors import ConfigError, DataError, LookalikeError
 from lookalike.export.checks import check_model_fits_publisher
@@ -28,7 +28,7 @@ from lookalike.export.scoring import AudienceScores, ExportOptions, Tally, score
 from lookalike.model.bundle import load_bundle, weights_digest
 from lookalike.privacy.accounting import release_delta
 from lookalike.privacy.budget_match import BudgetMatch, find_budget
-from lookalike.privacy.fingerprint import users_key
+from lookalike.privacy.fingerprint import merge_parts
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.mechanisms import gaussian_sigma
 from lookalike.privacy.rules import Rules, check_release_deltas, check_run_allowed, check_seed_in_output, effective_rules
@@ -136,14 +136,13 @@ def plan_export(cfg: ExportConfig, read_seed: bool = True) -> ExportJob:
     if mismatch:
         raise DataError(f"publisher data '{path}': {mismatch}")
     seeds = _read_seeds(cfg, spec.id_column, audiences) if read_seed else None
-    ids = dataset.to_table(columns=[spec.id_column], filter=row_filter).column(spec.id_column)
-    check_publisher_ids(ids, spec.id_column, path)
-    population = len(ids)
+    users = merge_parts([scan_users(dataset, spec.id_column, row_filter, path)])  # streamed: never every id at once
+    population = users.users
     # The owners' budget and rules for these users, before anything is scored or reserved.
     trusted = bool(cfg.trusted_evaluation)
     ledger = Ledger(cfg.ledger.path)
-    budget = find_budget(ledger, users_key(ids))
-    del ids
+    budget = find_budget(ledger, users)
+    del users
     rules = effective_rules(budget.rules, cfg.rules, ledger.path)
     private = released_privately(ledger, model, budget.fingerprint, uri)
     check_run_allowed(rules, private=private, trusted=trusted, epsilon=0.0, where=ledger.path)

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 
 from lookalike.errors import LookalikeError
-from lookalike.privacy.fingerprint import SHARED_USERS, UsersKey, stored_hashes
+from lookalike.privacy.fingerprint import KEY_VERSION, SHARED_USERS, UsersKey, stored_hashes
 from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.ledger_store import BUDGETS, DATASETS
 from lookalike.privacy.rules import Rules, tightest
@@ -35,11 +35,25 @@ class BudgetMatch:
 def load_datasets(ledger: Ledger) -> dict[str, list[UsersKey]]:
     """Every budget's datasets, with their stored hashes where they have them."""
     with ledger.transaction(write=False) as conn:
-        return datasets_in(conn)
+        return datasets_in(conn, ledger.path)
 
 
-def datasets_in(conn) -> dict[str, list[UsersKey]]:
-    """:func:`load_datasets` inside a transaction the caller holds (creation, under its lock)."""
+def datasets_in(conn, where: str) -> dict[str, list[UsersKey]]:
+    """:func:`load_datasets` inside a transaction the caller holds (creation, under its lock).
+    Refused while a dataset is keyed by an older hash than this version computes: its users
+    would match nobody, and a run on them would be charged elsewhere or get a fresh budget."""
+    held = stored_datasets(conn)
+    old = [(fp, d) for fp, datasets in held.items() for d in datasets if d.version != KEY_VERSION]
+    if old:
+        raise LookalikeError(
+            f"ledger '{where}' keys {len(old)} dataset(s) (budget {old[0][0][:12]} first) by the version-{old[0][1].version} user hash, which "
+            f"this version replaced: the data owners re-key them with lookalike-budget rekey --publisher <each table they were created or attached from>"
+        )
+    return held
+
+
+def stored_datasets(conn) -> dict[str, list[UsersKey]]:
+    """Every budget's datasets as stored, whatever their key's version (rekey.py reads them too)."""
     rows = conn.execute(select(DATASETS.c.digest, DATASETS.c.fingerprint, DATASETS.c.sketch, DATASETS.c.hashes)).all()
     held: dict[str, list[UsersKey]] = {}
     for digest, fingerprint, sketch, blob in rows:

@@ -45,7 +45,7 @@ def _create(ledger: Ledger, key: UsersKey, epsilon: float, delta: float | None, 
     now = time.time()
     with ledger.transaction() as conn:
         lock_budgets(conn)  # SQLite's BEGIN IMMEDIATE holds the lock already; other databases take it here
-        held = datasets_in(conn)
+        held = datasets_in(conn, ledger.path)
         covering = [fp for fp, datasets in held.items() if shared_users(key, datasets) >= SHARED_USERS * key.users]
         if if_missing and len(covering) == 1:
             return covering[0], False

@@ -21,6 +21,13 @@ datasets, stored before hashes were.
 
 The hashes are of publisher ids only, never of seed ids: the ledger may be read by the
 operator, who must not learn from it who is in the seed.
+
+Version 2 of the key hashes ids vectorised (id_hash.py), streamed a row group at a time
+(:class:`UsersAccumulator`); version 1 was a keyed BLAKE2b per id, which at 10M users was most
+of an export's time and memory. The two give other hashes and digests for the same users, so a
+key records its version (in its stored sketch) and a ledger that still holds version-1 datasets
+is refused until the owners re-key them (rekey.py): matched on the new hashes they would look
+like strangers, and a stranger gets a fresh budget.
 """
 
 from __future__ import annotations
@@ -32,16 +39,25 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 
+from lookalike.privacy.id_hash import id_hashes
+
 SKETCH_SIZE = 2048
 SHARED_USERS = 0.5  # a run whose users lie at least this much in a known dataset is charged there
-_KEY = b"lookalike-users-v1"
+KEY_VERSION = 2
+_KEY_V2 = int.from_bytes(hashlib.blake2b(b"lookalike-users-v2", digest_size=8).digest(), "little")
+_KEY_V1 = b"lookalike-users-v1"
 _MASK = (1 << 64) - 1
 
 
 def user_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A keyed 64-bit BLAKE2b hash of every id (uint64), the same on every machine."""
-    raw = b"".join(hashlib.blake2b(u.encode(), digest_size=8, key=_KEY).digest() for u in ids.to_pylist())
-    return np.frombuffer(raw, dtype="<u8")
+    """The version-2 64-bit hash of every id (uint64), the same on every machine."""
+    return id_hashes(ids, _KEY_V2)
+
+
+def v1_user_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The version-1 hash (keyed BLAKE2b, one Python call per id): only to re-key old ledgers."""
+    raw = b"".join(hashlib.blake2b(u.encode(), digest_size=8, key=_KEY_V1).digest() for u in ids.to_pylist())
+    return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
 
 
 @dataclass(frozen=True)
@@ -55,11 +71,35 @@ class UsersPart:
     hashes: np.ndarray  # every user's hash, sorted
 
 
-def users_part(ids: pa.Array | pa.ChunkedArray) -> UsersPart:
-    hashes = np.sort(user_hashes(ids))
+def part_of(hashes: np.ndarray) -> UsersPart:
+    """The part of the users with these (unsorted) hashes."""
+    hashes = np.sort(hashes)
     total = int(hashes.sum(dtype=np.uint64)) if hashes.size else 0  # wraps mod 2^64, as wanted
     xor = int(np.bitwise_xor.reduce(hashes)) if hashes.size else 0
     return UsersPart(int(hashes.size), total, xor, hashes[:SKETCH_SIZE].copy(), hashes)
+
+
+def users_part(ids: pa.Array | pa.ChunkedArray) -> UsersPart:
+    return part_of(user_hashes(ids))
+
+
+class UsersAccumulator:
+    """A process's users, added a record batch at a time: what it holds is their hashes (8 bytes
+    a user, which the ledger needs for exact membership), never the ids."""
+
+    def __init__(self) -> None:
+        self._hashes: list[np.ndarray] = []
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Add these users; returns their hashes (in the order of ``ids``)."""
+        hashes = user_hashes(ids)
+        self._hashes.append(hashes)
+        return hashes
+
+    def part(self) -> UsersPart:
+        hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
+        self._hashes = []  # the sorted copy replaces them
+        return part_of(hashes)
 
 
 @dataclass(frozen=True)
@@ -68,6 +108,7 @@ class UsersKey:
     users: int
     sketch: np.ndarray  # the SKETCH_SIZE smallest hashes, sorted
     hashes: np.ndarray | None = None  # every user's hash, sorted; None for a dataset stored before hashes were
+    version: int = KEY_VERSION  # which hash (fingerprint.py's docstring); a dataset stored before versions were is 1
 
     def shared_with(self, hashes: np.ndarray) -> np.ndarray:
         """This key's hashes that are also in the sorted array ``hashes`` (exact)."""
@@ -107,25 +148,29 @@ class UsersKey:
         return float(np.isin(mine, other.sketch, assume_unique=True).mean())
 
     def to_json(self) -> str:
-        return json.dumps({"users": self.users, "sketch": [int(h) for h in self.sketch]})
+        return json.dumps({"users": self.users, "sketch": [int(h) for h in self.sketch], "version": self.version})
 
     @classmethod
     def from_json(cls, digest: str, text: str) -> "UsersKey":
         raw = json.loads(text)
-        return cls(digest, int(raw["users"]), np.array(raw["sketch"], dtype=np.uint64))
+        return cls(digest, int(raw["users"]), np.array(raw["sketch"], dtype=np.uint64), version=int(raw.get("version", 1)))
 
 
-def merge_parts(parts: list[UsersPart]) -> UsersKey:
-    """The key of the union of disjoint parts (the torchrun ranks' shares, or one process)."""
+def merge_parts(parts: list[UsersPart], version: int = KEY_VERSION) -> UsersKey:
+    """The key of the union of disjoint parts (the torchrun ranks' shares, or one process), of
+    hashes of ``version``."""
     users = sum(p.users for p in parts)
     total = sum(p.total for p in parts) & _MASK
     xor = 0
     for p in parts:
         xor ^= p.xor
     smallest = np.sort(np.concatenate([p.smallest for p in parts]))[:SKETCH_SIZE] if parts else np.zeros(0, np.uint64)
-    hashes = np.sort(np.concatenate([p.hashes for p in parts])) if parts else np.zeros(0, np.uint64)
-    digest = hashlib.sha256(f"lookalike-users-v1:{users}:{total}:{xor}".encode()).hexdigest()
-    return UsersKey(digest, users, smallest.astype(np.uint64), hashes.astype(np.uint64))
+    if len(parts) == 1:
+        hashes = parts[0].hashes  # sorted already
+    else:
+        hashes = np.sort(np.concatenate([p.hashes for p in parts])) if parts else np.zeros(0, np.uint64)
+    digest = hashlib.sha256(f"lookalike-users-v{version}:{users}:{total}:{xor}".encode()).hexdigest()
+    return UsersKey(digest, users, smallest.astype(np.uint64), hashes.astype(np.uint64), version)
 
 
 def stored_hashes(blob: bytes | None) -> np.ndarray | None:

@@ -64,8 +64,16 @@ class Canaries:
 
     @property
     def planted(self) -> int:
-        """Training rows the audit adds (counted exactly in the sample rate: nothing seed-derived)."""
-        return int(self.included.sum()) + self.included.size
+        """Training rows the audit adds, as the sample rate counts them: the m decoys plus the
+        expected number of included canaries, m // 2. A function of m alone, never of which
+        canaries were drawn in: those draws are the audit's secret, and counting them exactly
+        would release their sum through the logged sample rate and steps, and make two launches
+        of one config (one process, torchrun) sample at different rates whenever the estimate
+        plus a Binomial(m, 1/2) straddles a multiple of the batch size. The realised rows
+        differ from this by about sqrt(m) / 2: the batch is that much off trainer.batch_size, and
+        Poisson sampling at the fixed rate is accounted the same."""
+        m = self.included.size
+        return m + m // 2
 
     def audit(self, model, device: torch.device, delta: float, confidence: float = 0.95) -> dict[str, float]:
         """Guess the top and bottom ``guess_fraction`` of canaries by score as in and out, and bound

@@ -46,7 +46,7 @@ class Inputs:
 
     def examples(self, estimate: int) -> int:
         """What the sample rate is one batch of: the DP estimate of the training examples over
-        all processes, plus the planted canaries (synthetic, so counted exactly)."""
+        all processes, plus the planted canaries (synthetic: a fixed count, Canaries.planted)."""
         planted = self.canaries.planted if self.canaries is not None else 0
         return estimate + planted
 

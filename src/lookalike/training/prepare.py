@@ -8,6 +8,11 @@ must describe the whole table are combined across ranks (collective.py): the fea
 seed match counts and the duplicate-id check. Each rank keeps its own training rows; rank 0 also
 gets every rank's held-out users, since it alone evaluates. One process runs the same code with
 itself as the only rank.
+
+The publisher rows are streamed (data/publisher_pass.py): statistics, the users' hashes and the
+split are taken chunk by chunk, and only the rows that can enter training, holdout or evaluation
+are kept, so memory grows with the training set (seed plus sampled negatives), not the table.
+The input projection, where one is fitted, streams the rows a second time.
 """
 
 from __future__ import annotations
@@ -15,38 +20,24 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from lookalike.data.encode import EncodedFeatures, concat, encode
-from lookalike.data.feature_stats import (
-    merge_statistics,
-    spec_from_statistics,
-    table_statistics,
-)
+from lookalike.data.feature_stats import merge_statistics, spec_from_statistics
 from lookalike.data.features import FeatureSpec, declared_feature_kinds
-from lookalike.data.matching import (
-    TrainingSet,
-    check_publisher_ids,
-    in_background_range,
-    lay_out,
-    refuse_duplicates,
-    split_draws,
-)
+from lookalike.data.matching import TrainingSet, in_background_range, lay_out, refuse_duplicates
 from lookalike.data.principal_inputs import MAX_WIDTH, InputMoments, InputProjection, check_width, dense_width, principal_projection
-from lookalike.data.publisher import (
-    ScanStats,
-    open_publisher,
-    scan_publisher,
-    window_filter,
-)
+from lookalike.data.publisher import ScanStats, open_publisher, publisher_source, scan_cost, window_filter
+from lookalike.data.publisher_ids import duplicate_suspects, reread_ids, scan_users
+from lookalike.data.publisher_pass import chunks_of, read_publisher
 from lookalike.data.seed import read_seed
 from lookalike.errors import DataError
 from lookalike.model.config import SMALL_SEED_COMPONENTS
 from lookalike.parallel.collective import Collective
-from lookalike.privacy.fingerprint import UsersKey, merge_parts, users_part
+from lookalike.privacy.fingerprint import UsersKey, merge_parts
 from lookalike.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -76,13 +67,11 @@ class PreparedData:
 
 def data_users(cfg: TrainConfig) -> UsersKey:
     """The users key of the configured data, without preparing it (used to check a sweep's
-    budget before its first trial)."""
+    budget before its first trial). Streamed: the ids are never held all at once."""
     path = str(cfg.data.publisher_path)
     dataset = open_publisher(path)
     row_filter = window_filter(dataset, cfg.data.window, path)
-    ids = dataset.to_table(columns=[cfg.data.id_column], filter=row_filter).column(cfg.data.id_column)
-    check_publisher_ids(ids, cfg.data.id_column, path)
-    return merge_parts([users_part(ids)])
+    return merge_parts([scan_users(dataset, cfg.data.id_column, row_filter, path)])
 
 
 def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedData:
@@ -100,29 +89,31 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     kinds = declared_feature_kinds(data.features, dataset.schema, exclude, path)
     columns = [data.id_column] + [c for names in kinds.values() for c in names]
     share = (col.rank, col.size) if col.size > 1 else None
+    # Read before the publisher rows: which rows to keep depends on who is in the seed. Nothing
+    # fitted on every user (the feature spec, the input projection) reads it.
+    seeds = read_seed(data.seed_path, data.id_column, data.audience_column)
+    seed_ids = pa.array(np.unique(np.concatenate(list(seeds.values()))) if seeds else [], type=pa.string())
 
     def read_and_summarise():
-        table, scan = scan_publisher(dataset, columns, row_filter, path, share)
-        check_publisher_ids(table.column(data.id_column), data.id_column, path)
-        draws = split_draws(table.column(data.id_column), int(cfg.seed))
-        stats = table_statistics(table, kinds, data.non_finite, path, data.max_robust_z)
-        return (table, scan, draws), (table.num_rows, stats, users_part(table.column(data.id_column)))
+        source, fragments = publisher_source(dataset, columns, row_filter, path, share)
+        read = read_publisher(source, dataset, columns, row_filter, path, kinds, data, int(cfg.seed), seed_ids)
+        return (read, source, scan_cost(fragments, columns, read.rows, share)), (read.rows, read.stats, read.users)
 
-    (table, scan, draws), parts = col.exchange(read_and_summarise)
-    ids = table.column(data.id_column)
+    (read, source, scan), parts = col.exchange(read_and_summarise)
+    table, draws = read.table, read.draws
     rows = sum(n for n, _, _ in parts)
     if rows == 0:
         raise DataError(f"publisher data '{path}' has no rows in the training window (data.window)")
-    if col.size > 1:
-        # A user in two ranks' row groups: each rank receives the ids of one hash bucket.
-        bucket = np.minimum((draws[:, 1] * col.size).astype(np.int64), col.size - 1)
-        received = col.route(bucket, ids.combine_chunks())
-        col.each(lambda: refuse_duplicates(received, data.id_column, path))
+    users = merge_parts([users for _, _, users in parts])  # every rank's users: each rank finds the same repeats
+    suspects = duplicate_suspects(users.hashes if users.hashes is not None else np.zeros(0, np.uint64))
+    if suspects.size:
+        found = col.each(lambda: reread_ids(source, data.id_column, row_filter)(suspects))
+        col.each(lambda: refuse_duplicates(pa.concat_arrays(found), data.id_column, path))
     spec = spec_from_statistics(merge_statistics([stats for _, stats, _ in parts]), data)
     log.info("features: %d numeric, %d categorical, %d multi-categorical", len(spec.numeric), len(spec.categorical), len(spec.multi_categorical))
 
-    projection = _input_projection(table, spec, cfg, col)
-    seeds = read_seed(data.seed_path, data.id_column, data.audience_column)
+    projection = _input_projection(lambda: chunks_of(source, dataset, columns, row_filter, path), spec, cfg, col)
+    ids = table.column(data.id_column)
     training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))
     n_train = totals.pop(TRAIN_COUNT)
     in_background_range = totals.pop(IN_BACKGROUND_RANGE)
@@ -145,18 +136,18 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
         scan=replace(scan, rows_in_window=rows),
         publisher_rows=rows,
         n_train=n_train,
-        users=merge_parts([users for _, _, users in parts]),
+        users=users,
         projection=projection,
         in_background_range=in_background_range,
         reference_features=reference,
     )
 
 
-def _input_projection(table: pa.Table, spec: FeatureSpec, cfg: TrainConfig, col: Collective) -> InputProjection | None:
+def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpec, cfg: TrainConfig, col: Collective) -> InputProjection | None:
     """The principal components of every publisher user in the window (all ranks), before the
     seed is read: nothing about the seed can enter them. Fitted for ``model.input_projection``,
     and for the small-seed rule (training/model_rule.py) where it may apply, in this run or in one
-    of its private-tuning trials, and the features fit."""
+    of its private-tuning trials, and the features fit. A second streamed pass over the rows."""
     model = cfg.model
     k = model.input_projection
     rule = model.small_seed_users is not None
@@ -168,7 +159,12 @@ def _input_projection(table: pa.Table, spec: FeatureSpec, cfg: TrainConfig, col:
         k = min(SMALL_SEED_COMPONENTS, dense_width(spec))
     else:
         return None
-    _, parts = col.exchange(lambda: (None, InputMoments.of(encode(table, spec, str(cfg.data.publisher_path)), spec)))
+
+    def moments() -> InputMoments:
+        parts = [InputMoments.of(encode(chunk, spec, str(cfg.data.publisher_path)), spec) for chunk in chunks()]
+        return functools.reduce(InputMoments.merged, parts)
+
+    _, parts = col.exchange(lambda: (None, moments()))
     return principal_projection(functools.reduce(InputMoments.merged, parts), k)
 
 
