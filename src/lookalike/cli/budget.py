@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from lookalike.data.publisher import open_publisher
-from lookalike.data.publisher_ids import check_id_batch, id_batches, scan_users
+from lookalike.data.publisher_ids import IdChecks, id_batches, scan_users
 from lookalike.errors import DataError, LookalikeError
 from lookalike.privacy.budgets import attach_snapshot, create_budget, create_budget_if_missing, default_delta, set_budget, set_rules
 from lookalike.privacy.fingerprint import merge_parts, user_hashes, v1_user_hashes
@@ -97,10 +97,12 @@ def table_hashes(path: str, id_column: str) -> TableHashes:
     if id_column not in dataset.schema.names:
         raise DataError(f"publisher data '{path}' has no id column '{id_column}': pass --id-column")
     v1, v2 = [], []
+    checks = IdChecks(id_column, path)
     for ids in id_batches(dataset, id_column, None):
-        check_id_batch(ids, id_column, path)
+        checks.add(ids)
         v1.append(v1_user_hashes(ids))
         v2.append(user_hashes(ids))
+    checks.finish()
     return TableHashes(np.concatenate(v1 or [np.zeros(0, np.uint64)]), np.concatenate(v2 or [np.zeros(0, np.uint64)]))
 
 

@@ -25,13 +25,24 @@ from lookalike.privacy.fingerprint import UsersAccumulator, UsersPart, user_hash
 BATCH_ROWS = 1 << 18
 
 
-def check_id_batch(ids: pa.Array | pa.ChunkedArray, id_column: str, path: str) -> None:
-    """One batch's share of :func:`~lookalike.data.matching.check_publisher_ids` (not duplicates)."""
-    if not is_text(ids.type):
-        raise DataError(f"publisher data '{path}': id column '{id_column}' has type {ids.type}: store ids as strings (or hash them with lookalike-hash)")
-    empty = ids.null_count + pc.sum(pc.equal(ids, "")).as_py() if len(ids) else 0
-    if empty:
-        raise DataError(f"publisher data '{path}': id column '{id_column}' has empty ids: drop those rows")
+class IdChecks:
+    """:func:`~lookalike.data.matching.check_publisher_ids` a batch at a time (duplicates apart):
+    a wrong type is refused at once, empty ids are counted over every batch and refused, with
+    their number, by :meth:`finish`, before anything computed from the batches is used."""
+
+    def __init__(self, id_column: str, path: str):
+        self.id_column, self.path, self.empty = id_column, path, 0
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        if not is_text(ids.type):
+            raise DataError(
+                f"publisher data '{self.path}': id column '{self.id_column}' has type {ids.type}: store ids as strings (or hash them with lookalike-hash)"
+            )
+        self.empty += ids.null_count + pc.sum(pc.equal(ids, "")).as_py() if len(ids) else 0
+
+    def finish(self) -> None:
+        if self.empty:
+            raise DataError(f"publisher data '{self.path}': id column '{self.id_column}' has {self.empty} empty ids: drop those rows")
 
 
 def id_batches(source: ds.Dataset, id_column: str, row_filter: ds.Expression | None) -> Iterator[pa.Array]:
@@ -42,10 +53,11 @@ def id_batches(source: ds.Dataset, id_column: str, row_filter: ds.Expression | N
 
 def scan_users(source: ds.Dataset, id_column: str, row_filter: ds.Expression | None, path: str) -> UsersPart:
     """The users of ``source`` in the window, checked (duplicates too) and hashed, streamed."""
-    users = UsersAccumulator()
+    users, checks = UsersAccumulator(), IdChecks(id_column, path)
     for ids in id_batches(source, id_column, row_filter):
-        check_id_batch(ids, id_column, path)
+        checks.add(ids)
         users.add(ids)
+    checks.finish()
     part = users.part()
     refuse_duplicate_users(part.hashes, reread_ids(source, id_column, row_filter), id_column, path)
     return part

@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 from lookalike.data.feature_stats import FeatureStatistics, merge_statistics, table_statistics
 from lookalike.data.matching import split_draws
 from lookalike.data.publisher import read_chunks
-from lookalike.data.publisher_ids import check_id_batch
+from lookalike.data.publisher_ids import IdChecks
 from lookalike.privacy.fingerprint import UsersAccumulator, UsersPart
 
 CHUNK_ROWS = 1 << 18
@@ -54,14 +54,14 @@ def read_publisher(
     """Stream ``columns`` of ``source`` (this process's share) once. ``data``: the data config."""
     id_column = str(data.id_column)
     keep_below = float(data.eval_negative_rate) + float(data.negative_rate)
-    users = UsersAccumulator()
+    users, checks = UsersAccumulator(), IdChecks(id_column, path)
     stats: FeatureStatistics | None = None
     kept: list[pa.Table] = []
     kept_draws: list[np.ndarray] = []
     rows = 0
     for chunk in read_chunks(source, dataset, columns, row_filter, path, CHUNK_ROWS):
         ids = chunk.column(id_column)
-        check_id_batch(ids, id_column, path)
+        checks.add(ids)
         users.add(ids)
         part = table_statistics(chunk, kinds, data.non_finite, path, data.max_robust_z)
         stats = part if stats is None else merge_statistics([stats, part])
@@ -70,6 +70,7 @@ def read_publisher(
         kept.append(chunk.take(pa.array(keep)))  # a copy: the chunk's buffers go with it
         kept_draws.append(draws[keep])
         rows += chunk.num_rows
+    checks.finish()
     if stats is None:  # no row in the window: the caller refuses; statistics of nothing
         empty = source.schema.empty_table().select(list(columns))
         stats, kept = table_statistics(empty, kinds, data.non_finite, path, data.max_robust_z), [empty]
