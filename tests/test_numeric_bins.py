@@ -85,3 +85,18 @@ def test_the_spec_encodes_value_flag_and_bins_and_round_trips():
     old = json.loads(off.to_json())
     del old["numeric"][0]["edges"]
     assert FeatureSpec.from_json(json.dumps(old)).numeric_width == 2
+
+
+def test_piecewise_linear_into_a_slice_matches_float64_and_zeroes_missing_rows():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.lognormal(3, 2, 5000), [np.nan, 0.0]])
+    edges = sorted({float(e) for e in np.quantile(values[:-2], np.linspace(0, 1, 17))})
+    missing = np.zeros(values.size, bool)
+    missing[[3, 10]] = True
+    matrix = np.full((values.size, len(edges) + 2), 7.0, dtype=np.float32)
+    piecewise_linear(values, edges, out=matrix[:, 1 : len(edges)], missing=missing)
+    e = np.asarray(edges)
+    expected = np.clip((values[:, None] - e[:-1]) / np.diff(e), 0.0, 1.0)
+    expected[missing | np.isnan(values)] = 0.0
+    np.testing.assert_allclose(matrix[:, 1 : len(edges)], expected, atol=1e-5)
+    assert (matrix[:, 0] == 7.0).all() and (matrix[:, len(edges) :] == 7.0).all()  # only the slice is written

@@ -63,7 +63,7 @@ def encode(table: pa.Table | pa.RecordBatch, spec: FeatureSpec, path: str = "<pu
             col += 1
         if feature.edges:
             bins = len(feature.edges) - 1
-            numeric[:, col : col + bins] = np.where(missing[:, None], 0.0, piecewise_linear(values, feature.edges))
+            piecewise_linear(values, feature.edges, out=numeric[:, col : col + bins], missing=missing)
             col += bins
     categorical = np.zeros((n, len(spec.categorical)), dtype=np.int64)
     for j, cat in enumerate(spec.categorical):

@@ -75,9 +75,22 @@ def bin_edges(histogram: ValueHistogram, bins: int) -> list[float]:
     return [float(e) for e in edges] if edges.size >= 2 else []
 
 
-def piecewise_linear(values: np.ndarray, edges: list[float]) -> np.ndarray:
-    """[n, len(edges) - 1] float32: each value's position through each bin, clipped to [0, 1]."""
+def piecewise_linear(values: np.ndarray, edges: list[float], out: np.ndarray | None = None, missing: np.ndarray | None = None) -> np.ndarray:
+    """[n, len(edges) - 1] float32: each value's position through each bin, clipped to [0, 1].
+
+    Written into ``out`` when given (a slice of the encoded matrix: no temporaries of the full
+    width, which at export's millions of rows cost more than the arithmetic), computed in float32
+    like the matrix it lands in; rows flagged in ``missing`` (or NaN) are 0."""
     e = np.asarray(edges, dtype=np.float64)
-    low, width = e[:-1], np.diff(e)
-    with np.errstate(invalid="ignore"):  # NaN (missing) rows stay NaN; the caller zeroes them
-        return np.clip((np.asarray(values, dtype=np.float64)[:, None] - low) / width, 0.0, 1.0).astype(np.float32)
+    low, scale = e[:-1].astype(np.float32), (1.0 / np.diff(e)).astype(np.float32)
+    v = np.asarray(values, dtype=np.float32)
+    if out is None:
+        out = np.empty((v.shape[0], low.size), dtype=np.float32)
+    with np.errstate(invalid="ignore"):  # NaN rows are zeroed below
+        np.subtract(v[:, None], low, out=out)
+        np.multiply(out, scale, out=out)
+        np.clip(out, 0.0, 1.0, out=out)
+    gone = np.isnan(v) if missing is None else (missing | np.isnan(v))
+    if gone.any():
+        out[gone] = 0.0
+    return out
