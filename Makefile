@@ -84,8 +84,10 @@ test-fast: lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # Benchmarks (README, "Utility" and "Performance"): lift@20% of DP vs non-private vs gradient
-# boosting on three real tables (3 repeats), DP vs non-private training throughput, export time
-# and memory at 1M-10M users, sharded data preparation (1 process vs 2 ranks). About 25 minutes.
+# boosting on four real tables (3 repeats), DP vs non-private training throughput at equal batch
+# (1M-value vocabularies too) and the DP step's fixed cost, export time and memory at 1M-10M
+# users, training memory at 1M and 10M users, sharded data preparation (1 process vs 2 ranks).
+# About 30 minutes.
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[bench]"
 	touch $@
@@ -93,7 +95,9 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/utility.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/dp_step_cost.py --users 400000 --epochs 6
 	$(BIN)/python benchmarks/export_scaling.py
+	$(BIN)/python benchmarks/train_memory.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/prepare_shards.py
 
 # Train and export on CUDA when a GPU is visible (says so and exits 0 otherwise).
