@@ -95,10 +95,6 @@ class LazyNoisyTables:
             self.pending[id(table)] = []
         self.released += (self.lr * noise_std / divisor) ** 2
 
-    def discard_pending(self) -> None:
-        for key in self.pending:
-            self.pending[key] = []
-
     def detach(self) -> None:
         """Flush, and stop intercepting reads (the trained model is a plain module again)."""
         self.flush()
