@@ -30,10 +30,11 @@ class NoisySumOptimizer(DPOptimizerFastGradientClipping):
                 closure()
         if not self.pre_step():
             return None
-        self.step_tables()
+        self.after_noise()
         return self.original_optimizer.step()
 
-    def step_tables(self) -> None:
+    def after_noise(self) -> None:
+        """Between the noised, scaled gradients and the update: the lazy tables' own step."""
         if self.tables is not None:
             divisor = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1.0
             self.tables.step(self.noise_std(), divisor)
@@ -77,12 +78,7 @@ class DistributedNoisySumOptimizer(NoisySumOptimizer):
     def noise_std(self) -> float:
         return super().noise_std() if self.world.primary else 0.0
 
-    def step(self, closure=None):
-        if closure is not None:
-            with torch.enable_grad():
-                closure()
-        if not self.pre_step():
-            return None
+    def after_noise(self) -> None:
+        # No lazy tables here (each rank reads other rows): every table is among self.params.
         for p in self.params:
             all_reduce_mean_(p.grad, self.world)
-        return self.original_optimizer.step()
