@@ -144,8 +144,9 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
 
 
 def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpec, cfg: TrainConfig, col: Collective) -> InputProjection | None:
-    """The principal components of every publisher user in the window (all ranks), before the
-    seed is read: nothing about the seed can enter them. Fitted for ``model.input_projection``,
+    """The principal components of every publisher user in the window (all ranks), seed or not,
+    from every row of the table (not the rows kept for training): nothing about the seed can
+    enter them. Fitted for ``model.input_projection``,
     and for the small-seed rule (training/model_rule.py) where it may apply, in this run or in one
     of its private-tuning trials, and the features fit. A second streamed pass over the rows."""
     model = cfg.model
