@@ -111,13 +111,18 @@ def export(publisher: Path, seed: Path, out: Path, bins: list[str], kind: str, d
         f"export.audience_size.bins=[{','.join(bins)}]",
         f"export.output_dir={out / 'segments' / publisher.name}",
     ]
+    return measured_process(EXPORT, args, f"export of {publisher}")
+
+
+def measured_process(code: str, args: list[str], what: str) -> dict:
+    """Run ``python -c code args`` as a fresh process: its wall time and its own peak RSS."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", EXPORT, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"export of {publisher} failed:\n{output[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{output[-3000:]}")
     return {"wall_s": wall, "peak_rss_gib": usage.ru_maxrss / 2**20}  # ru_maxrss is in KiB on Linux
 
 

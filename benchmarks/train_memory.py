@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_scaling import owner_budget, write_population  # noqa: E402
+from export_scaling import measured_process, owner_budget, write_population  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN = "import sys; from lookalike.training.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
@@ -52,14 +50,7 @@ def train(publisher: Path, seed: Path, out: Path, device: str) -> dict:
         "trainer.epochs=1",
         f"trainer.device={device}",
     ]
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"training on {publisher} failed:\n{output[-3000:]}")
-    return {"wall_s": wall, "peak_rss_gib": usage.ru_maxrss / 2**20}  # ru_maxrss is in KiB on Linux
+    return measured_process(TRAIN, args, f"training on {publisher}")
 
 
 def main() -> None:
