@@ -152,6 +152,20 @@ MUTATIONS = [
         ["tests/test_accounting.py::test_the_cached_accountants_report_opacus_epsilon_to_the_last_bit"],
     ),
     (
+        "epoch-end PRV composes one step too few on the planned domain",
+        "privacy/accountants.py",
+        "pmf = fft.irfft(spectrum**steps, n=len(step.pmf))",
+        "pmf = fft.irfft(spectrum ** (steps - 1), n=len(step.pmf))",
+        ["tests/test_accounting.py::test_epoch_end_epsilon_on_the_planned_domain_bounds_opacus"],
+    ),
+    (
+        "epoch-end PRV domain sized for the steps so far, its mesh kept",
+        "privacy/accountants.py",
+        "num_self_compositions=[planned], eps_error=eps_error",
+        "num_self_compositions=[steps], eps_error=eps_error",
+        ["tests/test_accounting.py::test_epoch_end_epsilon_on_the_planned_domain_bounds_opacus"],
+    ),
+    (
         "evaluation histogram sensitivity halved",
         "training/dp_metrics.py",
         "(2.0 * len(pos)) ** 0.5)",

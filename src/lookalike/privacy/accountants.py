@@ -10,6 +10,18 @@ the same numpy arithmetic, so the same floats, and so the same epsilon to the la
 (tests/test_accounting.py checks it against Opacus' own accountants). The PRV accountant also
 remembers its last answer, so the run's final epsilon, asked right after the last epoch's, is
 not computed twice.
+
+The PRV accountant's epoch-end answers before the last reuse one discretisation. Opacus builds a
+fresh domain for every step count k (truncation at +-L(k), mesh eps_error / sqrt(k log(12 /
+delta_error) / 2)), then integrates and discretises the one-step PRV on it: most of a call, and
+the same work each epoch. Given the run's planned step count T (``planned_steps``, set when the
+noise is calibrated), an epoch before the last composes k steps on the domain for T: L(T) >= L(k)
+(the safe domain grows with the composition count) and its mesh is finer, so Gopi et al.'s bound
+holds at the same eps_error and the answer is still an upper bound. That domain is widened at both
+ends to a length the FFT is fast at, which only truncates less: Opacus' lengths are whatever the
+mesh gives (145,438 = 2 x 72,719 for 2,380 steps at sigma 2, where one transform took 14x as long
+as at 145,800). The discretised step and its spectrum are kept, and an epoch
+costs one inverse FFT. At k = T, and for any other history, Opacus' own path runs.
 """
 
 from __future__ import annotations
@@ -20,7 +32,14 @@ from typing import Sequence
 import numpy as np
 from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.analysis.prv import Domain
+from opacus.accountants.analysis.prv import (
+    DiscretePRV,
+    Domain,
+    PoissonSubsampledGaussianPRV,
+    TruncatedPrivacyRandomVariable,
+    discretize,
+)
+from scipy import fft
 
 
 @functools.lru_cache(maxsize=1024)
@@ -48,6 +67,25 @@ class CachedRDPAccountant(RDPAccountant):
 
 class CachedPRVAccountant(PRVAccountant):
     _last: tuple | None = None  # (the question, its answer)
+    _step: tuple | None = None  # (its question, one step discretised on the planned run's domain)
+    planned_steps: int | None = None  # the run's total steps: earlier answers use its domain
+
+    def _get_dprv(self, eps_error: float, delta_error: float) -> DiscretePRV:
+        planned = self.planned_steps
+        if len(self.history) != 1 or not planned or self.history[0][2] >= planned:
+            return super()._get_dprv(eps_error=eps_error, delta_error=delta_error)
+        sigma, q, steps = self.history[0]
+        question = (sigma, q, planned, eps_error, delta_error)
+        if self._step is None or self._step[0] != question:
+            prv = PoissonSubsampledGaussianPRV(q, sigma)
+            domain = _fast_length(self._get_domain(prvs=[prv], num_self_compositions=[planned], eps_error=eps_error, delta_error=delta_error))
+            step = discretize(TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain)
+            self._step = (question, step, fft.rfft(step.pmf))
+        _, step, spectrum = self._step
+        # opacus.accountants.analysis.prv.compose._compose_fourier, with the step's spectrum kept.
+        pmf = fft.irfft(spectrum**steps, n=len(step.pmf))
+        pmf = np.roll(pmf, steps - 1 + (len(pmf) // 2 if steps % 2 == 0 else 0))
+        return DiscretePRV(pmf=pmf, domain=step.domain.shift_right(step.domain.shifts * (steps - 1)))
 
     def get_epsilon(self, delta: float, *, eps_error: float = 0.01, delta_error: float | None = None, **kwargs) -> float:
         question = (tuple(self.history), delta, eps_error, delta_error)
@@ -69,6 +107,16 @@ class CachedPRVAccountant(PRVAccountant):
         size = max(l_max, eps_error) + 3
         mesh_size = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
         return Domain.create_aligned(-size, size, mesh_size)
+
+
+def _fast_length(domain: Domain) -> Domain:
+    """``domain`` widened by as many points at each end as make its (even) length one the FFT
+    is fast at. Both ends: the composition's index shift assumes Opacus' layout, t_min = -(n/2 - 1) dt."""
+    size = fft.next_fast_len(domain.size, real=True)
+    while size % 2:
+        size = fft.next_fast_len(size + 1, real=True)
+    wider = (size - domain.size) // 2 * domain.dt
+    return Domain(domain.t_min - wider, domain.t_max + wider, size)
 
 
 def create_accountant(mechanism: str) -> IAccountant:

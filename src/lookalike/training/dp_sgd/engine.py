@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from lookalike.errors import ConfigError
 from lookalike.parallel.world import World
-from lookalike.privacy.accountants import create_accountant
+from lookalike.privacy.accountants import CachedPRVAccountant, create_accountant
 from lookalike.privacy.accounting import calibrate_noise
 from lookalike.privacy.mechanisms import entropy_generator
 from lookalike.privacy.poisson_sampling import PoissonBatches
@@ -118,6 +118,9 @@ def make_private(
     # int(1 / (1 / L)) steps per epoch, which float rounding can make L - 1, that q can sit a
     # little above the true sampling rate: conservative, and the rate the reported epsilon uses.
     sample_rate = 1.0 / len(dp_loader)
+    if isinstance(engine.accountant, CachedPRVAccountant):
+        # It answers the epochs before the last on the whole run's domain (privacy/accountants.py).
+        engine.accountant.planned_steps = epochs * len(dp_loader)
     if noise_multiplier is None:
         # The optimizer reads noise_multiplier at every step, and so does the accountant hook.
         dp_optimizer.noise_multiplier = calibrate_noise(float(privacy.target_epsilon), delta, sample_rate, epochs * len(dp_loader), privacy.accountant)
