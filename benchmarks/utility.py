@@ -107,7 +107,16 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def one_setting(
-    table: tables.Table, ids: np.ndarray, frame, size: int | None, repeat: int, work: Path, epsilon: float, which: tuple[str, ...], extra: list[str]
+    table: tables.Table,
+    ids: np.ndarray,
+    frame,
+    size: int | None,
+    repeat: int,
+    work: Path,
+    epsilon: float,
+    which: tuple[str, ...],
+    extra: list[str],
+    dp_extra: tuple[str, ...] | list[str] = (),
 ) -> list[dict]:
     seed, evaluated = split(ids, table.labels, repeat, size)
     hidden = table.labels[evaluated]
@@ -123,7 +132,7 @@ def one_setting(
         else:
             shutil.rmtree(folder / name, ignore_errors=True)  # a fresh output folder: its one run's bundle is read back
             private = name in ("dp", "tuned")
-            settings = extra + (TUNED if name == "tuned" else [])
+            settings = extra + (list(dp_extra) if private else []) + (TUNED if name == "tuned" else [])
             scores, facts = models.two_tower_scores(table.publisher, seed_file, folder / name, epsilon if private else None, repeat, settings)
         wall = time.perf_counter() - start
         s = scores[evaluated]
@@ -228,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="config overrides for both two-tower runs (measuring a change; the table is of the defaults without it)",
     )
+    parser.add_argument("--dp-set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for the DP runs only (dp, tuned), after --set")
     parser.add_argument("--quick", action="store_true", help="a check of the whole path: Adult, a 750-user seed, 1 repeat")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/lookalike-utility"), help="tables, package cache and run folders")
     parser.add_argument("--output", type=Path, default=None, help="JSON results (default benchmarks/results/utility.json; utility_quick.json with --quick)")
@@ -248,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
             "repeats": repeats,
             "seed_sizes": sizes,
             "models": args.models,
+            "set": args.set,
+            "dp_set": args.dp_set,
             "lookalike_imports": list(models.LOOKALIKE_IMPORTS),
         },
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1},
@@ -264,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             size = None if size_text == "full" else int(size_text)
             for repeat in range(1, repeats + 1):
                 try:
-                    doc["runs"] += one_setting(table, ids, frame, size, repeat, args.work_dir, args.epsilon, tuple(args.models), args.set)
+                    doc["runs"] += one_setting(table, ids, frame, size, repeat, args.work_dir, args.epsilon, tuple(args.models), args.set, args.dp_set)
                 except SeedTooLarge as exc:  # a sub-sample larger than the table's seed half
                     doc["skipped"].append({"table": name, "seed_size": size_text, "reason": str(exc)})
                     print(f"{name}: seed {size_text} skipped: {exc}", flush=True)

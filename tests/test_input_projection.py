@@ -134,7 +134,8 @@ def test_the_small_seed_rule_switches_only_below_its_threshold():
     assert (small.input_projection, small.hidden_dims, small.similarity) == (16, [], "dot")
     assert model_for_seed(on, 300.0, 16) == on  # at the threshold: the settings as given
     assert model_for_seed(on, 10.0, None) == on  # no projection fitted (too wide, or audit)
-    assert model_for_seed(ModelConfig(), 10.0, 16) == ModelConfig()  # off by default
+    assert model_for_seed(ModelConfig(), 299.0, 16).input_projection == 16  # on by default, at 300
+    assert model_for_seed(ModelConfig(small_seed_users=None), 10.0, 16) == ModelConfig(small_seed_users=None)  # null: off
     assert model_for_seed(ModelConfig(small_seed_users=300, input_projection=8), 10.0, 16).input_projection == 8  # set by hand
     assert model_for_seed(ModelConfig(kind="logistic", small_seed_users=300), 10.0, 16).kind == "logistic"
 
@@ -152,6 +153,11 @@ def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_pat
     model, _, meta = load_bundle(bundle)
     assert meta["model"]["input_projection"] == 16 and meta["model"]["hidden_dims"] == [] and model.user_tower.categorical is None
     cfg = cfg_factory("model.small_seed_users=50", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2", out=tmp_path / "big")
+    run(cfg)
+    (logged,) = runs_of(cfg)
+    assert logged.data.params["model.input_projection_used"] == "null"
+    # Non-private: no noise to shrink the model for, whatever the seed's size.
+    cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.enabled=false", "trusted_evaluation=true", out=tmp_path / "plain")
     run(cfg)
     (logged,) = runs_of(cfg)
     assert logged.data.params["model.input_projection_used"] == "null"

@@ -23,9 +23,9 @@ class ModelConfig:
     # k: the user tower reads the top-k principal components of the publisher's encoded features
     # (fixed, no epsilon; data/principal_inputs.py) instead of embeddings. For small seeds.
     input_projection: Optional[int] = None
-    # The small-seed rule (training/model_rule.py): with fewer training seed users than this (a DP
-    # estimate), input_projection=SMALL_SEED_COMPONENTS, no hidden layer, dot similarity. null: off.
-    small_seed_users: Optional[int] = None
+    # The small-seed rule (training/model_rule.py): a DP run with fewer training seed users than
+    # this (a DP estimate) takes input_projection=SMALL_SEED_COMPONENTS, no hidden layer, dot similarity. null: off.
+    small_seed_users: Optional[int] = 300
 
     def check(self) -> None:
         one_of("model.similarity", self.similarity, ("dot", "cosine"))

@@ -51,10 +51,12 @@ class Inputs:
         return estimate + planted
 
     def model_config(self, cfg: TrainConfig, estimate: int | None) -> ModelConfig:
-        """The model this run trains: ``cfg.model`` or, for a small seed, the small-seed rule's
-        (training/model_rule.py) from ``estimate``, the DP estimate of the training examples (a
-        non-private run, trusted, uses the exact count)."""
-        examples = estimate if estimate is not None else (None if cfg.privacy.enabled else self.data.n_train)
+        """The model this run trains: ``cfg.model`` or, for a DP run's small seed, the small-seed
+        rule's (training/model_rule.py) from ``estimate``, the DP estimate of the training
+        examples. A non-private run has no noise to shrink the model for: it trains ``cfg.model``."""
+        if not cfg.privacy.enabled:
+            return cfg.model
+        examples = estimate
         data = cfg.data
         seed_users = None if examples is None else seed_users_estimate(examples, self.data.in_background_range, data.negative_rate, data.holdout_fraction)
         components = self.data.projection.matrix.shape[1] if self.data.projection is not None else None

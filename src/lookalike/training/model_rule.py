@@ -4,16 +4,20 @@ Under DP-SGD every trainable weight takes Gaussian noise at every step, while th
 with the number of seed users. With a seed of a few hundred users the default tower (embeddings,
 a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's 16
 whitened principal components (``model.input_projection``, fitted without the seed) has a few
-dozen weights and keeps far more of it. Measured at epsilon 1 with 3 repeats (lift@20%, see the
-README): at 165 seed users the rule gained 15-20% on Adult, the census table and Caravan and lost
-11% on the telco table; runs with PCA inputs outside the package put the break-even near 300
-(there the census table gained 11%, Adult and telco lost 2-3%; at 750 Adult lost 5%). Hence a
-threshold, ``model.small_seed_users`` (300 in those runs).
-It is off by default: on the synthetic demo data (two audiences of about 95 training seed users,
-signal spread over wide vocabularies) the held-out AUC fell from 0.69-0.76 to 0.57, and a default
-that can lose that much is worse than one that leaves gain behind. Private tuning can choose
-between the two on the table at hand (``+tuning.space.model.small_seed_users=[null,100000]``), but
-at epsilon 1 its search cost more lift than the choice gained (README, "Private tuning, measured").
+dozen weights and keeps far more of it. Measured at epsilon 1 with 3 repeats (lift@20%,
+benchmarks/utility.py): at 165 seed users the rule gained 15-20% on Adult, the census table and
+Caravan and lost 11% on the telco table; runs with PCA inputs outside the package put the
+break-even near 300 (there the census table gained 11%, Adult and telco lost 2-3%; at 750 Adult
+lost 5%). With 150-user seeds (``--dp-set model.small_seed_users=300``) it gained 19% on Adult,
+14% on census and 38% on Caravan, and lost 8% on telco. Hence the default threshold,
+``model.small_seed_users`` = 300. The synthetic data the tests train on has seeds of that size
+and exercises the configured tower (``debug=default`` turns the rule off); ``make demo``'s seeds
+are thousands of users, far above it.
+
+The rule is for DP runs: a non-private run has no noise to shrink the model for and trains the
+model as configured. Private tuning can choose between the two on the table at hand
+(``+tuning.space.model.small_seed_users=[null,100000]``), but at epsilon 1 its search cost more
+lift than the choice gained (README, "Private tuning, measured").
 
 The seed size is never read exactly: the estimate is a post-processing of the run's DP estimate
 N-hat of the training-set size (privacy/size_release.py) and public numbers. The negatives are
@@ -22,7 +26,6 @@ the publisher users in that range, is a function of the ids and the split seed o
 h = holdout_fraction and r = negative_rate, N = s (1 - h) + B - r h s, hence
 s (1 - h) = (N - B) (1 - h) / (1 - h - r h): the training seed users. (Subtracting r P from N
 instead would add the binomial spread of the draws, about 80 users on Adult, to the DP noise.)
-A non-private run (trusted, single process) uses the exact N, so "own" models follow the same rule.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpe
     of its private-tuning trials, and the features fit. A second streamed pass over the rows."""
     model = cfg.model
     k = model.input_projection
-    rule = model.small_seed_users is not None
+    rule = model.small_seed_users is not None and cfg.privacy.enabled  # the rule is for DP runs
     if cfg.tuning.mean_trials is not None:
         rule = rule or any(v is not None for v in cfg.tuning.choices().get("model.small_seed_users", []))
     if k:
