@@ -4,8 +4,8 @@ Under DP-SGD every trainable weight takes Gaussian noise at every step, while th
 with the number of seed users. With a seed of a few hundred users the default tower (embeddings,
 a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's 16
 whitened principal components (``model.input_projection``, fitted without the seed) has a few
-dozen weights and keeps far more of it. Measured at epsilon 1 with 3 repeats (lift@20%, see the
-README): at 165 seed users the rule gained 15-20% on Adult, the census table and Caravan and lost
+dozen weights and keeps far more of it. Measured at epsilon 1 with 3 repeats (lift@20%, see
+docs/utility.md): at 165 seed users the rule gained 15-20% on Adult, the census table and Caravan and lost
 11% on the telco table; runs with PCA inputs outside the package put the break-even near 300
 (there the census table gained 11%, Adult and telco lost 2-3%; at 750 Adult lost 5%). Hence a
 threshold, ``model.small_seed_users`` (300 in those runs).
@@ -13,7 +13,7 @@ It is off by default: on the synthetic demo data (two audiences of about 95 trai
 signal spread over wide vocabularies) the held-out AUC fell from 0.69-0.76 to 0.57, and a default
 that can lose that much is worse than one that leaves gain behind. Private tuning can choose
 between the two on the table at hand (``+tuning.space.model.small_seed_users=[null,100000]``), but
-at epsilon 1 its search cost more lift than the choice gained (README, "Private tuning, measured").
+at epsilon 1 its search cost more lift than the choice gained (docs/utility.md, "Private tuning, measured").
 
 The seed size is never read exactly: the estimate is a post-processing of the run's DP estimate
 N-hat of the training-set size (privacy/size_release.py) and public numbers. The negatives are
