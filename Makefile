@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OUT ?= outputs
 DEMO_DATA ?= data/demo
 
-.PHONY: install install-dev lint demo demo-data adult adult-data test test-fast budget mlflow-ui bench gpu-check mutate clean
+.PHONY: install install-dev lint docs demo demo-data adult adult-data test test-fast budget mlflow-ui bench gpu-check mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,10 +68,15 @@ mlflow-ui: $(VENV)/.installed
 
 # Lint, format, types and the layer contracts (import-linter, [tool.importlinter] in pyproject.toml).
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The documentation site (mkdocs.yml, docs/) into site/; warnings (a broken link or anchor, a page
+# left out of the nav) fail it. make test builds it too (tests/test_docs.py).
+docs: $(VENV)/.installed-dev
+	$(BIN)/mkdocs build --strict -d site
 
 # Two test processes (pytest-xdist): the suite is mostly single-threaded training and process
 # start-up, so two workers on two cores take about two thirds of the serial time.
@@ -83,7 +88,7 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
-# Benchmarks (README, "Utility" and "Performance"): lift@20% of DP vs non-private vs gradient
+# Benchmarks (docs/utility.md and docs/performance.md): lift@20% of DP vs non-private vs gradient
 # boosting on four real tables (3 repeats), DP vs non-private training throughput at equal batch
 # (1M-value vocabularies too) and the DP step's fixed cost, export time and memory at 1M-10M
 # users, training memory at 1M and 10M users, sharded data preparation (1 process vs 2 ranks).

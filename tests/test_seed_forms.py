@@ -1,4 +1,4 @@
-"""Every form of ``data.seed_path`` the README shows, typed on the command line of real
+"""Every form of ``data.seed_path`` docs/getting-started.md shows, typed on the command line of real
 ``lookalike-train`` and ``lookalike-export`` processes: one file with an audience column, a list
 of files (one audience each, named by the file stem) and a mapping audience -> file."""
 
@@ -24,7 +24,7 @@ EXPORT = "import sys; from lookalike.export.app import cli; sys.argv = ['lookali
 
 def split_seed(demo_dir: Path, folder: Path) -> dict[str, list[str]]:
     """The demo seed's two audiences as JSON lines, CSV and Parquet files under ``folder`` (the
-    file names the README uses: b.jsonl, v.csv), and the ids of each."""
+    file names docs/getting-started.md uses: b.jsonl, v.csv), and the ids of each."""
     rows = [json.loads(line) for line in (demo_dir / "seed.jsonl").read_text().splitlines()]
     first, second = sorted({r["audience"] for r in rows})
     ids = {name: [r["user_id"] for r in rows if r["audience"] == name] for name in (first, second)}
@@ -44,7 +44,7 @@ def train(demo_dir: Path, out: Path, seed_path: str, *extra: str) -> subprocess.
         "trusted_evaluation=true",
         *extra,
     ]
-    # cwd: the README's relative file names (b.jsonl) are read from where the command runs
+    # cwd: the docs' relative file names (b.jsonl) are read from where the command runs
     return subprocess.run([sys.executable, "-c", TRAIN, *args], capture_output=True, text=True, timeout=300, cwd=out.parent)
 
 
@@ -58,7 +58,7 @@ def test_a_mapping_and_a_list_of_seed_files_train_and_export_from_the_command_li
     split_seed(demo_dir, tmp_path)
     out = tmp_path / "out"
     grant(out / "privacy_ledger.sqlite", demo_dir / "publisher")
-    mapping = "{buyers: b.jsonl, visitors: v.csv}"  # as the README writes it
+    mapping = "{buyers: b.jsonl, visitors: v.csv}"  # as docs/getting-started.md writes it
     for seed_path in (mapping, f"[{tmp_path / 'buyers.parquet'},{tmp_path / 'v.csv'}]"):
         proc = train(demo_dir, out, seed_path)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

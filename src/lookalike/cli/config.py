@@ -4,6 +4,7 @@
     lookalike-config list                                        # every shipped config
     lookalike-config cp experiment/demo my_configs/experiment/mine.yaml
     lookalike-train --config-dir my_configs experiment=mine      # your folder beside the shipped one
+    lookalike-config reference                                   # every key, its type, default and meaning (Markdown)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every shipped config (group/name)")
     sub.add_parser("path", help="the folder of the shipped configs")
+    sub.add_parser("reference", help="every key of lookalike-train and lookalike-export: type, default, meaning (Markdown)")
     cp = sub.add_parser("cp", help="copy a shipped config to a file of yours")
     cp.add_argument("name", help="group/name as `list` shows it, e.g. experiment/demo or train")
     cp.add_argument("destination", type=Path, help="a .yaml file, or a folder (the file keeps its name)")
@@ -36,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "path":
         print(CONFIG_DIR)
+        return
+    if args.command == "reference":
+        from lookalike.cli.config_reference import reference_markdown  # imports both applications: only here
+
+        print(reference_markdown(), end="")
         return
     name = args.name.removesuffix(".yaml")
     if name not in shipped():

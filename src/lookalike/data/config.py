@@ -13,15 +13,15 @@ from lookalike.settings import one_of, require, set_value, whole
 class WindowConfig:
     """Only publisher rows with ``start <= column < end`` (a date, time or number column)."""
 
-    column: Optional[str] = None
-    start: Any = None
-    end: Any = None
+    column: Optional[str] = None  # a date, time or number column (a partition column too); null: every row
+    start: Any = None  # inclusive; null: no lower bound
+    end: Any = None  # exclusive; null: no upper bound
 
 
 @dataclass
 class VocabConfig:
-    max_size: int = 100_000
-    min_count: int = 1
+    max_size: int = 100_000  # most frequent values kept per column; the rest share an out-of-vocabulary bucket
+    min_count: int = 1  # a value seen fewer times goes to the out-of-vocabulary bucket
 
     def check(self) -> None:
         whole("data.vocab.max_size", self.max_size)
@@ -30,18 +30,18 @@ class VocabConfig:
 
 @dataclass
 class DataConfig:
-    publisher_path: str = "data/demo/publisher"
+    publisher_path: str = "data/demo/publisher"  # a Parquet file or folder (hive partitions allowed), one row per user
     # One file, a list of files (one audience each, named by the file stem) or a mapping
     # audience -> file: typed Any because OmegaConf cannot type a union of str, list and dict.
     seed_path: Any = None
-    id_column: str = "user_id"
-    audience_column: str = "audience"
+    id_column: str = "user_id"  # the user id column (strings) of the publisher table and the seed
+    audience_column: str = "audience"  # in a single seed file, this column (if present) splits the ids into audiences
     # null: infer from the column types; else {numeric: [...], categorical: [...], multi_categorical: [...]}
     features: Optional[dict[str, Any]] = None
-    exclude_columns: list[str] = field(default_factory=list)
+    exclude_columns: list[str] = field(default_factory=list)  # columns that are not features (the demo partitions by signup cohort)
     window: WindowConfig = field(default_factory=WindowConfig)
-    non_finite: str = "refuse"
-    max_robust_z: Optional[float] = 1.0e6
+    non_finite: str = "refuse"  # refuse: NaN/inf in a numeric column stops the run; impute: treat them as missing (mean + flag)
+    max_robust_z: Optional[float] = 1.0e6  # refuse a value this many robust standard deviations (1.4826 x MAD) from its median; null: no check
     # A never-negative column with its maximum > 10 standard deviations above its mean is read as
     # log1p(x) (data/feature_stats.py: HEAVY_TAIL); false: every numeric as is.
     heavy_tail_log: bool = True
@@ -49,10 +49,10 @@ class DataConfig:
     # this many, edges from the publisher's own column. null: the standardised value alone.
     piecewise_linear_bins: Optional[int] = 32
     vocab: VocabConfig = field(default_factory=VocabConfig)
-    max_multi_length: int = 16
-    holdout_fraction: float = 0.2
-    negative_rate: float = 0.15
-    eval_negative_rate: float = 0.05
+    max_multi_length: int = 16  # values of a list column kept per user (longer lists are cut)
+    holdout_fraction: float = 0.2  # share of each audience's matched seed users held out for evaluation, never trained on
+    negative_rate: float = 0.15  # share of all users not held out (seed users too) drawn as the training background, per user by a keyed hash
+    eval_negative_rate: float = 0.05  # share of non-seed users drawn as evaluation negatives, never trained on
 
     def check(self) -> None:
         set_value("data.publisher_path", self.publisher_path)

@@ -27,7 +27,7 @@ MODEL_SCHEMES = ("runs", "models", "file")
 @dataclass
 class AudienceSizeConfig:
     type: str = "PERCENTAGE"  # or ABSOLUTE (users)
-    bins: list[Any] = field(default_factory=lambda: [1, 5, 10, 20])
+    bins: list[Any] = field(default_factory=lambda: [1, 5, 10, 20])  # 1 to 25 sizes; each bin's segment is a prefix of the next
 
     def check(self) -> None:
         self.type = str(self.type).upper()
@@ -49,11 +49,11 @@ class AudienceSizeConfig:
 class ShardConfig:
     """Scoring split over processes (torchrun) or separate jobs (index/count, then merge)."""
 
-    index: Optional[int] = None
-    count: Optional[int] = None
-    merge: bool = False
-    parts_dir: str = "outputs/export_parts"
-    collective_timeout_minutes: float = 120
+    index: Optional[int] = None  # this shard, 0 to count - 1; null: no sharding
+    count: Optional[int] = None  # the number of shards
+    merge: bool = False  # true: merge every shard's part, write segments and report, charge the ledger once
+    parts_dir: str = "outputs/export_parts"  # where shards write their parts: storage every shard and the merge reach
+    collective_timeout_minutes: float = 120  # torchrun: how long a rank waits for the others (rank 0 merges meanwhile)
 
     def check(self) -> None:
         require("export.shard.collective_timeout_minutes", self.collective_timeout_minutes, lambda v: v > 0, "must be > 0")
@@ -70,18 +70,18 @@ class ShardConfig:
 @dataclass
 class ExportSettings:
     model: Optional[str] = None  # a training run id, runs:/<run_id>/model, models:/<name>/<version> or latest
-    output_dir: str = "outputs/segments"
-    overwrite: bool = False
-    audiences: Optional[list[str]] = None
+    output_dir: str = "outputs/segments"  # segments, report.json and report.png
+    overwrite: bool = False  # replace a previous export there (only the files its manifest lists)
+    audiences: Optional[list[str]] = None  # audiences to export; null: every audience of the model
     audience_size: AudienceSizeConfig = field(default_factory=AudienceSizeConfig)
-    min_score: Optional[float] = None
-    include_seed_in_output: bool = False
+    min_score: Optional[float] = None  # drop users whose score (the model's probability) is below this
+    include_seed_in_output: bool = False  # seed users first in segments; only where the owners allow it
     seed_exclusion: str = "exact"  # or randomized (randomised response at seed_exclusion_epsilon)
-    seed_exclusion_epsilon: float = 3.0
-    report_epsilon: float = 0.5
+    seed_exclusion_epsilon: float = 3.0  # randomised exclusion's epsilon per audience, charged to the ledger
+    report_epsilon: float = 0.5  # the report's seed-derived counts get Gaussian noise at this epsilon, charged to the ledger
     report_delta: Optional[float] = None  # null: min(1e-6, 1/(100 R)) for the R users scored
-    device: str = "auto"
-    batch_rows: int = 65536
+    device: str = "auto"  # where export scores users: auto (CUDA when present), cpu, cuda, cuda:N
+    batch_rows: int = 65536  # rows per record batch while streaming the publisher data
     shard: ShardConfig = field(default_factory=ShardConfig)
 
     def check(self) -> None:

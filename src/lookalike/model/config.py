@@ -15,11 +15,11 @@ SMALL_SEED_COMPONENTS = 16
 @dataclass
 class ModelConfig:
     kind: str = "two_tower"  # a name in model/registry.py: two_tower, logistic or centroid
-    embedding_dim: int = 16
-    hidden_dims: list[int] = field(default_factory=lambda: [64])
-    output_dim: int = 32
-    similarity: str = "cosine"
-    dropout: float = 0.0
+    embedding_dim: int = 16  # width of each categorical and list-value embedding
+    hidden_dims: list[int] = field(default_factory=lambda: [64])  # the user tower's hidden layers (ReLU); []: a linear tower
+    output_dim: int = 32  # width of the user and audience vectors
+    similarity: str = "cosine"  # cosine (with a learned scale) or dot
+    dropout: float = 0.0  # after each hidden layer; 0: none
     # k: the user tower reads the top-k principal components of the publisher's encoded features
     # (fixed, no epsilon; data/principal_inputs.py) instead of embeddings. For small seeds.
     input_projection: Optional[int] = None

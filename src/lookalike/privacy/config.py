@@ -16,15 +16,15 @@ from lookalike.settings import number, one_of, set_value, whole
 
 @dataclass
 class PrivacyConfig:
-    enabled: bool = True
-    target_epsilon: float = 3.0
+    enabled: bool = True  # false trains the same model without DP (needs trusted_evaluation=true and the owners' leave)
+    target_epsilon: float = 3.0  # the training run's epsilon, reserved in the ledger with size_epsilon and evaluation.epsilon
     target_delta: Optional[float] = None  # null: 1/(10 R) for the R publisher users
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # per-example clipping norm
     size_epsilon: float = 0.2  # the DP estimates of the training-set size and the matched seed counts
     size_delta: Optional[float] = None  # null: min(1e-7, 1/(100 R)) for the R publisher users
-    accountant: str = "prv"
-    grad_sample_mode: str = "fused"
-    secure_mode: bool = False
+    accountant: str = "prv"  # prv (tight) or rdp
+    grad_sample_mode: str = "fused"  # fused (our ghost clipping), or Opacus' hooks / functorch (several times slower)
+    secure_mode: bool = False  # Opacus' secure RNG: needs torchcsprng, which has no build for current torch, so true is refused
 
     def check(self) -> None:
         if not self.enabled:
@@ -53,9 +53,9 @@ class RulesConfig:
     """May only tighten the data owners' rules, which live in the ledger (checked against it later;
     here only the shape of the values). null: the owners' value."""
 
-    min_matching_seed_size: Optional[int] = None
-    min_aggregation_size: Optional[int] = None
-    allow_list_output: Optional[bool] = None
+    min_matching_seed_size: Optional[int] = None  # a seed audience matching fewer publisher users is refused (owners' default 500)
+    min_aggregation_size: Optional[int] = None  # no released count or segment below this size (owners' default 100)
+    allow_list_output: Optional[bool] = None  # false: export writes the report only, no user lists
 
     def check(self) -> None:
         if self.min_matching_seed_size is not None:

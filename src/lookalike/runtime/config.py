@@ -18,10 +18,10 @@ from lookalike.settings import path_value, set_value
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str = "sqlite:///outputs/mlflow.db"
-    experiment_name: str = "lookalike"
-    artifact_location: Optional[str] = None
-    registered_model_name: Optional[str] = None
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"  # a local store or a server's URI; never with a password in it
+    experiment_name: str = "lookalike"  # the experiment of the training runs (exports are logged beside them)
+    artifact_location: Optional[str] = None  # where a local (SQLite) store keeps artifacts; a tracking server decides for itself
+    registered_model_name: Optional[str] = None  # set: each trained model is registered under this name
 
     def check(self) -> None:
         set_value("mlflow.tracking_uri", self.tracking_uri)
@@ -30,8 +30,8 @@ class MlflowConfig:
 
 @dataclass
 class PathsConfig:
-    data_dir: str = "data"
-    output_dir: str = "outputs"
+    data_dir: str = "data"  # where the shipped configs look for the demo and Adult data
+    output_dir: str = "outputs"  # runs, the default ledger and the default MLflow store; relative: from where you launch
 
     def check(self) -> None:
         set_value("paths.output_dir", self.output_dir)

@@ -7,7 +7,7 @@ import warnings
 
 
 def silence_known_warnings() -> None:
-    # Opacus: we state secure_mode's trade-off in the config and README.
+    # Opacus: we state secure_mode's trade-off in the config and docs/privacy.md.
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
     # Opacus' noise calibration probes RDP orders; the PRV accountant does the reporting.
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")

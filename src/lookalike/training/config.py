@@ -26,16 +26,16 @@ def _adam() -> dict[str, Any]:
 @dataclass
 class TrainerConfig:
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    epochs: int = 5
+    epochs: int = 5  # passes over the training set
     batch_size: Optional[int] = None  # the expected logical batch (q = batch / N); null: the rule in training/batch_rule.py
     batch_rule_noise: float = 2.0  # the noise multiplier the batch rule aims at
-    physical_batch_size: int = 512
+    physical_batch_size: int = 512  # largest batch pushed through the model at once (logical batches are split)
     optimizer: dict[str, Any] = field(default_factory=_adam)  # instantiated by Hydra, partial: given the parameters
     sparse_tables_from: Optional[int] = 100_000  # embedding tables of at least this many rows train sparsely (table_route.py); null: none
     table_lr: Optional[float] = None  # DP-SGD's lr for those tables; null: a row's per-step noise matches optimizer.lr
-    resume_from: Optional[str] = None
-    progress_bar: bool = True
-    collective_timeout_minutes: float = 120
+    resume_from: Optional[str] = None  # a checkpoints/last.pt: continues the weights, the optimizer and the privacy accounting
+    progress_bar: bool = True  # shows the step and epsilon (no loss in DP runs)
+    collective_timeout_minutes: float = 120  # torchrun: how long a rank waits in a collective (rank 0 hashes every file meanwhile)
 
     def check(self) -> None:
         device_name("trainer.device", self.device)
@@ -68,9 +68,9 @@ class EvaluationConfig:
 
 @dataclass
 class AuditConfig:
-    enabled: bool = False
-    canaries: int = 1000
-    guess_fraction: float = 0.1
+    enabled: bool = False  # the one-run canary audit (audit=one_run): logs audit.epsilon_lower_bound
+    canaries: int = 1000  # blank canary users, each trained on with probability 1/2
+    guess_fraction: float = 0.1  # the top and bottom fraction of canaries by score are the "in" and "out" guesses
 
     def check(self) -> None:
         if self.enabled:

@@ -5,7 +5,7 @@ with the number of seed users. With a seed of a few hundred users the default to
 a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's 16
 whitened principal components (``model.input_projection``, fitted without the seed) has a few
 dozen weights and keeps far more of it. Measured at epsilon 1 with 3 repeats (lift@20%,
-benchmarks/utility.py): at 165 seed users the rule gained 15-20% on Adult, the census table and
+benchmarks/utility.py, docs/utility.md): at 165 seed users the rule gained 15-20% on Adult, the census table and
 Caravan and lost 11% on the telco table; runs with PCA inputs outside the package put the
 break-even near 300 (there the census table gained 11%, Adult and telco lost 2-3%; at 750 Adult
 lost 5%). With 150-user seeds (``--dp-set model.small_seed_users=300``) it gained 19% on Adult,
@@ -17,7 +17,7 @@ are thousands of users, far above it.
 The rule is for DP runs: a non-private run has no noise to shrink the model for and trains the
 model as configured. Private tuning can choose between the two on the table at hand
 (``+tuning.space.model.small_seed_users=[null,100000]``), but at epsilon 1 its search cost more
-lift than the choice gained (README, "Private tuning, measured").
+lift than the choice gained (docs/utility.md, "Private tuning, measured").
 
 The seed size is never read exactly: the estimate is a post-processing of the run's DP estimate
 N-hat of the training-set size (privacy/size_release.py) and public numbers. The negatives are
