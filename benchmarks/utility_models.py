@@ -116,6 +116,7 @@ def two_tower_scores(
         "noise_multiplier": meta.get("privacy.noise_multiplier"),
         "sample_rate": meta.get("privacy.sample_rate"),
         "batch_size": meta.get("trainer.batch_size_used"),
+        "epochs": meta.get("trainer.epochs_used"),
         "defaults": _defaults(cfg),
     }
 
@@ -132,7 +133,7 @@ def score_table(model: torch.nn.Module, spec, table: pa.Table, batch: int = 6553
 def _defaults(cfg) -> dict:
     """The settings the run used (all package defaults): recorded beside the numbers."""
     return {
-        "epochs": int(cfg.trainer.epochs),
+        "epochs": "rule" if cfg.trainer.epochs is None else int(cfg.trainer.epochs),
         "batch_size": "rule" if cfg.trainer.batch_size is None else int(cfg.trainer.batch_size),
         "heavy_tail_log": bool(cfg.data.heavy_tail_log),
         "piecewise_linear_bins": cfg.data.piecewise_linear_bins,

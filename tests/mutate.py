@@ -318,8 +318,8 @@ MUTATIONS = [
     (
         "batch rule reads the exact training-set size",
         "training/loop.py",
-        "batch_size = logical_batch_size(cfg, examples, delta)",
-        "batch_size = logical_batch_size(cfg, len(tensors[0]), delta)",
+        "plan = batch_plan(cfg, examples, delta)",
+        "plan = batch_plan(cfg, len(tensors[0]), delta)",
         ["tests/test_batch_rule.py::test_a_run_takes_the_rule_batch_of_the_released_size_not_the_exact_one"],
     ),
     (

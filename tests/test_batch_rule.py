@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from lookalike.privacy.accounting import calibrate_noise, sample_rate_for_noise
 from lookalike.runtime.tracking import resolve_tracking_uri
-from lookalike.training.batch_rule import MIN_STEPS, NON_PRIVATE_BATCH, logical_batch_size
+from lookalike.training.batch_rule import BASE_EPOCHS, MAX_EPOCHS, MIN_STEPS, NON_PRIVATE_BATCH, BatchPlan, batch_plan, logical_batch_size
 from lookalike.training.config import TrainConfig, train_config
 from lookalike.training.train import run
 
@@ -33,7 +33,7 @@ def test_a_small_epsilon_gets_more_steps_a_large_one_is_held_to_the_minimum():
 
 def test_the_batch_scales_with_the_estimate_and_an_explicit_batch_wins():
     cfg = TrainConfig()
-    cfg.privacy.target_epsilon = 1.0
+    cfg.privacy.target_epsilon, cfg.trainer.epochs = 1.0, 5  # at a fixed number of epochs
     small, large = logical_batch_size(cfg, 10_000, 2e-6), logical_batch_size(cfg, 40_000, 2e-6)
     assert large == pytest.approx(4 * small, rel=0.01)
     cfg.trainer.batch_size = 300
@@ -56,3 +56,39 @@ def test_a_run_takes_the_rule_batch_of_the_released_size_not_the_exact_one(cfg_f
     # what the run saw is the release, not the seed-derived count (the two batches differ here)
     assert logical_batch_size(typed, int(exact), m["privacy.delta"]) != m["trainer.batch_size_used"]
     assert m["privacy.sample_rate"] == pytest.approx(1 / math.ceil(released / m["trainer.batch_size_used"]))
+    assert m["trainer.epochs_used"] == 10
+
+
+def test_a_large_training_set_gets_more_epochs_not_a_larger_batch():
+    """epochs null: 5 while the rule's batch is at most trainer.batch_rule_max; above it, as many
+    epochs as bring the batch back near it (q E is about constant), up to MAX_EPOCHS; an explicit
+    epochs or batch is used as given; a non-private run takes 5."""
+    cfg = TrainConfig()
+    cfg.privacy.target_epsilon = 1.0
+    small = batch_plan(cfg, 20_000, 2e-6)
+    assert small.epochs == BASE_EPOCHS and small.batch <= cfg.trainer.batch_rule_max
+    large = batch_plan(cfg, 95_000, 2e-6)  # about 2,800 at 5 epochs
+    five = _five_epoch_batch(cfg, 95_000)
+    assert five > 2 * cfg.trainer.batch_rule_max
+    assert large.epochs == math.ceil(BASE_EPOCHS * five / cfg.trainer.batch_rule_max)
+    assert 0.8 * cfg.trainer.batch_rule_max <= large.batch <= 1.2 * cfg.trainer.batch_rule_max
+    assert batch_plan(cfg, 5_000_000, 2e-6).epochs == MAX_EPOCHS
+    cfg.trainer.epochs = 5
+    assert batch_plan(cfg, 95_000, 2e-6) == BatchPlan(5, five)
+    cfg.trainer.epochs, cfg.trainer.batch_size = None, 4096
+    assert batch_plan(cfg, 95_000, 2e-6) == BatchPlan(BASE_EPOCHS, 4096)
+    cfg.trainer.batch_size, cfg.privacy.enabled = None, False
+    assert batch_plan(cfg, 95_000, 0.0) == BatchPlan(BASE_EPOCHS, NON_PRIVATE_BATCH)
+
+
+def _five_epoch_batch(cfg: TrainConfig, examples: int) -> int:
+    fixed = TrainConfig()
+    fixed.privacy.target_epsilon, fixed.trainer.epochs = cfg.privacy.target_epsilon, BASE_EPOCHS
+    return batch_plan(fixed, examples, 2e-6).batch
+
+
+def test_the_epoch_rule_leaves_a_large_epsilon_at_five():
+    # At epsilon 8 the rate is held to MIN_STEPS steps, where more epochs would mean a larger batch.
+    cfg = TrainConfig()
+    cfg.privacy.target_epsilon = 8.0
+    assert batch_plan(cfg, 100_000, 1e-6) == BatchPlan(BASE_EPOCHS, round(100_000 * 5 / MIN_STEPS))

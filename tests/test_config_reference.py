@@ -37,7 +37,8 @@ def test_the_configuration_reference_lists_every_key_of_both_commands_with_its_m
 
 def test_the_reference_shows_a_default_and_where_the_shipped_config_differs():
     reference = reference_markdown()
-    assert "| `trainer.epochs` | int | `5` | passes over the training set |" in reference
+    epochs = "passes over the training set; null: 5, more for a DP run whose rule batch would pass batch_rule_max"
+    assert f"| `trainer.epochs` | int or null | `null` | {epochs} |" in reference
     assert "| `data.vocab.max_size` | int | `100000` |" in reference
     # The dataclass default and what lookalike-train composes from conf/ (an interpolation, unresolved).
     assert "`outputs/privacy_ledger.sqlite`<br>shipped config: `${paths.output_dir}/privacy_ledger.sqlite`" in reference

@@ -105,6 +105,7 @@ def validate_privacy_config(privacy: Any) -> None:
         raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}")
 
 
+@functools.lru_cache(maxsize=64)  # the batch rule asks again for the same plan (tuning, the epoch rule)
 def sample_rate_for_noise(noise_multiplier: float, epsilon: float, delta: float, epochs: int, accountant: str) -> float:
     """The sampling rate q at which ``epochs`` passes over the data (ceil(epochs / q) steps) at
     ``noise_multiplier`` spend ``epsilon``: the largest q (to 1%) the budget allows at that noise.

@@ -26,9 +26,10 @@ def _adam() -> dict[str, Any]:
 @dataclass
 class TrainerConfig:
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    epochs: int = 5  # passes over the training set
+    epochs: Optional[int] = None  # passes over the training set; null: 5, more for a DP run whose rule batch would pass batch_rule_max
     batch_size: Optional[int] = None  # the expected logical batch (q = batch / N); null: the rule in training/batch_rule.py
     batch_rule_noise: float = 2.0  # the noise multiplier the batch rule aims at
+    batch_rule_max: int = 1024  # epochs null: a DP run takes more epochs (up to 20) rather than a larger rule batch than this
     physical_batch_size: int = 512  # largest batch pushed through the model at once (logical batches are split)
     optimizer: dict[str, Any] = field(default_factory=_adam)  # instantiated by Hydra, partial: given the parameters
     sparse_tables_from: Optional[int] = 100_000  # embedding tables of at least this many rows train sparsely (table_route.py); null: none
@@ -39,7 +40,9 @@ class TrainerConfig:
 
     def check(self) -> None:
         device_name("trainer.device", self.device)
-        whole("trainer.epochs", self.epochs)
+        if self.epochs is not None:
+            whole("trainer.epochs", self.epochs)
+        whole("trainer.batch_rule_max", self.batch_rule_max)
         if self.batch_size is not None:
             whole("trainer.batch_size", self.batch_size)
         require("trainer.batch_rule_noise", self.batch_rule_noise, lambda v: 0.3 <= v <= 20, "must be in [0.3, 20]")

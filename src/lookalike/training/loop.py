@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lookalike.data.tensor_batches import TensorBatches, keep_batch
 from lookalike.errors import ConfigError, LookalikeError
 from lookalike.parallel.world import World, broadcast_parameters
-from lookalike.training.batch_rule import logical_batch_size
+from lookalike.training.batch_rule import batch_plan
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.dp_sgd.engine import make_private
 from lookalike.training.table_route import SplitOptimizer, TableRoute, table_route
@@ -106,7 +106,8 @@ def train(
     tensors = [t.to(device) for t in tensors]
     # A torchrun rank may hold no examples (fewer row groups than ranks): nothing to shuffle.
     examples = len(tensors[0]) if examples is None else int(examples)
-    batch_size = logical_batch_size(cfg, examples, delta)
+    plan = batch_plan(cfg, examples, delta)
+    batch_size, epochs = plan.batch, plan.epochs
     loader = DataLoader(TensorBatches(tensors), batch_size=batch_size, shuffle=len(tensors[0]) > 0, collate_fn=keep_batch)  # type: ignore[arg-type]  # batches are tuples of tensors, not lists
 
     private = None
@@ -116,7 +117,7 @@ def train(
             optimizer,
             loader,
             privacy,
-            epochs=int(trainer.epochs),
+            epochs=epochs,
             delta=delta,
             # A resume calibrates the noise again from its plan (the same numbers give the same
             # multiplier): the checkpoint's is a file the operator can edit.
@@ -135,14 +136,14 @@ def train(
     losses = list(resume.losses) if resume else []
     show_loss = bool(cfg.trusted_evaluation) or not privacy.enabled
     epsilon = None
-    for epoch in range(start_epoch, int(trainer.epochs)):
+    for epoch in range(start_epoch, epochs):
         model.train()
         total, count = torch.zeros((), device=device), 0
         with _physical_batches(loader, optimizer, private, trainer) as batches:
             # The bar counts logical steps (one per accountant step), not physical batches.
             # disable=None: a bar only on a terminal; a CI or Slurm log gets the epoch lines alone,
             # not thousands of carriage-return updates.
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=None if trainer.progress_bar else True, leave=False)
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{epochs}", disable=None if trainer.progress_bar else True, leave=False)
             for batch in batches:
                 *inputs, labels = (t.to(device, non_blocking=True) for t in batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -180,7 +181,7 @@ def train(
         if private is not None:
             epsilon = private.engine.get_epsilon(delta)
         metrics = {"steps": steps} | ({"epsilon": epsilon} if epsilon is not None else {})
-        log.info("epoch %d/%d: steps %d%s", epoch + 1, trainer.epochs, steps, f", epsilon {epsilon:.4f}" if epsilon is not None else "")
+        log.info("epoch %d/%d: steps %d%s", epoch + 1, epochs, steps, f", epsilon {epsilon:.4f}" if epsilon is not None else "")
         if on_epoch_end:
             on_epoch_end(epoch + 1, metrics | ({"train_loss": losses[-1]} if show_loss else {}))
         if save_checkpoint:
@@ -195,7 +196,7 @@ def train(
             private.clipping.lazy.detach()
     if isinstance(optimizer, SplitOptimizer):
         optimizer.release()
-    result = TrainResult(plain, steps, int(trainer.epochs), losses=losses, batch_size=batch_size, table_route=route.describe(privacy.enabled))
+    result = TrainResult(plain, steps, epochs, losses=losses, batch_size=batch_size, table_route=route.describe(privacy.enabled))
     if private is not None:
         result.epsilon = float(private.engine.get_epsilon(delta))
         result.noise_multiplier, result.sample_rate = private.noise_multiplier, private.sample_rate

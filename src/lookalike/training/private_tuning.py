@@ -34,7 +34,7 @@ from lookalike.errors import ConfigError, LookalikeError
 from lookalike.model.config import ModelConfig
 from lookalike.privacy.accounting import epsilon_from_history, smallest_noise
 from lookalike.privacy.selection_bound import draw_trials, selection_epsilon, trial_rdp
-from lookalike.training.batch_rule import logical_batch_size
+from lookalike.training.batch_rule import batch_plan
 from lookalike.training.config import TrainConfig, with_settings
 from lookalike.training.inputs import Inputs
 from lookalike.training.loop import TrainResult, train
@@ -76,9 +76,10 @@ def plan_trials(cfg: TrainConfig, examples: int, delta: float) -> TrialPlan:
     score = float(cfg.tuning.score_noise)
     mean, shape = float(cfg.tuning.mean_trials or 1), float(cfg.tuning.shape)
     with _quiet():
-        batch = logical_batch_size(cfg, examples, delta)
+        planned = batch_plan(cfg, examples, delta)
+    batch = planned.batch
     batches = math.ceil(examples / batch)
-    rate, steps = 1.0 / batches, int(cfg.trainer.epochs) * batches
+    rate, steps = 1.0 / batches, planned.epochs * batches
 
     def spent(sigma: float) -> float:
         return selection_epsilon([(sigma, rate, steps), (score, 1.0, 1)], delta, mean, shape)

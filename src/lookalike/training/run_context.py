@@ -287,7 +287,7 @@ class RunContext:
         r = self._trained()
         # The logical batch: set, or the batch rule's from the DP size estimate (safe to release).
         if not self.private:
-            return {"privacy.steps": r.steps, "trainer.batch_size_used": r.batch_size}
+            return {"privacy.steps": r.steps, "trainer.batch_size_used": r.batch_size, "trainer.epochs_used": r.epochs}
         size = {"privacy.size_epsilon": self.size_epsilon, "data.training_examples_dp": self.size.value} if self.size is not None else {}
         spent, eval_epsilon, tuning = r.epsilon or 0.0, self.eval_epsilon, {}  # a private run always has an epsilon
         if self.selection is not None:
@@ -307,6 +307,7 @@ class RunContext:
                 "privacy.sample_rate": r.sample_rate or 0.0,
                 "privacy.steps": r.steps,
                 "trainer.batch_size_used": r.batch_size,
+                "trainer.epochs_used": r.epochs,
             }
         )
 
