@@ -8,15 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 
 from lookalike.cli.budget import main as budget_main
+from lookalike.data.features import CategoricalFeature, FeatureSpec, NumericFeature
 from lookalike.errors import ConfigError
 from lookalike.export.app import run as export
 from lookalike.export.config import export_config
+from lookalike.model.bundle import save_bundle
+from lookalike.model.config import ModelConfig
+from lookalike.model.towers import TwoTower
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger import Ledger
+from lookalike.runtime.tracking import load_logged_model, log_model
 from lookalike.training.config import train_config
 from lookalike.training.train import run
 from tests.conftest import files_under, grant, make_cfg
@@ -111,6 +117,7 @@ def test_budget_uses_the_rooms_ledger_and_refuses_another(tmp_path, room, capsys
         ("ledger: {path: /r/l.sqlite}\n", "export.shard.parts_dir", "is missing from the room file"),
         ("ledger: {path: l.sqlite}\nexport: {shard: {parts_dir: /r/p}}\n", "ledger.path", "is relative"),
         ("ledger: {path: 'sqlite:///l.sqlite'}\nexport: {shard: {parts_dir: /r/p}}\n", "ledger.path", "is relative"),
+        ("ledger: {path: /r/l.sqlite}\nexport: {shard: {parts_dir: /r/p}}\ncode: [lookalike., 'my towers']\n", "code", "must be a list of module prefixes"),
     ],
 )
 def test_a_bad_room_file_is_refused_in_one_line(demo_dir, tmp_path, monkeypatch, content, key, says):
@@ -149,3 +156,50 @@ def test_train_cli_refuses_an_override_of_the_room_with_exit_2(demo_dir, tmp_pat
         f"lookalike-train: error: config 'ledger.path': is set by the room file '{room['file']}' (LOOKALIKE_ROOM); remove the override"
     ]
     assert files_under(tmp_path / "out") == [] and not (tmp_path / "hydra").exists() and runs_in(room["mine"]) == [0]
+
+
+DCN = "model.user_tower._target_=examples.dcn_tower.CrossTower"
+
+
+def test_a_room_runs_only_the_code_its_file_allows(demo_dir, tmp_path, room):
+    """Code the operator brings runs with the seed in memory: a _target_ the owners did not list
+    is refused by name, before its module is imported or anything is reserved."""
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as err:
+        run(make_cfg(demo_dir, out, DCN, owner=False))
+    assert err.value.key == "model.user_tower._target_" and "\n" not in str(err.value)
+    assert f"'examples.dcn_tower.CrossTower' is code that the room file '{room['file']}' (LOOKALIKE_ROOM) does not allow (code: lookalike., torch.)" in str(
+        err.value
+    )
+    assert files_under(out) == [] and runs_in(room["ledger"]) == [0]
+    with pytest.raises(ConfigError, match="config 'trainer.optimizer._target_': 'my_opt.Fast' is code"):
+        train_config(make_cfg(demo_dir, out, "trainer.optimizer._target_=my_opt.Fast", owner=False))
+    # the owners list the packages they reviewed
+    room["file"].write_text(room["file"].read_text() + "code: [lookalike., torch.optim., examples.]\n")
+    assert train_config(make_cfg(demo_dir, out, DCN, owner=False)).model.custom_tower == "examples.dcn_tower.CrossTower"
+    for target, key in (("torch.nn.Identity", "model.user_tower._target_"), ("examples_x.T", "model.user_tower._target_")):
+        with pytest.raises(ConfigError) as err:
+            train_config(make_cfg(demo_dir, out, f"model.user_tower._target_={target}", owner=False))
+        assert err.value.key == key
+    with pytest.raises(ConfigError) as err:  # a nested target, which Hydra would instantiate too
+        train_config(make_cfg(demo_dir, out, DCN, "+model.user_tower.inner._target_=builtins.print", owner=False))
+    assert err.value.key == "model.user_tower.inner._target_"
+
+
+def test_export_in_a_room_imports_a_tower_the_room_allows_never_the_models_own_code(tmp_path, room):
+    """A model's files are the operator's to edit: under a room the tower's module is checked
+    against the room's list and imported from the room's packages, not from the model's code/."""
+    spec = FeatureSpec("user_id", [NumericFeature("age", 40.0, 10.0, False)], [CategoricalFeature("device", ["ios", "web"])], [])
+    model = TwoTower(spec, 1, ModelConfig(output_dim=4, user_tower={"_target_": "examples.dcn_tower.CrossTower"}))
+    bundle = save_bundle(tmp_path / "bundle", model, spec, ["luxury"])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        uri = log_model(bundle, None)
+    with pytest.raises(ConfigError) as err:
+        load_logged_model(uri, "export.model")
+    assert err.value.key == "export.model" and "'examples.dcn_tower.CrossTower' is code that the room file" in str(err.value)
+    room["file"].write_text(room["file"].read_text() + "code: [lookalike., torch., examples.]\n")
+    path = list(sys.path)
+    loaded, _, meta = load_logged_model(uri, "export.model")
+    assert sys.path == path and meta["model"]["user_tower"]["_target_"] == "examples.dcn_tower.CrossTower"  # no code/ put on the path
+    assert type(loaded.user_tower).__module__ == "examples.dcn_tower"

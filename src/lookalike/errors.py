@@ -24,6 +24,12 @@ class ConfigError(LookalikeError):
         self.key = key
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message for a one-line error: its first paragraph, line breaks folded
+    (Hydra wraps its target-policy refusal over several lines, so a first line cuts it mid-sentence)."""
+    return " ".join(str(exc).strip().split("\n\n")[0].split()) or type(exc).__name__
+
+
 class DataError(LookalikeError):
     """A problem with an input file: the message names the file (and column where relevant)."""
 

@@ -25,7 +25,7 @@ from lookalike.export.checks import check_model_fits_publisher
 from lookalike.export.config import ExportConfig
 from lookalike.export.report import ReleasePlan, bin_sizes
 from lookalike.export.scoring import AudienceScores, ExportOptions, Tally, score_batches, score_population
-from lookalike.model.bundle import load_bundle, weights_digest
+from lookalike.model.bundle import weights_digest
 from lookalike.privacy.accounting import release_delta
 from lookalike.privacy.budget_match import BudgetMatch, find_budget
 from lookalike.privacy.fingerprint import merge_parts
@@ -33,7 +33,7 @@ from lookalike.privacy.ledger import Ledger
 from lookalike.privacy.mechanisms import gaussian_sigma
 from lookalike.privacy.rules import Rules, check_release_deltas, check_run_allowed, check_seed_in_output, effective_rules
 from lookalike.runtime.runs import pick_device
-from lookalike.runtime.tracking import download_bundle, resolve_tracking_uri
+from lookalike.runtime.tracking import load_logged_model, resolve_tracking_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -118,8 +118,10 @@ def plan_export(cfg: ExportConfig, read_seed: bool = True) -> ExportJob:
     mlflow.set_tracking_uri(resolve_tracking_uri(str(cfg.mlflow.tracking_uri)))
     uri = model_uri(str(e.model), cfg.mlflow.experiment_name)
     try:
-        model, spec, meta = load_bundle(download_bundle(uri))
+        model, spec, meta = load_logged_model(uri, "export.model")
     except LookalikeError as exc:
+        if isinstance(exc, ConfigError) and exc.key == "export.model":  # the room refused its tower's code
+            raise
         raise ConfigError("export.model", str(exc)) from exc
     audiences = {check_audience_name(a, f"model '{uri}'"): i for i, a in enumerate(meta["audiences"])}
     if e.audiences:

@@ -1,7 +1,9 @@
 """The model bundle: weights, feature spec and hyperparameters in one folder.
 
 This is everything export needs to rebuild inputs and score users. Conversion is pure and
-tested: ``load_bundle(save_bundle(...))`` gives back a model with identical outputs.
+tested: ``load_bundle(save_bundle(...))`` gives back a model with identical outputs. A model
+with your own user tower (model/custom.py) records its ``_target_`` and arguments in
+``model.json``; loading it imports that module, which must be importable where it loads.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from lookalike.data.features import FeatureSpec
 from lookalike.errors import LookalikeError
+from lookalike.model.custom import require_importable, tower_target
 from lookalike.model.registry import build_model
 from lookalike.model.towers import ModelConfig
 
@@ -42,6 +45,13 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def bundle_tower(folder: str | Path) -> str | None:
+    """The ``_target_`` of the bundle's own user tower (None: the built-in one), read without
+    importing anything: what a room checks before the module's code runs."""
+    meta = Path(folder) / META
+    return tower_target(json.loads(meta.read_text()).get("model", {}).get("user_tower")) if meta.is_file() else None
+
+
 def load_bundle(folder: str | Path) -> tuple[torch.nn.Module, FeatureSpec, dict]:
     """Rebuild the model (on CPU, in eval mode), its feature spec and its metadata."""
     folder = Path(folder)
@@ -50,6 +60,9 @@ def load_bundle(folder: str | Path) -> tuple[torch.nn.Module, FeatureSpec, dict]
         raise LookalikeError(f"model folder '{folder}' is not a lookalike model: {missing[0]} is missing")
     meta = json.loads((folder / META).read_text())
     spec = FeatureSpec.from_json((folder / SPEC).read_text())
+    target = tower_target(meta["model"].get("user_tower"))
+    if target is not None:
+        require_importable(target, f"model folder '{folder}'")
     model = build_model(spec, len(meta["audiences"]), ModelConfig(**meta["model"]))
     model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
     model.eval()

@@ -4,12 +4,16 @@ with the model so export can rebuild it."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from lookalike.errors import ConfigError
 from lookalike.settings import one_of, require, whole
 
 SMALL_SEED_COMPONENTS = 16
+
+
+def _builtin_tower() -> dict[str, Any]:
+    return {"_target_": None}
 
 
 @dataclass
@@ -26,6 +30,14 @@ class ModelConfig:
     # The small-seed rule (training/model_rule.py): a DP run with fewer training seed users than
     # this (a DP estimate) takes input_projection=SMALL_SEED_COMPONENTS, no hidden layer, dot similarity. null: off.
     small_seed_users: Optional[int] = 300
+    # Your own user tower (model/custom.py): _target_ and its keyword arguments. _target_ null: the
+    # built-in tower (embeddings and hidden_dims above).
+    user_tower: Optional[dict[str, Any]] = field(default_factory=_builtin_tower)
+
+    @property
+    def custom_tower(self) -> str | None:
+        """``user_tower._target_``: None for the built-in tower."""
+        return None if not self.user_tower else self.user_tower.get("_target_")
 
     def check(self) -> None:
         one_of("model.similarity", self.similarity, ("dot", "cosine"))
@@ -40,6 +52,24 @@ class ModelConfig:
                 raise ConfigError("model.input_projection", f"projects the two-tower model's inputs; model.kind is {self.kind}: set it to null")
         if self.small_seed_users is not None:
             whole("model.small_seed_users", self.small_seed_users)
+        self._check_user_tower()
+
+    def _check_user_tower(self) -> None:
+        tower, target = self.user_tower or {}, self.custom_tower
+        if target is None:
+            if set(tower) - {"_target_"}:
+                raise ConfigError("model.user_tower", f"has arguments ({', '.join(sorted(set(tower) - {'_target_'}))}) but no _target_")
+            return
+        parts = target.split(".") if isinstance(target, str) else []
+        if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+            raise ConfigError("model.user_tower._target_", f"'{target}' is not a dotted path to a class, e.g. my_pkg.towers.CrossTower")
+        given = [key for key in ("spec", "output_dim") if key in tower]
+        if given:
+            raise ConfigError(f"model.user_tower.{given[0]}", "is given by the package (the feature spec, model.output_dim): remove it")
+        if self.kind != "two_tower":
+            raise ConfigError("model.user_tower", f"replaces the two-tower model's user tower; model.kind is {self.kind}: set model.kind=two_tower")
+        if self.input_projection is not None:
+            raise ConfigError("model.input_projection", "projects the built-in user tower's inputs; model.user_tower is set: set it to null")
 
     def to_dict(self) -> dict:
         return asdict(self)

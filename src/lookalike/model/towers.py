@@ -15,6 +15,7 @@ from torch import nn
 from lookalike.data.features import MISSING_INDEX, FeatureSpec
 from lookalike.model.audience import AudienceTower
 from lookalike.model.config import ModelConfig
+from lookalike.model.custom import build_user_tower
 from lookalike.model.projected_inputs import ProjectedInputs
 
 
@@ -71,7 +72,8 @@ class TwoTower(nn.Module):
     def __init__(self, spec: FeatureSpec, n_audiences: int, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.user_tower = UserTower(spec, cfg)
+        # model.user_tower: your own tower (model/custom.py) in place of the built-in one.
+        self.user_tower = build_user_tower(spec, cfg.user_tower or {}, cfg.output_dim) if cfg.custom_tower else UserTower(spec, cfg)
         self.audience_tower = AudienceTower(n_audiences, cfg.output_dim, cfg.similarity)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, *multi: torch.Tensor) -> torch.Tensor:

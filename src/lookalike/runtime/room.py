@@ -18,13 +18,25 @@ the ledger, and with it the rules.
 ``LOOKALIKE_LEDGER_URL`` names the ledger (a database URL with its password, which no setting may
 hold: runtime/credentials.py) the same way: with a room file, in place of its ``ledger.path``
 (a file that sets it too is refused as ambiguous); without one, alone, as the ledger an override
-may not change."""
+may not change.
+
+Code the operator brings runs in the room with the seed in memory: every ``_target_`` of a config
+(``model.user_tower``, ``trainer.optimizer``, any nested one) and a model's user tower at export
+must name a module under a prefix of the room file's ``code`` list, the packages the owners
+reviewed (absent: ``lookalike.`` and ``torch.``), or it is refused in one line before it is
+imported::
+
+    code: [lookalike., torch.optim., examples.]
+
+The list names modules, not their content: it holds where the operator cannot change what those
+names import (the room's installed packages, not a folder on their PYTHONPATH). A room of
+``LOOKALIKE_LEDGER_URL`` alone, without a file, has no list and allows any module."""
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +48,7 @@ from lookalike.errors import ConfigError, LookalikeError
 from lookalike.paths import CONFIG_DIR
 from lookalike.privacy.ledger_store import sqlite_file
 from lookalike.runtime.credentials import LEDGER_ENV, PASSWORD_KEYS, refuse_password
+from lookalike.runtime.room_code import CODE_KEY, DEFAULT_CODE, check_code, check_targets, code_prefixes
 
 ENV = "LOOKALIKE_ROOM"
 # The room's keys, each with the group file of the packaged configs that holds its default.
@@ -48,12 +61,17 @@ class Room:
     file: str | None  # None: no room file, only LOOKALIKE_LEDGER_URL
     settings: dict[str, str]  # dotted key -> value: every key of ROOM_KEYS with a room file
     ledger_from_env: bool = False  # ledger.path came from LOOKALIKE_LEDGER_URL
+    code: tuple[str, ...] | None = None  # module prefixes a _target_ may name; None: any (no room file)
 
     def source(self, key: str) -> str:
         return LEDGER_ENV if key == "ledger.path" and self.ledger_from_env else f"the room file '{self.file}' ({ENV})"
 
     def refuse(self, key: str) -> ConfigError:
         return ConfigError(key, f"is set by {self.source(key)}; remove the override")
+
+    def check_code(self, target: Any, key: str) -> None:
+        """Refuse ``target`` unless the room file's ``code`` list allows its module (runtime/room_code.py)."""
+        check_code(self.code, target, key, f"the room file '{self.file}' ({ENV})")
 
 
 def load_room() -> Room | None:
@@ -72,6 +90,7 @@ def load_room() -> Room | None:
         raise ConfigError(ENV, f"room file '{name}' is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(content, dict):
         raise ConfigError(ENV, f"room file '{name}' is not a mapping of settings (e.g. ledger: {{path: /srv/lookalike/ledger.sqlite}})")
+    code = code_prefixes(content.pop(CODE_KEY, list(DEFAULT_CODE)), f"the room file '{name}' ({ENV})")
     settings: dict[str, Any] = {}
     _flatten(content, "", settings)
     for key, value in settings.items():
@@ -90,7 +109,7 @@ def load_room() -> Room | None:
         if key not in settings:
             also = f" and {LEDGER_ENV} is not set" if key == "ledger.path" else ""
             raise ConfigError(key, f"is missing from the room file '{name}' ({ENV}){also}: the room sets every one of {', '.join(ROOM_KEYS)}")
-    return Room(name, settings, ledger_from_env=bool(url))
+    return Room(name, settings, ledger_from_env=bool(url), code=code)
 
 
 def _env_ledger(url: str) -> str:
@@ -124,6 +143,7 @@ def apply_room(cfg: Any, schema: type) -> Any:
             refuse_password(key, current)
     if room is None:
         return cfg
+    check_targets(room.code, _container(cfg), f"the room file '{room.file}' ({ENV})")
     if isinstance(cfg, DictConfig):
         cfg = copy.deepcopy(cfg)
     elif isinstance(cfg, dict):
@@ -175,6 +195,13 @@ def _packaged_default(key: str) -> Any:
     for part in key.split(".")[1:]:
         node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
     return node
+
+
+def _container(cfg: Any) -> Any:
+    """``cfg`` as plain dicts and lists, uninterpolated."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=False)
+    return asdict(cfg) if is_dataclass(cfg) and not isinstance(cfg, type) else cfg
 
 
 def _current(cfg: Any, key: str) -> Any:

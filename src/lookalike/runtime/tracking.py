@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -15,8 +16,11 @@ from typing import Any
 import mlflow
 
 from lookalike.errors import ConfigError, LookalikeError
+from lookalike.model.bundle import bundle_tower, load_bundle
+from lookalike.model.custom import code_paths
 from lookalike.privacy.ledger_store import mask_urls, without_password
 from lookalike.runtime.config import MlflowConfig, SharedSections
+from lookalike.runtime.room import load_room
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
@@ -153,9 +157,11 @@ def synthetic_input_example(spec):
 
 
 def log_model(bundle_dir: Path, registered_model_name: str | None, signature=None, input_example=None) -> str:
-    """Log the bundle as a pyfunc model; return its ``models:/`` URI."""
+    """Log the bundle as a pyfunc model; return its ``models:/`` URI. A user tower of your own
+    travels with it: its top-level package goes into the model's ``code/`` folder (model/custom.py)."""
     requirements = [f"lookalike=={_version()}", "torch", "pyarrow", "pandas"]
     info = mlflow.pyfunc.log_model(
+        code_paths=code_paths(bundle_tower(bundle_dir)) or None,
         name="model",
         python_model=str(Path(__file__).parents[1] / "model" / "serving.py"),
         artifacts={"bundle": str(bundle_dir)},
@@ -169,6 +175,13 @@ def log_model(bundle_dir: Path, registered_model_name: str | None, signature=Non
 
 def download_bundle(model_uri: str) -> Path:
     """Fetch a logged model (``runs:/...``, ``models:/...``) and return its bundle folder."""
+    return download_model(model_uri)[0]
+
+
+def download_model(model_uri: str) -> tuple[Path, Path | None]:
+    """Fetch a logged model: its bundle folder, and the folder of the code it carries (the
+    ``code/`` of ``code_paths``, which ``mlflow.pyfunc.load_model`` puts first on ``sys.path``;
+    None when it carries none)."""
     import yaml
 
     try:
@@ -182,7 +195,25 @@ def download_bundle(model_uri: str) -> Path:
     relative = flavor.get("artifacts", {}).get("bundle", {}).get("path")
     if relative is None:
         raise LookalikeError(f"'{model_uri}' is not a lookalike model (no bundle artifact)")
-    return local / relative
+    code = flavor.get("code")
+    return local / relative, (local / code if code and (local / code).is_dir() else None)
+
+
+def load_logged_model(model_uri: str, key: str) -> tuple[Any, Any, dict]:
+    """A logged model rebuilt for scoring: (model, feature spec, metadata), as ``load_bundle``.
+
+    A user tower of your own is imported from the code the model carries, put first on
+    ``sys.path`` as ``mlflow.pyfunc.load_model`` does, except under a room file: there the
+    model's files are the operator's to edit, so the tower's module must be one the room's
+    ``code`` list allows (runtime/room.py), imported from the room's own packages."""
+    bundle, code = download_model(model_uri)
+    target = bundle_tower(bundle)
+    room = load_room()
+    if target is not None and room is not None and room.code is not None:
+        room.check_code(target, key)
+    elif target is not None and code is not None and str(code) not in sys.path:
+        sys.path.insert(0, str(code))
+    return load_bundle(bundle)
 
 
 def log_dict_artifact(payload: dict, name: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lookalike.data.encode import concat
-from lookalike.errors import ConfigError
+from lookalike.errors import ConfigError, one_line
 from lookalike.model.config import ModelConfig
 from lookalike.model.projected_inputs import ProjectedInputs
 from lookalike.model.registry import build_model, model_kind
@@ -22,9 +22,11 @@ from lookalike.runtime.runs import pick_device
 from lookalike.training.canaries import plant_canaries
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig
-from lookalike.training.loop import check_optimizer, one_line
+from lookalike.training.dp_sgd.route import GradSampleRoute, structural_route
+from lookalike.training.loop import check_optimizer
 from lookalike.training.model_rule import model_for_seed, seed_users_estimate
 from lookalike.training.prepare import prepare
+from lookalike.training.tower_checks import check_tower_output, grad_sample_route, refuse_batch_mixing
 
 
 @dataclass
@@ -62,18 +64,39 @@ class Inputs:
         components = self.data.projection.matrix.shape[1] if self.data.projection is not None else None
         return model_for_seed(cfg.model, seed_users, components)
 
-    def check_model(self, cfg: TrainConfig) -> None:
+    def check_model(self, cfg: TrainConfig, distributed: bool = False) -> None:
         """Build the configured model, and a learned one's optimizer on its parameters, before the
-        reservation: what cannot be built (a size past any memory, say) is refused in one line
-        here instead of failing with a traceback once the budget is held. A small seed's model
-        (model_rule.py, decided after the DP counts) is smaller than the configured one."""
+        reservation: what cannot be built (a size past any memory, say) or trained with DP-SGD
+        (training/tower_checks.py) is refused in one line here instead of failing with a
+        traceback once the budget is held. A small seed's model (model_rule.py, decided after
+        the DP counts) is smaller than the configured one."""
+        key = "model.user_tower" if cfg.model.custom_tower else "model"
         with torch.random.fork_rng(devices=[]):  # the seeded weights of the run stay what they were
             try:
                 model = self.build_model(cfg, self.model_config(cfg, None))
+            except ConfigError:
+                raise
             except Exception as exc:
-                raise ConfigError("model", f"cannot be built ({one_line(exc)}): fix its settings") from None
+                raise ConfigError(key, f"cannot be built ({one_line(exc)}): fix its settings") from None
+            refuse_batch_mixing(model, key)
+            if cfg.model.custom_tower:
+                check_tower_output(model.get_submodule("user_tower"), self.data.spec, int(cfg.model.output_dim), key)
             if model_kind(cfg.model.kind).learned:
                 check_optimizer(cfg, model.parameters())
+            route = self.grad_sample_route(cfg, model)
+        if distributed and route is not None and route.mode != "fused":
+            chosen = "privacy.grad_sample_mode" if cfg.privacy.grad_sample_mode != "fused" else key
+            raise ConfigError(chosen, f"trains on Opacus' per-sample route ({route.reason}), which runs in one process: run it without torchrun")
+
+    def grad_sample_route(self, cfg: TrainConfig, model: torch.nn.Module) -> GradSampleRoute | None:
+        """The per-example gradient route a DP run of ``model`` takes (dp_sgd/route.py); your own
+        tower's is tried on made-up users first. None: not a DP-SGD run."""
+        if not (cfg.privacy.enabled and model_kind(cfg.model.kind).learned):
+            return None
+        if not cfg.model.custom_tower:
+            return structural_route(model, cfg.privacy.grad_sample_mode)
+        with torch.random.fork_rng(devices=[]):  # dropout in the trial steps draws from the seeded generator
+            return grad_sample_route(model, self.data.spec, cfg.privacy.grad_sample_mode, "model.user_tower")
 
     def build_model(self, cfg: TrainConfig, model_cfg: ModelConfig) -> torch.nn.Module:
         model = build_model(self.data.spec, len(self.data.training.audiences), model_cfg)

@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lookalike.data.tensor_batches import TensorBatches, keep_batch
-from lookalike.errors import ConfigError, LookalikeError
+from lookalike.errors import ConfigError, LookalikeError, one_line
 from lookalike.parallel.world import World, broadcast_parameters
 from lookalike.training.batch_rule import batch_plan
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.dp_sgd.engine import make_private
+from lookalike.training.dp_sgd.route import GradSampleRoute, structural_route
 from lookalike.training.table_route import SplitOptimizer, TableRoute, table_route
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
     batch_size: int = 0  # the logical batch it ran at (trainer.batch_size or the batch rule's)
     table_route: str = "dense"  # how its big embedding tables trained (training/table_route.py)
+    grad_sample_mode: str = "none"  # the per-example gradient route it took (dp_sgd/route.py); none: not private
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -57,12 +59,6 @@ def check_optimizer(cfg: Any, params: Any = None) -> None:
         raise ConfigError("trainer.optimizer", f"cannot be built ({one_line(exc)}): fix its _target_ or arguments") from None
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's message for a one-line error: its first paragraph, line breaks folded
-    (Hydra wraps its target-policy refusal over several lines, so a first line cuts it mid-sentence)."""
-    return " ".join(str(exc).strip().split("\n\n")[0].split()) or type(exc).__name__
-
-
 def train(
     model: nn.Module,
     tensors: list[torch.Tensor],
@@ -76,13 +72,16 @@ def train(
     world: World | None = None,
     examples: int | None = None,
     noise_multiplier: float | None = None,
+    grad_sample: GradSampleRoute | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``tensors`` (inputs..., labels last). DP when ``cfg.privacy.enabled``.
 
     ``examples`` is what the sample rate is one batch of: the run's DP estimate of the training
     examples over all ranks (run_context.py). None takes ``len(tensors[0])``, which is exact and
     seed-derived: for trusted callers (tests, benchmarks) only. ``noise_multiplier`` fixes the
-    noise instead of calibrating it to ``privacy.target_epsilon`` (private tuning plans it)."""
+    noise instead of calibrating it to ``privacy.target_epsilon`` (private tuning plans it).
+    ``grad_sample`` is the per-example gradient route (training/tower_checks.py decides it for a
+    run); None takes the one the model's layer types call for (dp_sgd/route.py)."""
     trainer, privacy = cfg.trainer, cfg.privacy
     model.to(device)
     if resume is not None:
@@ -92,7 +91,8 @@ def train(
             raise ConfigError("privacy.enabled", "false runs in one process only; torchrun training is for DP runs")
         broadcast_parameters(model)
     route = table_route(model, trainer.sparse_tables_from, trainer.optimizer.get("lr"), trainer.table_lr)
-    if privacy.enabled and (privacy.grad_sample_mode != "fused" or world is not None):
+    grad_sample = grad_sample or structural_route(model, privacy.grad_sample_mode)
+    if privacy.enabled and (grad_sample.mode != "fused" or world is not None):
         # Lazy noise needs the fused clipping's sparse sums, and one process (table_route.py).
         if route.tables:
             log.info("embedding tables of %s rows train dense: lazy noise runs with grad_sample_mode=fused in one process", route.sizes())
@@ -127,9 +127,11 @@ def train(
             world=world,
             examples=examples,
             tables=route if route.tables else None,
+            grad_sample_mode=grad_sample.mode,
         )
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
+        log.info("DP-SGD per-example gradients: %s", grad_sample.describe())
 
     start_epoch = resume.epoch if resume else 0
     steps = resume.steps if resume else 0
@@ -197,6 +199,7 @@ def train(
     if isinstance(optimizer, SplitOptimizer):
         optimizer.release()
     result = TrainResult(plain, steps, epochs, losses=losses, batch_size=batch_size, table_route=route.describe(privacy.enabled))
+    result.grad_sample_mode = grad_sample.mode if privacy.enabled else "none"
     if private is not None:
         result.epsilon = float(private.engine.get_epsilon(delta))
         result.noise_multiplier, result.sample_rate = private.noise_multiplier, private.sample_rate

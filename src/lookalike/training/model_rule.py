@@ -26,6 +26,7 @@ the publisher users in that range, is a function of the ids and the split seed o
 h = holdout_fraction and r = negative_rate, N = s (1 - h) + B - r h s, hence
 s (1 - h) = (N - B) (1 - h) / (1 - h - r h): the training seed users. (Subtracting r P from N
 instead would add the binomial spread of the draws, about 80 users on Adult, to the DP noise.)
+A tower of your own (``model.user_tower``) is never replaced: the rule only swaps the built-in one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,17 @@ def model_for_seed(model: ModelConfig, seed_users: float | None, components: int
     encoded width when narrower), and fewer seed users than ``model.small_seed_users``."""
     if model.kind != "two_tower" or model.input_projection is not None or model.small_seed_users is None or seed_users is None:
         return model
-    if not components or seed_users >= model.small_seed_users:
+    if seed_users >= model.small_seed_users:
+        return model
+    if model.custom_tower:
+        # The rule replaces the built-in tower; a tower of your own is what you asked to train.
+        log.info(
+            "small-seed rule: about %.0f training seed users (< model.small_seed_users = %d), but model.user_tower is set: the rule does not apply",
+            seed_users,
+            model.small_seed_users,
+        )
+        return model
+    if not components:
         return model
     log.info(
         "small-seed rule: about %.0f training seed users (< model.small_seed_users = %d): %d principal components, a linear head",

@@ -148,7 +148,8 @@ def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpe
     from every row of the table (not the rows kept for training): nothing about the seed can
     enter them. Fitted for ``model.input_projection``,
     and for the small-seed rule (training/model_rule.py) where it may apply, in this run or in one
-    of its private-tuning trials, and the features fit. A second streamed pass over the rows."""
+    of its private-tuning trials (never to a tower of your own), and the features fit. A second
+    streamed pass over the rows."""
     model = cfg.model
     k = model.input_projection
     rule = model.small_seed_users is not None and cfg.privacy.enabled  # the rule is for DP runs
@@ -156,7 +157,7 @@ def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpe
         rule = rule or any(v is not None for v in cfg.tuning.choices().get("model.small_seed_users", []))
     if k:
         check_width(spec, k)
-    elif model.kind == "two_tower" and rule and not cfg.audit.enabled and dense_width(spec) <= MAX_WIDTH:
+    elif model.kind == "two_tower" and not model.custom_tower and rule and not cfg.audit.enabled and dense_width(spec) <= MAX_WIDTH:
         k = min(SMALL_SEED_COMPONENTS, dense_width(spec))
     else:
         return None

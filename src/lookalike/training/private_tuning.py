@@ -120,7 +120,17 @@ def tune(cfg: TrainConfig, inputs: Inputs, estimate: int, examples: int, plan: T
             # would match one regenerated trial's and tell the chosen index, hence K >= index.
             torch.manual_seed(secrets.randbits(63))
             model = inputs.build_model(trial, model_cfg)
-            result = train(model, tensors, trial, delta=inputs.delta or 0.0, device=inputs.device, examples=examples, noise_multiplier=plan.noise_multiplier)
+            grad_sample = inputs.grad_sample_route(trial, model)
+            result = train(
+                model,
+                tensors,
+                trial,
+                delta=inputs.delta or 0.0,
+                device=inputs.device,
+                examples=examples,
+                noise_multiplier=plan.noise_multiplier,
+                grad_sample=grad_sample,
+            )
             _check_mechanism(result, plan)
             score = reach_score(result.model, inputs.data, inputs.device, float(cfg.evaluation.top_fraction), plan.score_multiplier)
             if best is None or score > best[0]:

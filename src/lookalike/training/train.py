@@ -89,7 +89,7 @@ def _train_shard(cfg: TrainConfig, world: World, signal: StartSignal) -> None:
 def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | None:
     check_optimizer(cfg)  # a bad optimizer setting fails before any work, not after the first DP step
     inputs = gather_inputs(cfg, world)
-    inputs.check_model(cfg)  # the model and its optimizer, built once before anything is reserved
+    inputs.check_model(cfg, distributed=world is not None)  # the model, its DP-SGD route and its optimizer, before anything is reserved
     signal.armed = True  # every rank has its data; the others now wait for go or stop
     ctx = RunContext(cfg, inputs.data, inputs.delta, Ledger(cfg.ledger.path))
     ctx.check_rules()  # the data owners' rules refuse a run before anything is reserved or logged
@@ -140,6 +140,7 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     # The settings the run trained, after the small-seed rule (a function of the DP estimate).
     mlflow.log_param("model.input_projection_used", model_cfg.input_projection or "null")
     model: Any = inputs.build_model(cfg, model_cfg)
+    grad_sample = inputs.grad_sample_route(cfg, model)  # made-up users only: decided before the go, like check_model's
     tensors = inputs.training_tensors()
     # Nothing above read the data through a DP step, so a failure there releases the reservation
     # (less the DP counts already released); from the go to the other ranks on, it stays charged.
@@ -159,6 +160,7 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
             on_epoch_end=_log_epoch,
             world=world,
             examples=examples,
+            grad_sample=grad_sample,
         )
     ctx.trained(result)
     return result
@@ -215,6 +217,7 @@ def _save_and_record(ctx: RunContext, inputs: Inputs, result: TrainResult, run_i
     model_uri = log_model(bundle, ctx.cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences), synthetic_input_example(data.spec))
     mlflow.log_metrics(ctx.privacy_metrics())
     mlflow.log_param("trainer.table_route", result.table_route)  # dense, or which sparse route (training/table_route.py)
+    mlflow.log_param("privacy.grad_sample_mode_used", result.grad_sample_mode)  # fused, hooks or functorch (dp_sgd/route.py); none: not DP-SGD
     mlflow.set_tag("lookalike.model_uri", model_uri)
     log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
     log.info("run %s done: %s", run_id, ctx.describe())

@@ -64,6 +64,7 @@ def make_private(
     world: World | None = None,
     examples: int,
     tables: TableRoute | None = None,
+    grad_sample_mode: str | None = None,
 ) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
@@ -78,7 +79,10 @@ def make_private(
     (the exact size is seed-derived, and q = batch / N or the averaging by q N would release it).
     Poisson sampling at any fixed q is accounted the same way, so the estimate's error moves the
     real batch size, never the guarantee.
+
+    ``grad_sample_mode`` is the route the run takes (dp_sgd/route.py); None: ``privacy``'s.
     """
+    mode = grad_sample_mode or privacy.grad_sample_mode
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ConfigError("model", f"not compatible with DP-SGD: {errors[0]}")
@@ -89,12 +93,12 @@ def make_private(
     # From here on Opacus' wrappers: a DPOptimizer (noise_multiplier) and a Poisson loader.
     dp_optimizer: Any = optimizer
     dp_loader: Any = loader
-    if privacy.grad_sample_mode == "fused":
+    if mode == "fused":
         model, dp_optimizer, dp_loader, clipping = _fused(
             engine, model, optimizer, loader, privacy, noise_multiplier, max_physical_batch, world, examples, tables
         )
     elif world is not None:
-        raise ConfigError("privacy.grad_sample_mode", f"'{privacy.grad_sample_mode}' runs in one process only; torchrun training needs fused")
+        raise ConfigError("privacy.grad_sample_mode", f"'{mode}' runs in one process only; torchrun training needs fused")
     else:
         # Opacus draws noise and the Poisson sample from the global RNG, which the logged seed
         # fixes, unless given generators: OS-entropy ones here, as in fused mode (secure_mode
@@ -108,7 +112,7 @@ def make_private(
             max_grad_norm=float(privacy.max_grad_norm),
             noise_multiplier=1.0 if noise_multiplier is None else noise_multiplier,
             poisson_sampling=True,
-            grad_sample_mode=privacy.grad_sample_mode,
+            grad_sample_mode=mode,
             noise_generator=None if secure else entropy_generator(next(model.parameters()).device),
         )
         if not secure:
