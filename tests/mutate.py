@@ -126,8 +126,8 @@ MUTATIONS = [
     (
         "DP-SGD fused clipping at 10x the norm the noise is scaled for",
         "training/dp_sgd/engine.py",
-        "FusedClipping(model, float(privacy.max_grad_norm))",
-        "FusedClipping(model, 10 * float(privacy.max_grad_norm))",
+        "FusedClipping(model, float(privacy.max_grad_norm), lazy)",
+        "FusedClipping(model, 10 * float(privacy.max_grad_norm), lazy)",
         ["tests/test_noise_scale.py::test_dp_sgd_clips_each_example_at_the_norm_its_noise_is_scaled_for"],
     ),
     (
@@ -325,19 +325,15 @@ MUTATIONS = [
     (
         "small-seed rule reads the exact training-set size",
         "training/inputs.py",
-        "examples = estimate if estimate is not None else (None if cfg.privacy.enabled else self.data.n_train)",
-        "examples = self.data.n_train",
+        "        examples = estimate\n",
+        "        examples = self.data.n_train\n",
         ["tests/test_input_projection.py::test_the_rule_reads_the_released_size_not_the_exact_one"],
     ),
     (
-        "input projection fitted on the training set (seed-dependent)",
+        "input projection fitted on the rows kept for training (seed members among them)",
         "training/prepare.py",
-        "    projection = _input_projection(table, spec, cfg, col)\n"
-        "    seeds = read_seed(data.seed_path, data.id_column, data.audience_column)\n"
-        "    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))\n",
-        "    seeds = read_seed(data.seed_path, data.id_column, data.audience_column)\n"
-        "    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))\n"
-        "    projection = _input_projection(table.take(training.train_rows), spec, cfg, col)\n",
+        "projection = _input_projection(lambda: chunks_of(source, dataset, columns, row_filter, path), spec, cfg, col)",
+        "projection = _input_projection(lambda: iter([table]), spec, cfg, col)",
         ["tests/test_input_projection.py::test_the_projection_is_fitted_on_the_publisher_table_without_the_seed"],
     ),
     (
