@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from lookalike.privacy.accounting import calibrate_noise, sample_rate_for_noise
 from lookalike.runtime.tracking import resolve_tracking_uri
-from lookalike.training.batch_rule import BASE_EPOCHS, MAX_EPOCHS, MIN_STEPS, NON_PRIVATE_BATCH, BatchPlan, batch_plan, logical_batch_size
+from lookalike.training.batch_rule import BASE_EPOCHS, MAX_EPOCHS, MIN_STEPS, NON_PRIVATE_BATCH, BatchPlan, batch_plan
 from lookalike.training.config import TrainConfig, train_config
 from lookalike.training.train import run
 
@@ -28,18 +28,18 @@ def test_a_small_epsilon_gets_more_steps_a_large_one_is_held_to_the_minimum():
     assert 5 / small > 5 / medium > 100  # more steps at the smaller budget, the same noise
     cfg = TrainConfig()
     cfg.privacy.target_epsilon = 8.0  # the rate at noise 2 would be a few dozen steps in all
-    assert logical_batch_size(cfg, 100_000, 1e-6) == round(100_000 * 5 / MIN_STEPS)
+    assert batch_plan(cfg, 100_000, 1e-6).batch == round(100_000 * 5 / MIN_STEPS)
 
 
 def test_the_batch_scales_with_the_estimate_and_an_explicit_batch_wins():
     cfg = TrainConfig()
     cfg.privacy.target_epsilon, cfg.trainer.epochs = 1.0, 5  # at a fixed number of epochs
-    small, large = logical_batch_size(cfg, 10_000, 2e-6), logical_batch_size(cfg, 40_000, 2e-6)
+    small, large = batch_plan(cfg, 10_000, 2e-6).batch, batch_plan(cfg, 40_000, 2e-6).batch
     assert large == pytest.approx(4 * small, rel=0.01)
     cfg.trainer.batch_size = 300
-    assert logical_batch_size(cfg, 10_000, 2e-6) == 300
+    assert batch_plan(cfg, 10_000, 2e-6).batch == 300
     cfg.trainer.batch_size, cfg.privacy.enabled = None, False
-    assert logical_batch_size(cfg, 10_000, 0.0) == NON_PRIVATE_BATCH
+    assert batch_plan(cfg, 10_000, 0.0).batch == NON_PRIVATE_BATCH
 
 
 def test_a_run_takes_the_rule_batch_of_the_released_size_not_the_exact_one(cfg_factory):
@@ -52,9 +52,9 @@ def test_a_run_takes_the_rule_batch_of_the_released_size_not_the_exact_one(cfg_f
     m = logged.data.metrics
     released, exact = m["data.training_examples_dp"], m["trusted.training_examples"]
     typed = train_config(cfg)
-    assert m["trainer.batch_size_used"] == logical_batch_size(typed, int(released), m["privacy.delta"])
+    assert m["trainer.batch_size_used"] == batch_plan(typed, int(released), m["privacy.delta"]).batch
     # what the run saw is the release, not the seed-derived count (the two batches differ here)
-    assert logical_batch_size(typed, int(exact), m["privacy.delta"]) != m["trainer.batch_size_used"]
+    assert batch_plan(typed, int(exact), m["privacy.delta"]).batch != m["trainer.batch_size_used"]
     assert m["privacy.sample_rate"] == pytest.approx(1 / math.ceil(released / m["trainer.batch_size_used"]))
     assert m["trainer.epochs_used"] == 10
 

@@ -89,8 +89,3 @@ def _rule_batch(cfg, examples: int, delta: float, epochs: int) -> int:
         examples,
     )
     return batch
-
-
-def logical_batch_size(cfg, examples: int, delta: float) -> int:
-    """The logical batch of :func:`batch_plan`."""
-    return batch_plan(cfg, examples, delta).batch
