@@ -16,7 +16,8 @@ import torch
 
 from lookalike.data.features import FeatureSpec
 from lookalike.errors import LookalikeError
-from lookalike.model.custom import require_importable, tower_target
+from lookalike.model.config import tower_target
+from lookalike.model.custom import require_importable
 from lookalike.model.registry import build_model
 from lookalike.model.towers import ModelConfig
 

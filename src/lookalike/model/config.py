@@ -16,6 +16,11 @@ def _builtin_tower() -> dict[str, Any]:
     return {"_target_": None}
 
 
+def tower_target(user_tower: dict[str, Any] | None) -> str | None:
+    """``model.user_tower._target_``, or None for the built-in tower."""
+    return None if not user_tower else user_tower.get("_target_")
+
+
 @dataclass
 class ModelConfig:
     kind: str = "two_tower"  # a name in model/registry.py: two_tower, logistic or centroid
@@ -37,7 +42,7 @@ class ModelConfig:
     @property
     def custom_tower(self) -> str | None:
         """``user_tower._target_``: None for the built-in tower."""
-        return None if not self.user_tower else self.user_tower.get("_target_")
+        return tower_target(self.user_tower)
 
     def check(self) -> None:
         one_of("model.similarity", self.similarity, ("dot", "cosine"))

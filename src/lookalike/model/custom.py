@@ -43,14 +43,10 @@ from torch import nn
 
 from lookalike.data.features import FeatureSpec
 from lookalike.errors import ConfigError, LookalikeError, one_line
+from lookalike.model.config import tower_target
 
 KEY = "model.user_tower"
 PACKAGED = ("lookalike", "torch")  # top-level packages a model never needs to carry
-
-
-def tower_target(user_tower: dict[str, Any] | None) -> str | None:
-    """``model.user_tower._target_``, or None for the built-in tower."""
-    return None if not user_tower else user_tower.get("_target_")
 
 
 def build_user_tower(spec: FeatureSpec, user_tower: dict[str, Any], output_dim: int) -> nn.Module:

@@ -198,8 +198,15 @@ def train(
             private.clipping.lazy.detach()
     if isinstance(optimizer, SplitOptimizer):
         optimizer.release()
-    result = TrainResult(plain, steps, epochs, losses=losses, batch_size=batch_size, table_route=route.describe(privacy.enabled))
-    result.grad_sample_mode = grad_sample.mode if privacy.enabled else "none"
+    result = TrainResult(
+        plain,
+        steps,
+        epochs,
+        losses=losses,
+        batch_size=batch_size,
+        table_route=route.describe(privacy.enabled),
+        grad_sample_mode=grad_sample.mode if privacy.enabled else "none",
+    )
     if private is not None:
         result.epsilon = float(private.engine.get_epsilon(delta))
         result.noise_multiplier, result.sample_rate = private.noise_multiplier, private.sample_rate

@@ -32,8 +32,8 @@ from lookalike.model.audience import (
     audience_norm_squared,
 )
 from lookalike.training.dp_sgd.lazy_tables import LazyNoisyTables
+from lookalike.training.dp_sgd.route import uncovered_layer
 
-SUPPORTED = (nn.Linear, nn.Embedding, AudienceTower)
 STABILITY = 1e-6  # Opacus adds this to the norm before dividing
 
 
@@ -49,14 +49,12 @@ class FusedClipping:
         self.lazy = lazy
         skip = {id(p) for p in lazy.parameters()} if lazy is not None else set()
         self.params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
-        for name, module in model.named_modules():
-            if not any(p.requires_grad for p in module.parameters(recurse=False)):
-                continue
-            if not isinstance(module, SUPPORTED) or (isinstance(module, nn.Embedding) and module.max_norm is not None):
-                raise ConfigError(
-                    "privacy.grad_sample_mode", f"fused clipping does not cover {type(module).__name__} ('{name}'); use grad_sample_mode=hooks for this model"
-                )
-            self.handles.append(module.register_forward_hook(self._keep))
+        uncovered = uncovered_layer(model)
+        if uncovered is not None:
+            raise ConfigError("privacy.grad_sample_mode", f"fused clipping does not cover {uncovered}; use grad_sample_mode=hooks for this model")
+        for module in model.modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                self.handles.append(module.register_forward_hook(self._keep))
 
     def _keep(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if torch.is_grad_enabled() and module.training:
