@@ -101,6 +101,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/utility.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/dp_step_cost.py --users 400000 --epochs 6
+	$(BIN)/python benchmarks/physical_batch.py
 	$(BIN)/python benchmarks/export_scaling.py
 	$(BIN)/python benchmarks/train_memory.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/prepare_shards.py

@@ -105,3 +105,22 @@ def test_dp_noise_and_sample_are_not_reproducible_from_the_seed(cfg_factory, mod
     assert first.history == second.history
     differ = [not torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values())]
     assert all(differ)
+
+
+@pytest.mark.parametrize(("mode", "setting", "physical"), [("fused", None, 8192), ("hooks", None, 512), ("fused", 300, 300)])
+def test_the_physical_batch_follows_the_route_unless_set(cfg_factory, mode, setting, physical):
+    """Null: the fused route takes a logical batch whole (up to 8,192), Opacus' per-sample route
+    512 at a time (it stores a gradient per example); a setting is taken as given."""
+    cfg = train_config(cfg_factory("trainer.epochs=1", "trainer.batch_size=800", "privacy.target_epsilon=8.0"))
+    cfg.trainer.physical_batch_size = setting
+    cfg.privacy.grad_sample_mode = mode
+    data = prepare(cfg)
+    model = build_model(data.spec, 2, cfg.model)
+    sizes: list[int] = []
+    model.user_tower.register_forward_hook(lambda _m, inputs, _o: sizes.append(inputs[0].shape[0]))
+    tensors = data.train_features.tensors() + [torch.from_numpy(data.training.train_labels)]
+    result = train(model, tensors, cfg, delta=1e-5, device=torch.device("cpu"))
+    # One logical batch of all 776 examples (q = 1): whole on the fused route, cut below 512 or
+    # 300 otherwise (Opacus' BatchMemoryManager cuts into near-equal parts).
+    assert result.steps == 1 and max(sizes) <= physical, sizes
+    assert sizes == [776] if physical == 8192 else len(sizes) == -(-776 // physical), sizes

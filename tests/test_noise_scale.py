@@ -100,7 +100,7 @@ def dp_steps(private, loss, steps: int) -> list[dict[str, torch.Tensor]]:
     after each, p.grad * expected batch size: the clipped sum plus the noise of that step."""
     optimizer, real, physical, released = private.optimizer, 0, 0, []
     for _ in range(steps):
-        with _physical_batches(private.loader, optimizer, private, SimpleNamespace(physical_batch_size=2)) as batches:
+        with _physical_batches(private.loader, optimizer, private, 2) as batches:
             for ids, x, _ in batches:
                 optimizer.zero_grad(set_to_none=True)
                 example_loss = loss(private.model(ids, x))

@@ -30,7 +30,7 @@ class TrainerConfig:
     batch_size: Optional[int] = None  # the expected logical batch (q = batch / N); null: the rule in training/batch_rule.py
     batch_rule_noise: float = 2.0  # the noise multiplier the batch rule aims at
     batch_rule_max: int = 1024  # epochs null: a DP run takes more epochs (up to 20) rather than a larger rule batch than this
-    physical_batch_size: int = 512  # largest batch pushed through the model at once (logical batches are split)
+    physical_batch_size: Optional[int] = None  # largest batch pushed through the model at once (logical batches are split); null: 8,192 fused, 512 per-sample
     optimizer: dict[str, Any] = field(default_factory=_adam)  # instantiated by Hydra, partial: given the parameters
     sparse_tables_from: Optional[int] = 100_000  # embedding tables of at least this many rows train sparsely (table_route.py); null: none
     table_lr: Optional[float] = None  # DP-SGD's lr for those tables; null: a row's per-step noise matches optimizer.lr
@@ -46,7 +46,8 @@ class TrainerConfig:
         if self.batch_size is not None:
             whole("trainer.batch_size", self.batch_size)
         require("trainer.batch_rule_noise", self.batch_rule_noise, lambda v: 0.3 <= v <= 20, "must be in [0.3, 20]")
-        whole("trainer.physical_batch_size", self.physical_batch_size)
+        if self.physical_batch_size is not None:
+            whole("trainer.physical_batch_size", self.physical_batch_size)
         if self.sparse_tables_from is not None:
             whole("trainer.sparse_tables_from", self.sparse_tables_from, 0)
         if self.table_lr is not None:

@@ -111,6 +111,7 @@ def train(
     loader = DataLoader(TensorBatches(tensors), batch_size=batch_size, shuffle=len(tensors[0]) > 0, collate_fn=keep_batch)  # type: ignore[arg-type]  # batches are tuples of tensors, not lists
 
     private = None
+    physical = grad_sample.physical_batch(trainer.physical_batch_size)
     if privacy.enabled:
         private = make_private(
             model,
@@ -123,7 +124,7 @@ def train(
             # multiplier): the checkpoint's is a file the operator can edit.
             noise_multiplier=noise_multiplier,
             accountant_state=resume.accountant_state if resume else None,
-            max_physical_batch=int(trainer.physical_batch_size),
+            max_physical_batch=physical,
             world=world,
             examples=examples,
             tables=route if route.tables else None,
@@ -131,7 +132,7 @@ def train(
         )
         model, optimizer, loader = private.model, private.optimizer, private.loader
         log.info("DP-SGD: noise multiplier %.4f, sample rate %.5f, max grad norm %s", private.noise_multiplier, private.sample_rate, privacy.max_grad_norm)
-        log.info("DP-SGD per-example gradients: %s", grad_sample.describe())
+        log.info("DP-SGD per-example gradients: %s; up to %d examples through the model at once", grad_sample.describe(), physical)
 
     start_epoch = resume.epoch if resume else 0
     steps = resume.steps if resume else 0
@@ -141,7 +142,7 @@ def train(
     for epoch in range(start_epoch, epochs):
         model.train()
         total, count = torch.zeros((), device=device), 0
-        with _physical_batches(loader, optimizer, private, trainer) as batches:
+        with _physical_batches(loader, optimizer, private, physical) as batches:
             # The bar counts logical steps (one per accountant step), not physical batches.
             # disable=None: a bar only on a terminal; a CI or Slurm log gets the epoch lines alone,
             # not thousands of carriage-return updates.
@@ -214,11 +215,11 @@ def train(
     return result
 
 
-def _physical_batches(loader, optimizer, private, trainer):
+def _physical_batches(loader, optimizer, private, physical: int):
     """DP: split each Poisson-sampled logical batch into physical ones (BatchMemoryManager)."""
     if private is None or private.clipping is not None:  # fused mode: PoissonBatches splits itself
         return _Passthrough(loader)
-    return BatchMemoryManager(data_loader=loader, max_physical_batch_size=int(trainer.physical_batch_size), optimizer=optimizer)
+    return BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical, optimizer=optimizer)
 
 
 class _Passthrough:
