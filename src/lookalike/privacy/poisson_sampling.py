@@ -3,7 +3,7 @@
 The same sampling as Opacus' ``UniformWithReplacementSampler`` (every example independently with
 probability q at every step, ``int(1 / q)`` steps per epoch, so the accountant's q and step count
 match), without its per-step Python list of indices and the DataLoader round trip: the chosen
-rows are drawn as geometric gaps (:func:`poisson_rows`), then one gather per tensor. Like Opacus' BatchMemoryManager it
+rows are drawn as geometric gaps (:func:`poisson_rows`), then one ``index_select`` per tensor. Like Opacus' BatchMemoryManager it
 tells the DP optimizer which physical batches end a logical one, so noise is added once per
 logical batch.
 """
@@ -57,4 +57,4 @@ class PoissonBatches:
             chunks = rows.split(self.max_physical_batch) if rows.numel() else (rows,)
             for i, chunk in enumerate(chunks):
                 self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
-                yield tuple(t[chunk] for t in self.tensors)
+                yield tuple(t.index_select(0, chunk) for t in self.tensors)  # data/tensor_batches.py: why not t[chunk]
