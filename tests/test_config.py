@@ -147,6 +147,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
     assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0] and len(first[0]) == 8
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_runs_opening_a_fresh_mlflow_store_at_once(tmp_path):
     """Of five such runs, four died in the store's schema migrations (alembic tracebacks); three
     show it as well."""

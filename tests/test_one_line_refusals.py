@@ -79,6 +79,7 @@ def train_args(demo_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["debug=default", f"paths.output_dir={out}", *data, "privacy.target_epsilon=1", "trusted_evaluation=true", *extra]
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_stays_charged(demo_dir, tmp_path):
     out, run_dir = tmp_path / "out", tmp_path / "run"
     grant(out / "privacy_ledger.sqlite", demo_dir / "publisher")
@@ -119,6 +120,7 @@ def test_a_full_disk_while_staging_an_export_publishes_nothing_and_charges_nothi
     assert [e["status"] for e in ledger.entries(after.fingerprint)[before.runs :]] == ([] if room == 0 else ["released"])
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_an_output_path_no_file_system_takes_is_refused_before_any_work(demo_dir, tmp_path):
     long = tmp_path / ("x" * 300)
     grant(tmp_path / "privacy_ledger.sqlite", demo_dir / "publisher")

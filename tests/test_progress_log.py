@@ -6,11 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import grant
 
 TRAIN = "import sys; from lookalike.training.train import cli; sys.argv = ['lookalike-train', *sys.argv[1:]]; cli()"
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_a_run_logged_to_a_file_has_epoch_lines_and_no_bar(demo_dir, tmp_path):
     grant(tmp_path / "privacy_ledger.sqlite", demo_dir / "publisher")
     args = [

@@ -112,6 +112,7 @@ def test_a_linked_output_folder_stays_a_link_and_leaves_nothing_aside(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "store"] and sorted(p.name for p in (tmp_path / "store").iterdir()) == ["exp"]
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_three_exports_into_one_new_folder_publish_exactly_one(demo_dir, trained, tmp_path):
     """Two of three published and the later replaced the earlier. Each process has its own copy
     of the MLflow store and ledger, so they share nothing but the destination."""
