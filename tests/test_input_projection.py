@@ -148,10 +148,10 @@ def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_pat
     cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2")
     run(cfg)
     (logged,) = runs_of(cfg)
-    assert logged.data.params["model.input_projection_used"] == "16"
+    assert logged.data.params["model.input_projection_used"] == "8"
     (bundle,) = sorted((tmp_path / "out" / "runs").glob("*/bundle"))
     model, _, meta = load_bundle(bundle)
-    assert meta["model"]["input_projection"] == 16 and meta["model"]["hidden_dims"] == [] and model.user_tower.categorical is None
+    assert meta["model"]["input_projection"] == 8 and meta["model"]["hidden_dims"] == [] and model.user_tower.categorical is None
     cfg = cfg_factory("model.small_seed_users=50", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2", out=tmp_path / "big")
     run(cfg)
     (logged,) = runs_of(cfg)

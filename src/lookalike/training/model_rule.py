@@ -2,9 +2,11 @@
 
 Under DP-SGD every trainable weight takes Gaussian noise at every step, while the signal grows
 with the number of seed users. With a seed of a few hundred users the default tower (embeddings,
-a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's 16
+a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's 8
 whitened principal components (``model.input_projection``, fitted without the seed) has a few
-dozen weights and keeps far more of it. Measured at epsilon 1 with 3 repeats (lift@20%,
+hundred weights and keeps far more of it. (The width, ``SMALL_SEED_COMPONENTS`` in model/config.py, was 16
+for the measurements of the threshold below; at 150 seed users 8 did better, 4 about as well,
+12 and 32 worse.) Measured at epsilon 1 with 3 repeats (lift@20%,
 benchmarks/utility.py, docs/utility.md): at 165 seed users the rule gained 15-20% on Adult, the census table and
 Caravan and lost 11% on the telco table; runs with PCA inputs outside the package put the
 break-even near 300 (there the census table gained 11%, Adult and telco lost 2-3%; at 750 Adult
@@ -47,8 +49,8 @@ def seed_users_estimate(examples: float, in_background_range: int, negative_rate
 
 def model_for_seed(model: ModelConfig, seed_users: float | None, components: int | None) -> ModelConfig:
     """``model``, or its small-seed form when the rule applies: a two-tower model whose settings
-    do not already fix the projection, a projection fitted for it (``components`` wide: 16, or the
-    encoded width when narrower), and fewer seed users than ``model.small_seed_users``."""
+    do not already fix the projection, a projection fitted for it (``components`` wide:
+    SMALL_SEED_COMPONENTS, or the encoded width when narrower), and fewer seed users than ``model.small_seed_users``."""
     if model.kind != "two_tower" or model.input_projection is not None or model.small_seed_users is None or seed_users is None:
         return model
     if seed_users >= model.small_seed_users:
