@@ -122,6 +122,7 @@ def test_a_wrong_type_on_the_command_line_is_one_line_naming_the_key():
     assert bad.stderr.startswith("lookalike-train: error: config 'trainer.epochs':") and "abc" in bad.stderr
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_cli_help_and_cfg_job_work_as_in_hydra():
     helped = _cli("--help")
     assert helped.returncode == 0, helped.stderr

@@ -49,6 +49,7 @@ def users(demo_dir: Path, n: int = 8):
     return ds.dataset(demo_dir / "publisher", partitioning="hive").head(n).to_pandas()
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_the_dcn_tower_trains_fused_carries_its_code_exports_and_serves(cfg_factory, demo_dir, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="lookalike")
     # small_seed_users far above the demo's seed: the rule would replace the built-in tower, not this one

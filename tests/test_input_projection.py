@@ -64,6 +64,7 @@ def test_the_projection_is_fitted_on_the_publisher_table_without_the_seed(demo_d
     assert prepare(train_config(cfg_factory(*PROJECTED))).publisher_rows == rows
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_a_projected_model_trains_under_dp_and_comes_back_from_its_bundle(cfg_factory, tmp_path):
     cfg = cfg_factory(*PROJECTED, "trainer.epochs=2", "privacy.target_epsilon=4")
     run(cfg)

@@ -50,6 +50,7 @@ def test_a_sweep_no_trial_of_which_fits_is_refused_naming_its_cheapest_trial(dem
     assert "Traceback" not in proc.stderr and Ledger(tmp_path / "privacy_ledger.sqlite").status()[0].runs == 0
 
 
+@pytest.mark.slow  # among the longest tests: make test runs it, make test-fast skips it
 def test_swept_groups_are_composed_and_a_search_space_counts_from_its_lower_end(demo_dir, tmp_path):
     """A swept config group (``privacy=dp,cheap``) is composed per choice; an Optuna interval
     counts from its lower end (above the default 0.2 here). The budget (0.5) is below every trial,
