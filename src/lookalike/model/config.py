@@ -9,9 +9,9 @@ from typing import Any, Optional
 from lookalike.errors import ConfigError
 from lookalike.settings import one_of, require, whole
 
-# The small-seed rule's projection width. At 150 seed users (epsilon 1, 3 repeats, docs/utility.md)
-# 8 components kept 0.87-0.95x of our own non-private lift on five real tables, 16 kept 0.73-0.99x
-# (census 0.73x, Telco 0.78x), 32 less: every weight of the head takes noise.
+# The small-seed rule's projection width. At 150 seed users (epsilon 1, 3 splits, docs/utility.md)
+# 8 components kept 0.84-0.96x of our own non-private lift on five real tables, 16 kept 0.73-1.00x
+# (census 0.73x, Telco 0.78-0.82x), 32 less: every weight of the head takes noise.
 SMALL_SEED_COMPONENTS = 8
 
 
