@@ -29,8 +29,6 @@ from lookalike.training.dp_sgd.noisy_optimizer import (
 from lookalike.training.table_route import TableRoute
 
 log = logging.getLogger(__name__)
-ACCOUNTANTS = ("prv", "rdp")
-GRAD_SAMPLE_MODES = ("fused", "hooks", "functorch")
 
 
 @dataclass

@@ -27,7 +27,8 @@ from lookalike.model.audience import AudienceTower
 PER_SAMPLE = "hooks"  # the route a model the fused clipping does not cover takes
 # Exact types: a subclass may compute its output differently from the closed form's assumption.
 COVERED = (nn.Linear, nn.Embedding, AudienceTower)
-PHYSICAL_BATCH = {"fused": 8192, PER_SAMPLE: 512, "functorch": 512}  # trainer.physical_batch_size null
+# trainer.physical_batch_size null: the fused route takes this many at once, the per-sample routes (hooks, functorch) the other
+FUSED_PHYSICAL_BATCH, PER_SAMPLE_PHYSICAL_BATCH = 8192, 512
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class GradSampleRoute:
 
     def physical_batch(self, configured: int | None) -> int:
         """The largest batch pushed through the model at once: the setting, or the route's own."""
-        return int(configured) if configured is not None else PHYSICAL_BATCH[self.mode]
+        if configured is not None:
+            return int(configured)
+        return FUSED_PHYSICAL_BATCH if self.mode == "fused" else PER_SAMPLE_PHYSICAL_BATCH
 
 
 def uncovered_layer(model: nn.Module) -> str | None:
