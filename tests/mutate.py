@@ -84,7 +84,7 @@ MUTATIONS = [
     (
         "lazy noise: a row read twice in a batch drawn twice",
         "training/row_adam.py",
-        "    return ids[is_first], slot[representative]",
+        "    return ids.masked_select(is_first), slot.index_select(0, representative)",
         "    return ids, torch.arange(ids.numel())",
         ["tests/test_lazy_noise.py::test_lazy_noise_has_dense_dp_sgds_distribution", "tests/test_lazy_noise.py::test_a_read_row_carries_every_step_it_missed"],
     ),

