@@ -37,7 +37,7 @@ class ModelConfig:
     input_projection: Optional[int] = None
     # The small-seed rule (training/model_rule.py): a DP run with fewer training seed users than
     # this (a DP estimate) takes input_projection=SMALL_SEED_COMPONENTS, no hidden layer, dot similarity. null: off.
-    small_seed_users: Optional[int] = 300
+    small_seed_users: Optional[int] = 500
     # Your own user tower (model/custom.py): _target_ and its keyword arguments. _target_ null: the
     # built-in tower (embeddings and hidden_dims above).
     user_tower: Optional[dict[str, Any]] = field(default_factory=_builtin_tower)
