@@ -131,6 +131,13 @@ MUTATIONS = [
         ["tests/test_noise_scale.py::test_dp_sgd_clips_each_example_at_the_norm_its_noise_is_scaled_for"],
     ),
     (
+        "DP-SGD fused clipping: a bag's repeated ids counted apart (its norm under-estimated)",
+        "training/dp_sgd/fused_clipping.py",
+        "products.masked_fill_(inputs.unsqueeze(2) != inputs.unsqueeze(1), 0.0)",
+        "products.masked_fill_(~torch.eye(inputs.shape[1], dtype=torch.bool), 0.0)",
+        ["tests/test_fused_clipping.py::test_matches_per_example_loop"],
+    ),
+    (
         "q halved in the accountant",
         "training/dp_sgd/engine.py",
         "get_optimizer_hook_fn(sample_rate=sample_rate)",

