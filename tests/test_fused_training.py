@@ -27,7 +27,7 @@ def train_with(cfg, mode: str, extra_examples: int = 0):
     return train(model, tensors, cfg, delta=1e-5, device=torch.device("cpu"), examples=data.n_train + extra_examples), data
 
 
-def test_fused_and_hooks_account_alike_and_both_learn(cfg_factory):
+def test_fused_and_hooks_account_alike_and_both_learn(cfg_factory, fixed_entropy):
     cfg = cfg_factory("privacy.target_epsilon=4.0", "trainer.epochs=4", "trainer.batch_size=64", "trainer.physical_batch_size=16")
     fused, data = train_with(cfg, "fused", extra_examples=150)
     hooks, _ = train_with(cfg, "hooks", extra_examples=150)

@@ -36,7 +36,7 @@ def tables(model: nn.Module) -> dict[str, nn.Embedding]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
 
 
-def test_dp_tables_take_lazy_noise_every_row_noised_and_the_model_learns(cfg_factory):
+def test_dp_tables_take_lazy_noise_every_row_noised_and_the_model_learns(cfg_factory, fixed_entropy):
     cfg = cfg_factory("privacy.target_epsilon=4.0", "trainer.epochs=4", "trainer.batch_size=64", "trainer.sparse_tables_from=1")
     checkpoints: list = []
     result, data, start = fit(cfg, checkpoints=checkpoints)

@@ -90,7 +90,7 @@ def test_reported_epsilon_equals_a_fresh_accountant_for_the_steps_taken(cfg_fact
     assert [e.step for e in epochs] == [1, 2, 3] and epochs[0].value < epochs[1].value < epochs[2].value == pytest.approx(m["privacy.epsilon_spent"])
 
 
-def test_trusted_mode_beats_random_ranking_and_tags_the_run(cfg_factory):
+def test_trusted_mode_beats_random_ranking_and_tags_the_run(cfg_factory, fixed_entropy):
     cfg = cfg_factory("trusted_evaluation=true", "trainer.epochs=4", "privacy.target_epsilon=4")
     auc = run(cfg)
     (logged,) = runs_of(cfg)
@@ -122,7 +122,7 @@ def test_non_private_baseline_needs_trusted_mode_and_is_tagged(cfg_factory):
     assert Ledger(cfg.ledger.path).status()[0].runs == 0
 
 
-def test_logistic_baseline_trains_with_dp_and_round_trips(cfg_factory):
+def test_logistic_baseline_trains_with_dp_and_round_trips(cfg_factory, fixed_entropy):
     cfg = cfg_factory("model=logistic", "trusted_evaluation=true", "trainer.epochs=3", "privacy.target_epsilon=4")
     auc = run(cfg)
     (logged,) = runs_of(cfg)
