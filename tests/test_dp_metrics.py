@@ -29,8 +29,10 @@ def test_noise_is_calibrated_and_metrics_stay_close():
     noisy_pos, noisy_neg, sigma = noisy_histograms([pos], [neg], epsilon=1.0, delta=1e-6)
     # analytic Gaussian mechanism for L2 sensitivity sqrt(2) at (1, 1e-6): about 6.3
     assert 5.5 < sigma < 7.0
-    residual = noisy_pos[0] - histogram(pos)
-    assert 0.7 * sigma < residual.std() < 1.3 * sigma and abs(residual.mean()) < sigma
+    # 40 releases of 62 buckets: the pooled std's standard error is 1.3% of sigma, so bounds at 10%
+    # (about 8 standard errors) never fail by chance and still catch noise drawn 20% low
+    residual = np.concatenate([noisy_histograms([pos], [neg], 1.0, 1e-6)[0][0] - histogram(pos) for _ in range(40)])
+    assert 0.9 * sigma < residual.std() < 1.1 * sigma and abs(residual.mean()) < 0.15 * sigma
     exact = holdout_metrics(pos, neg, 0.2)
     dp = histogram_metrics(noisy_pos[0], noisy_neg[0], 0.2)
     # typical error 0.008; worst of 300 draws 0.034
