@@ -10,9 +10,11 @@ capped at 5,000 and once with all 1,000,000, and with one more 1,000,000-value c
 
 Every route trains at the same expected batch (``--batch-size``, 1,024): the batch rule gives DP
 runs far larger batches, which would hide DP's per-step cost. Each route trains four epochs and
-the last three are timed (the first warms up), the per-epoch accounting included (PRV, the
-default); routes run interleaved, ``--repeats`` times, and the median is reported with two ratios:
-DP / non-private, and the time per epoch at the 1M vocabulary over that at 5,000. Writes
+the rest are timed (the first warms up), the per-epoch accounting included (PRV, the default);
+routes run interleaved, ``--repeats`` times. DP / non-private is the median over repeats of each
+repeat's own ratio (its DP run against the non-private run just before it, so a machine that
+slows for a minute slows both), with the min-max beside it; examples/s are medians, and the time
+per epoch at the 1M vocabulary is compared with that at 5,000. Writes
 benchmarks/results/train_throughput_{device}.json.
 """
 
@@ -40,7 +42,6 @@ from lookalike.training.prepare import prepare
 from lookalike.training.train import CONFIG_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results"
-EPOCHS = 4  # the first warms up; the other three are timed
 MAX_LIST = 16  # values per user in the big list column
 ROUTES = {  # name -> privacy overrides
     "nonprivate": ["privacy.enabled=false"],
@@ -49,7 +50,7 @@ ROUTES = {  # name -> privacy overrides
 }
 
 
-def config(data: Path, out: Path, batch: int, extra: list[str], device: str = "cpu"):
+def config(data: Path, out: Path, batch: int, extra: list[str], device: str = "cpu", epochs: int = 4):
     overrides = [
         "experiment=demo",
         f"paths.output_dir={out}",
@@ -57,7 +58,7 @@ def config(data: Path, out: Path, batch: int, extra: list[str], device: str = "c
         f"data.seed_path={data / 'seed.jsonl'}",
         "trainer.progress_bar=false",
         f"trainer.device={device}",
-        f"trainer.epochs={EPOCHS}",
+        f"trainer.epochs={epochs}",
         f"trainer.batch_size={batch}",
         f"trainer.physical_batch_size={4 * batch}",
         "privacy.target_epsilon=3",
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=250_000)
     parser.add_argument("--batch-size", type=int, default=1024, help="the expected logical batch of every route (equal batch)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=8, help="per run; the first warms up, the rest are timed (set-up costs far more than an epoch)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (make gpu-check)")
     parser.add_argument("--routes", nargs="+", default=["nonprivate", "fused"], choices=list(ROUTES))
     parser.add_argument("--big-vocab", type=int, default=1_000_000, help="distinct values of the big list and categorical columns (0: skip those cases)")
@@ -139,25 +141,30 @@ def main() -> None:
             for _ in range(args.repeats):  # interleaved, so machine noise hits every route alike
                 for route in args.routes:
                     extra = ROUTES[route] + (["trusted_evaluation=true"] if route == "nonprivate" else []) + list(args.extra)
-                    cfg = config(data, out, args.batch_size, extra, args.device)
+                    cfg = config(data, out, args.batch_size, extra, args.device, args.epochs)
                     timings[route].append(examples_per_second(cfg, case_spec, audiences, case_inputs + [labels]))
             for route in args.routes:
-                results.append({"case": name, "route": route, "examples_per_s": statistics.median(timings[route]), "runs": timings[route]})
+                paired = [a / b for a, b in zip(timings[route], timings[args.routes[0]])]
+                results.append(
+                    {"case": name, "route": route, "examples_per_s": statistics.median(timings[route]), "runs": timings[route], "paired_ratios": paired}
+                )
     by = {(r["case"], r["route"]): r["examples_per_s"] for r in results}
     small, big = f"+list column, vocab {args.small_vocab:,}", f"+list column, vocab {args.big_vocab:,}"
     for r in results:
-        nonprivate = by.get((r["case"], "nonprivate"))
-        r["ratio_to_nonprivate"] = r["examples_per_s"] / nonprivate if nonprivate else float("nan")
+        r["ratio_to_nonprivate"] = statistics.median(r["paired_ratios"]) if args.routes[0] == "nonprivate" else float("nan")
         # Time per epoch relative to the capped vocabulary: same users, list draws and batch.
         r["epoch_time_vs_small_vocab"] = by[(small, r["route"])] / r["examples_per_s"] if r["case"] == big else None
     setup = f"batch {args.batch_size} in every route, {torch.get_num_threads()} threads, {len(labels):,} training examples"
-    print(f"\ntraining throughput on {args.device}, {setup}, median of {args.repeats}\n")
-    print("| case | route | DP / non-private | epoch time vs vocab " + f"{args.small_vocab:,} | examples/s |\n| --- | --- | --- | --- | --- |")
+    print(f"\ntraining throughput on {args.device}, {setup}, {args.epochs - 1} timed epochs per run, median of {args.repeats} repeats\n")
+    head = f"| case | route | DP / non-private (min-max) | epoch time vs vocab {args.small_vocab:,} | examples/s |"
+    print(head + "\n| --- | --- | --- | --- | --- |")
     for r in results:
         versus = f"{r['epoch_time_vs_small_vocab']:.2f}x" if r["epoch_time_vs_small_vocab"] is not None else ""
-        print(f"| {r['case']} | {r['route']} | {r['ratio_to_nonprivate']:.2f}x | {versus} | {r['examples_per_s']:,.0f} |")
+        spread = f"{r['ratio_to_nonprivate']:.2f}x ({min(r['paired_ratios']):.2f}-{max(r['paired_ratios']):.2f})"
+        print(f"| {r['case']} | {r['route']} | {spread} | {versus} | {r['examples_per_s']:,.0f} |")
     RESULTS.mkdir(exist_ok=True)
-    meta = {"batch_size": args.batch_size, "users": args.users, "training_examples": len(labels), "threads": torch.get_num_threads(), "extra": args.extra}
+    meta = {"batch_size": args.batch_size, "epochs": args.epochs}
+    meta |= {"users": args.users, "training_examples": len(labels), "threads": torch.get_num_threads(), "extra": args.extra}
     (RESULTS / f"train_throughput_{args.device}.json").write_text(json.dumps({"setup": meta, "results": results}, indent=1))
 
 
