@@ -132,10 +132,12 @@ def test_the_small_seed_rule_switches_only_below_its_threshold():
 
     on = ModelConfig(small_seed_users=300)
     small = model_for_seed(on, 299.0, 16)
-    assert (small.input_projection, small.hidden_dims, small.similarity) == (16, [], "dot")
+    assert (small.input_projection, small.hidden_dims, small.similarity) == (8, [], "dot")  # 8 of the 16 fitted
     assert model_for_seed(on, 300.0, 16) == on  # at the threshold: the settings as given
     assert model_for_seed(on, 10.0, None) == on  # no projection fitted (too wide, or audit)
-    assert model_for_seed(ModelConfig(), 299.0, 16).input_projection == 16  # on by default, at 300
+    # On by default below 1,000 training seed users: 8 components below 300, 16 from there.
+    assert [model_for_seed(ModelConfig(), s, 16).input_projection for s in (10.0, 299.0, 300.0, 999.0, 1000.0)] == [8, 8, 16, 16, None]
+    assert model_for_seed(ModelConfig(), 700.0, 12).input_projection == 12  # encoded features narrower than 16
     assert model_for_seed(ModelConfig(small_seed_users=None), 10.0, 16) == ModelConfig(small_seed_users=None)  # null: off
     assert model_for_seed(ModelConfig(small_seed_users=300, input_projection=8), 10.0, 16).input_projection == 8  # set by hand
     assert model_for_seed(ModelConfig(kind="logistic", small_seed_users=300), 10.0, 16).kind == "logistic"
@@ -162,6 +164,34 @@ def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_pat
     run(cfg)
     (logged,) = runs_of(cfg)
     assert logged.data.params["model.input_projection_used"] == "null"
+
+
+def test_fewer_components_are_the_leading_ones_of_a_wider_fit():
+    """The rule fits 16 components once and a run below 300 seed users reads 8 of them: the same
+    projection as a fit of 8 (each component whitened on its own)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4000, 20)) @ rng.normal(size=(20, 20)) + rng.normal(size=20)
+    moments = InputMoments(len(x), x.sum(0), x.T @ x)
+    wide, narrow = principal_projection(moments, 16), principal_projection(moments, 8)
+    np.testing.assert_allclose(wide.leading(8).matrix, narrow.matrix, atol=1e-10)
+    np.testing.assert_array_equal(wide.leading(8).mean, narrow.mean)
+    assert wide.leading(16) is wide
+
+
+def test_a_run_between_the_tiers_reads_16_components(cfg_factory, tmp_path, monkeypatch):
+    """The demo's ~190 training seed users with the 8-component tier moved below them: the run
+    trains on the 16 fitted components, and its bundle carries that projection."""
+    from lookalike.model import config as model_config
+    from tests.test_train import runs_of
+
+    monkeypatch.setattr(model_config, "FEW_SEED_USERS", 100)
+    cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2")
+    run(cfg)
+    (logged,) = runs_of(cfg)
+    assert logged.data.params["model.input_projection_used"] == "16"
+    (bundle,) = sorted((tmp_path / "out" / "runs").glob("*/bundle"))
+    model, _, meta = load_bundle(bundle)
+    assert meta["model"]["input_projection"] == 16 and tuple(model.user_tower.projected.matrix.shape)[1] == 16
 
 
 def test_the_rule_reads_the_released_size_not_the_exact_one(cfg_factory, monkeypatch):

@@ -78,6 +78,10 @@ class InputProjection:
     def apply(self, dense: np.ndarray) -> np.ndarray:
         return (dense - self.mean) @ self.matrix
 
+    def leading(self, k: int) -> "InputProjection":
+        """The top ``k`` of these components: what a fit of ``k`` would give (each is whitened alone)."""
+        return self if k >= self.matrix.shape[1] else InputProjection(self.mean, self.matrix[:, :k])
+
 
 def check_width(spec: FeatureSpec, k: int) -> None:
     """Refuse a projection the features cannot carry, before any data is read twice."""

@@ -103,7 +103,7 @@ class Inputs:
         if model_cfg.input_projection:
             projected = model.get_submodule("user_tower.projected")
             assert isinstance(projected, ProjectedInputs) and self.data.projection is not None  # prepare fits one whenever the setting asks
-            projected.fill(self.data.projection)
+            projected.fill(self.data.projection.leading(model_cfg.input_projection))  # the rule's width may be below the fit's
         if self.canaries is not None:
             self.canaries.zero_tokens(model)
         return model

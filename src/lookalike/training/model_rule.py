@@ -2,22 +2,23 @@
 
 Under DP-SGD every trainable weight takes Gaussian noise at every step, while the signal grows
 with the number of seed users. With a seed of a few hundred users the default tower (embeddings,
-a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's 8
+a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's
 whitened principal components (``model.input_projection``, fitted without the seed) has a few
-hundred weights and keeps far more of it. (The width, ``SMALL_SEED_COMPONENTS`` in model/config.py, was 16
-for the measurements of the threshold below; at 150 seed users 8 did better, 4 about as well,
-12 and 32 worse.) Measured at epsilon 1 with 3 repeats (lift@20%,
-benchmarks/utility.py, docs/utility.md): at 165 seed users the rule gained 15-20% on Adult, the census table and
-Caravan and lost 11% on the telco table; runs with PCA inputs outside the package put the
-break-even near 300 (there the census table gained 11%, Adult and telco lost 2-3%; at 750 Adult
-lost 5%). With 150-user seeds (``--dp-set model.small_seed_users=300``) it gained 19% on Adult,
-14% on census and 38% on Caravan, and lost 8% on telco. Hence a threshold of 300 at first. With
-8 components, measured again with the rule forced on and off (3-9 runs each): at 240 training
-seed users the small model gained 6-13% on four of five tables, at 400 2-12% on four (telco
-even), at 600 the two were within 1.5% but on census_married (+3%). So the default,
-``model.small_seed_users``, is 500. The synthetic data the tests train on has seeds of a few
-hundred users and exercises the configured tower (``debug=default`` turns the rule off);
-``make demo``'s seeds are thousands of users, far above it.
+hundred weights and keeps far more of it. How many components: 8 below 300 training seed users,
+16 from there up to ``model.small_seed_users`` (``small_seed_components`` in model/config.py).
+Measured at epsilon 1 with 3 repeats each (lift@20%, benchmarks/utility.py, docs/utility.md):
+at 150 seed users 8 components did best (4 about as well, 12, 16 and 32 worse); with 8, at 240
+training seed users the small model gained 6-13% over the tower on four of five tables, at 400
+2-12% on four (telco even), at 600 the two were within 1.5% but on census_married (+3%). 16
+components against 8: at 240 training seed users 5% worse on telco and Fertility, even on Adult
+and census, 7% better on census_married; at 400 better by 2-3% on Adult, census and
+census_married, 1% worse on telco (hence 300, between the two). With 16
+at 600 (seeds of 750) it gained 2% on Adult, census and telco and 16% on census_married, and lost
+3% on Fertility; at 729 (telco's full seed) 5%; at 1,200 it was even (Adult and census_married
++2-4%, census and Fertility -1-4%), and at 2,400 the tower won on all four (-1% to -5%). So
+the rule runs up to 1,000 training seed users. The synthetic data the tests train on has seeds
+of a few hundred users and exercises the configured tower (``debug=default`` turns the rule
+off); ``make demo``'s seeds are thousands of users, far above it.
 
 The rule is for DP runs: a non-private run has no noise to shrink the model for and trains the
 model as configured. Private tuning can choose between the two on the table at hand
@@ -39,7 +40,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from lookalike.model.config import ModelConfig
+from lookalike.model.config import ModelConfig, small_seed_components
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def seed_users_estimate(examples: float, in_background_range: int, negative_rate
 def model_for_seed(model: ModelConfig, seed_users: float | None, components: int | None) -> ModelConfig:
     """``model``, or its small-seed form when the rule applies: a two-tower model whose settings
     do not already fix the projection, a projection fitted for it (``components`` wide:
-    SMALL_SEED_COMPONENTS, or the encoded width when narrower), and fewer seed users than ``model.small_seed_users``."""
+    SMALL_SEED_COMPONENTS, or the encoded width when narrower), and fewer seed users than
+    ``model.small_seed_users``. It reads the leading small_seed_components(seed_users) of them."""
     if model.kind != "two_tower" or model.input_projection is not None or model.small_seed_users is None or seed_users is None:
         return model
     if seed_users >= model.small_seed_users:
@@ -68,10 +70,11 @@ def model_for_seed(model: ModelConfig, seed_users: float | None, components: int
         return model
     if not components:
         return model
+    k = min(small_seed_components(seed_users), components)
     log.info(
         "small-seed rule: about %.0f training seed users (< model.small_seed_users = %d): %d principal components, a linear head",
         seed_users,
         model.small_seed_users,
-        components,
+        k,
     )
-    return replace(model, input_projection=components, hidden_dims=[], similarity="dot")
+    return replace(model, input_projection=k, hidden_dims=[], similarity="dot")
