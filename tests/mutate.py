@@ -161,8 +161,15 @@ MUTATIONS = [
     (
         "epoch-end PRV composes one step too few on the planned domain",
         "privacy/accountants.py",
-        "pmf = fft.irfft(spectrum**steps, n=len(step.pmf))",
-        "pmf = fft.irfft(spectrum ** (steps - 1), n=len(step.pmf))",
+        "pmf = fft.irfft(_integer_power(spectrum, steps), n=len(step.pmf))",
+        "pmf = fft.irfft(_integer_power(spectrum, steps - 1), n=len(step.pmf))",
+        ["tests/test_accounting.py::test_epoch_end_epsilon_on_the_planned_domain_bounds_opacus"],
+    ),
+    (
+        "epoch-end PRV's repeated squaring drops the odd factors after the first",
+        "privacy/accountants.py",
+        "            result = base.copy() if result is None else result * base",
+        "            result = base.copy() if result is None else result",
         ["tests/test_accounting.py::test_epoch_end_epsilon_on_the_planned_domain_bounds_opacus"],
     ),
     (
