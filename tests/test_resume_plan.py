@@ -112,3 +112,31 @@ def test_a_checkpoint_naming_an_entry_that_never_trained_is_refused(cfg_factory,
     with pytest.raises(LookalikeError, match="released no size estimate"):
         run(cfg_factory(*settings[:2], f"trainer.resume_from={path}", out=out, owner=False))
     assert ledger.entry(entry["id"])["status"] == "reserved" and ledger.entry(entry["id"])["claim"] == entry["claim"]
+
+
+def test_a_checkpoint_of_another_model_width_is_refused_and_the_reservation_kept(cfg_factory, tmp_path, monkeypatch):
+    """A run killed under one small-seed tier, resumed by code whose tier for the same DP estimate
+    is wider (another version: here the 8-component tier moved below the demo's ~190 training
+    seed users), is refused in one line before it logs anything; the same resume fits again
+    once the tiers are the ones that wrote the checkpoint."""
+    from lookalike.model import config as model_config
+
+    out = tmp_path / "out"
+    settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10", "model.small_seed_users=300", "privacy.size_epsilon=2")
+    cfg = cfg_factory(*settings, out=out)
+    monkeypatch.setattr(train_module, "_log_epoch", _crash_in_epoch(2))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.undo()
+    (path,) = out.glob("runs/*/checkpoints/last.pt")
+    assert Checkpoint.load(path).model_state["user_tower.projected.matrix"].shape[1] == 8
+    before = Ledger(cfg.ledger.path).status()
+    monkeypatch.setattr(model_config, "FEW_SEED_USERS", 100)
+    wider = r"checkpoint.s model is not the one this run builds \(user_tower\.mlp\.0\.weight: \(8, 8\) there, \(8, 16\) here\)"
+    with pytest.raises(ConfigError, match=wider) as err:
+        run(cfg_factory(*settings, f"trainer.resume_from={path}", out=out))
+    assert err.value.key == "trainer.resume_from" and Ledger(cfg.ledger.path).status() == before
+    monkeypatch.undo()
+    run(cfg_factory(*settings, f"trainer.resume_from={path}", out=out))
+    entry = Ledger(cfg.ledger.path).entry(Checkpoint.load(path).meta["ledger_entry_id"])
+    assert entry["status"] == "spent"

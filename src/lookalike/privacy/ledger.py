@@ -234,7 +234,7 @@ class Ledger:
                 f"{reserved:.4g}; the spend is recorded and the budget may be overdrawn"
             )
 
-    def take_over(self, entry_id: int, expected: str | None, claim: str) -> None:
+    def take_over(self, entry_id: int, expected: str | None, claim: str | None) -> None:
         """Move an open reservation to a resuming process, atomically: only from the claim the
         checkpoint carries, so the same checkpoint resumed twice trains once (the second finds
         the claim already moved and is refused)."""

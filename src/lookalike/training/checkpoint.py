@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lookalike.errors import LookalikeError, no_space_left
+from lookalike.errors import ConfigError, LookalikeError, no_space_left
 
 
 @dataclass
@@ -77,3 +77,19 @@ class Checkpoint:
             return cls(**raw)
         except Exception as exc:  # a foreign or corrupt file: say so in one line
             raise LookalikeError(f"checkpoint '{path}' is not a lookalike checkpoint ({type(exc).__name__})") from exc
+
+    def check_fits(self, model: torch.nn.Module) -> None:
+        """Refuse, in one line and before anything is logged, a checkpoint whose weights are not
+        the model this run builds: one written by another version, whose small-seed rule chose
+        another width for the same seed estimate, or an edited file. The shapes are compared,
+        name by name; the reservation stays for a resume that fits."""
+        mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in self.model_state.items()}
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            first = differ[0]
+            raise ConfigError(
+                "trainer.resume_from",
+                f"the checkpoint's model is not the one this run builds ({first}: {theirs.get(first)} there, {mine.get(first)} here): "
+                "resume with the version and settings that wrote it, or start a fresh run",
+            )

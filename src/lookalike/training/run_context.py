@@ -65,6 +65,7 @@ class RunContext:
         self.entry_id: int | None = None
         self.claim = uuid.uuid4().hex  # this process's hold on its reservation (a resume takes it over)
         self.resumed = False
+        self.adopted_claim: str | None = None  # the claim of the checkpoint a resume took over
         self.training_started = False
         self.finished = False
         self.result: TrainResult | None = None
@@ -155,7 +156,7 @@ class RunContext:
         if entry["fingerprint"] != self._matched().fingerprint:
             raise ConfigError("trainer.resume_from", "the checkpoint's reservation is on another budget; resume with the same data")
         self.ledger.take_over(entry["id"], resume.meta.get("claim"), self.claim)
-        self.entry_id, self.resumed = entry["id"], True
+        self.entry_id, self.resumed, self.adopted_claim = entry["id"], True, resume.meta.get("claim")
         self.size = SizeEstimate(**planned["size"]) if planned.get("size") else None
 
     def release_counts(self) -> None:
@@ -220,6 +221,11 @@ class RunContext:
         """On failure a reservation stays charged once training began; before, only the counts
         released under it are (whether the run was refused on them or failed for any other
         reason), and the rest is given back."""
+        if self.private and self.entry_id is not None and self.resumed and not self.training_started:
+            # Refused before its first step (a checkpoint of another model, say): nothing trained
+            # here, so the claim goes back to the checkpoint, which can resume it again.
+            self.ledger.take_over(self.entry_id, self.claim, self.adopted_claim)
+            return
         if not self.private or self.entry_id is None or self.training_started or self.resumed:
             return
         if self.size is not None:

@@ -137,9 +137,11 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     estimate = ctx.estimate if model_kind(cfg.model.kind).learned else None
     examples = inputs.examples(estimate) if estimate is not None else None
     model_cfg = inputs.model_config(cfg, estimate)
+    model: Any = inputs.build_model(cfg, model_cfg)
+    if inputs.resume is not None:
+        inputs.resume.check_fits(model)
     # The settings the run trained, after the small-seed rule (a function of the DP estimate).
     mlflow.log_param("model.input_projection_used", model_cfg.input_projection or "null")
-    model: Any = inputs.build_model(cfg, model_cfg)
     grad_sample = inputs.grad_sample_route(cfg, model)  # made-up users only: decided before the go, like check_model's
     tensors = inputs.training_tensors()
     # Nothing above read the data through a DP step, so a failure there releases the reservation
