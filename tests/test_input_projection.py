@@ -176,6 +176,8 @@ def test_fewer_components_are_the_leading_ones_of_a_wider_fit():
     np.testing.assert_allclose(wide.leading(8).matrix, narrow.matrix, atol=1e-10)
     np.testing.assert_array_equal(wide.leading(8).mean, narrow.mean)
     assert wide.leading(16) is wide
+    with pytest.raises(ValueError, match="17 components asked of a projection fitted with 16"):
+        wide.leading(17)
 
 
 def test_a_run_between_the_tiers_reads_16_components(cfg_factory, tmp_path, monkeypatch):

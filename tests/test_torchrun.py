@@ -15,16 +15,17 @@ from mlflow.tracking import MlflowClient
 from lookalike.privacy.ledger import Ledger
 from tests.conftest import grant
 
-# Seeds secrets.randbits (DP-SGD's noise and Poisson sample, the size release) 1, 2, 3... per rank in
-# the runs it is put before: the fixed_entropy fixture (tests/conftest.py) for subprocesses.
+# Seeds secrets.randbits (DP-SGD's noise and Poisson sample, the size release) from ENTROPY_BASE, 1000
+# apart per rank, in the runs it is put before: the fixed_entropy fixture (tests/conftest.py) for
+# subprocesses. Each launch takes its own base, so the two launches' noise differs.
 FIXED_ENTROPY = """import itertools, os, secrets
-_seeds = itertools.count(1 + 1000 * int(os.environ.get("RANK", "0")))
+_seeds = itertools.count(int(os.environ["ENTROPY_BASE"]) + 1000 * int(os.environ.get("RANK", "0")))
 secrets.randbits = lambda bits: next(_seeds)
 """
 
 
 def train_cli(
-    demo_dir, out, launcher: list[str], *extra: str, budget: float = 1e5, exact_size: bool = True, entropy_from: Path | None = None
+    demo_dir, out, launcher: list[str], *extra: str, budget: float = 1e5, exact_size: bool = True, entropy_from: Path | None = None, entropy_base: int = 1
 ) -> subprocess.CompletedProcess:
     grant(out / "privacy_ledger.sqlite", demo_dir / "publisher", budget)
     args = [
@@ -44,6 +45,7 @@ def train_cli(
     env = os.environ | {"OMP_NUM_THREADS": "1"}  # one thread per rank: two ranks on a 2-core machine
     if entropy_from is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(entropy_from), env.get("PYTHONPATH")]))
+        env["ENTROPY_BASE"] = str(entropy_base)
     return subprocess.run([*launcher, "-m", "lookalike.training.train", *args], capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -67,7 +69,13 @@ def test_two_processes_account_like_one_and_learn_alike(demo_dir, tmp_path):
     seeded = fixed_entropy_dir(tmp_path)
     single = train_cli(demo_dir, tmp_path / "single", [sys.executable], entropy_from=seeded)
     assert single.returncode == 0, single.stderr[-3000:]
-    multi = train_cli(demo_dir, tmp_path / "multi", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], entropy_from=seeded)
+    multi = train_cli(
+        demo_dir,
+        tmp_path / "multi",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+        entropy_from=seeded,
+        entropy_base=10_001,
+    )
     assert multi.returncode == 0, multi.stderr[-3000:]
     (one,), (two,) = logged(tmp_path / "single"), logged(tmp_path / "multi")  # rank 1 logged nothing
     m1, m2 = one.data.metrics, two.data.metrics

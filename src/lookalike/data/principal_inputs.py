@@ -80,7 +80,9 @@ class InputProjection:
 
     def leading(self, k: int) -> "InputProjection":
         """The top ``k`` of these components: what a fit of ``k`` would give (each is whitened alone)."""
-        return self if k >= self.matrix.shape[1] else InputProjection(self.mean, self.matrix[:, :k])
+        if k > self.matrix.shape[1]:
+            raise ValueError(f"{k} components asked of a projection fitted with {self.matrix.shape[1]}")
+        return self if k == self.matrix.shape[1] else InputProjection(self.mean, self.matrix[:, :k])
 
 
 def check_width(spec: FeatureSpec, k: int) -> None:
