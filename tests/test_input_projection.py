@@ -180,6 +180,7 @@ def test_fewer_components_are_the_leading_ones_of_a_wider_fit():
         wide.leading(17)
 
 
+@pytest.mark.slow  # three runs (or one with its bundle): make test runs it, make test-fast skips it
 def test_a_run_between_the_tiers_reads_16_components(cfg_factory, tmp_path, monkeypatch):
     """The demo's ~190 training seed users with the 8-component tier moved below them: the run
     trains on the 16 fitted components, and its bundle carries that projection."""

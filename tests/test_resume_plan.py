@@ -114,6 +114,7 @@ def test_a_checkpoint_naming_an_entry_that_never_trained_is_refused(cfg_factory,
     assert ledger.entry(entry["id"])["status"] == "reserved" and ledger.entry(entry["id"])["claim"] == entry["claim"]
 
 
+@pytest.mark.slow  # three runs (or one with its bundle): make test runs it, make test-fast skips it
 def test_a_checkpoint_of_another_model_width_is_refused_and_the_reservation_kept(cfg_factory, tmp_path, monkeypatch):
     """A run killed under one small-seed tier, resumed by code whose tier for the same DP estimate
     is wider (another version: here the 8-component tier moved below the demo's ~190 training
