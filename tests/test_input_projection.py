@@ -143,17 +143,26 @@ def test_the_small_seed_rule_switches_only_below_its_threshold():
     assert model_for_seed(ModelConfig(kind="logistic", small_seed_users=300), 10.0, 16).kind == "logistic"
 
 
+def _rule_run(cfg, out):
+    """Run ``cfg``; the width it logged as model.input_projection_used, and its bundle's model and meta."""
+    from tests.test_train import runs_of
+
+    run(cfg)
+    (logged,) = runs_of(cfg)
+    (bundle,) = sorted((out / "runs").glob("*/bundle"))
+    model, _, meta = load_bundle(bundle)
+    return logged.data.params["model.input_projection_used"], model, meta
+
+
 def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_path):
     from tests.test_train import runs_of
 
     # The demo's two audiences: about 190 training seed users. The size estimate at the debug
     # profile's size_epsilon (2) has a std of a few users, so the thresholds hold.
-    cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2")
-    run(cfg)
-    (logged,) = runs_of(cfg)
-    assert logged.data.params["model.input_projection_used"] == "8"
-    (bundle,) = sorted((tmp_path / "out" / "runs").glob("*/bundle"))
-    model, _, meta = load_bundle(bundle)
+    used, model, meta = _rule_run(
+        cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2"), tmp_path / "out"
+    )
+    assert used == "8"
     assert meta["model"]["input_projection"] == 8 and meta["model"]["hidden_dims"] == [] and model.user_tower.categorical is None
     cfg = cfg_factory("model.small_seed_users=50", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2", out=tmp_path / "big")
     run(cfg)
@@ -180,20 +189,17 @@ def test_fewer_components_are_the_leading_ones_of_a_wider_fit():
         wide.leading(17)
 
 
-@pytest.mark.slow  # three runs (or one with its bundle): make test runs it, make test-fast skips it
+@pytest.mark.slow  # a DP run and its bundle: make test runs it, make test-fast skips it
 def test_a_run_between_the_tiers_reads_16_components(cfg_factory, tmp_path, monkeypatch):
     """The demo's ~190 training seed users with the 8-component tier moved below them: the run
     trains on the 16 fitted components, and its bundle carries that projection."""
     from lookalike.model import config as model_config
-    from tests.test_train import runs_of
 
     monkeypatch.setattr(model_config, "FEW_SEED_USERS", 100)
-    cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2")
-    run(cfg)
-    (logged,) = runs_of(cfg)
-    assert logged.data.params["model.input_projection_used"] == "16"
-    (bundle,) = sorted((tmp_path / "out" / "runs").glob("*/bundle"))
-    model, _, meta = load_bundle(bundle)
+    used, model, meta = _rule_run(
+        cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2"), tmp_path / "out"
+    )
+    assert used == "16"
     assert meta["model"]["input_projection"] == 16 and tuple(model.user_tower.projected.matrix.shape)[1] == 16
 
 

@@ -11,6 +11,7 @@ released (run_context.RESUME_FREE); a changed one is refused in one line, chargi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,15 +60,21 @@ def _crash_in_epoch(n: int):
     return log_epoch
 
 
-def test_an_edited_checkpoint_neither_changes_the_plan_nor_undercharges(cfg_factory, tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10")
-    cfg = cfg_factory(*settings, out=out)
+def _killed_in_epoch_2(cfg, out, monkeypatch) -> Path:
+    """Run ``cfg`` until it is killed in its second epoch; the first epoch's checkpoint."""
     monkeypatch.setattr(train_module, "_log_epoch", _crash_in_epoch(2))
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     monkeypatch.undo()
     (path,) = out.glob("runs/*/checkpoints/last.pt")
+    return path
+
+
+def test_an_edited_checkpoint_neither_changes_the_plan_nor_undercharges(cfg_factory, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10")
+    cfg = cfg_factory(*settings, out=out)
+    path = _killed_in_epoch_2(cfg, out, monkeypatch)
     ledger = Ledger(cfg.ledger.path)
     entry = ledger.entry(Checkpoint.load(path).meta["ledger_entry_id"])
     assert entry["status"] == "reserved" and json.loads(entry["plan"])["settings"]["privacy.target_epsilon"] == "1.0"
@@ -114,7 +121,7 @@ def test_a_checkpoint_naming_an_entry_that_never_trained_is_refused(cfg_factory,
     assert ledger.entry(entry["id"])["status"] == "reserved" and ledger.entry(entry["id"])["claim"] == entry["claim"]
 
 
-@pytest.mark.slow  # three runs (or one with its bundle): make test runs it, make test-fast skips it
+@pytest.mark.slow  # three runs: make test runs it, make test-fast skips it
 def test_a_checkpoint_of_another_model_width_is_refused_and_the_reservation_kept(cfg_factory, tmp_path, monkeypatch):
     """A run killed under one small-seed tier, resumed by code whose tier for the same DP estimate
     is wider (another version: here the 8-component tier moved below the demo's ~190 training
@@ -125,11 +132,7 @@ def test_a_checkpoint_of_another_model_width_is_refused_and_the_reservation_kept
     out = tmp_path / "out"
     settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10", "model.small_seed_users=300", "privacy.size_epsilon=2")
     cfg = cfg_factory(*settings, out=out)
-    monkeypatch.setattr(train_module, "_log_epoch", _crash_in_epoch(2))
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
-    monkeypatch.undo()
-    (path,) = out.glob("runs/*/checkpoints/last.pt")
+    path = _killed_in_epoch_2(cfg, out, monkeypatch)
     assert Checkpoint.load(path).model_state["user_tower.projected.matrix"].shape[1] == 8
     before = Ledger(cfg.ledger.path).status()
     monkeypatch.setattr(model_config, "FEW_SEED_USERS", 100)
