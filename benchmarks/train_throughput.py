@@ -9,8 +9,8 @@ capped at 5,000 and once with all 1,000,000, and with one more 1,000,000-value c
     .venv/bin/python benchmarks/train_throughput.py --extra trainer.sparse_tables_from=null   # every table dense
 
 Every route trains at the same expected batch (``--batch-size``, 1,024): the batch rule gives DP
-runs far larger batches, which would hide DP's per-step cost. Each route trains four epochs and
-the rest are timed (the first warms up), the per-epoch accounting included (PRV, the default);
+runs far larger batches, which would hide DP's per-step cost. Each route trains ``--epochs`` (8) and
+all but the first are timed (it warms up), the per-epoch accounting included (PRV, the default);
 routes run interleaved, ``--repeats`` times. DP / non-private is the median over repeats of each
 repeat's own ratio (its DP run against the non-private run just before it, so a machine that
 slows for a minute slows both), with the min-max beside it; examples/s are medians, and the time

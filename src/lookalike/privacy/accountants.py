@@ -116,7 +116,7 @@ def _integer_power(z: np.ndarray, n: int) -> np.ndarray:
     result, base = None, z
     while n:
         if n & 1:
-            result = base.copy() if result is None else result * base
+            result = base if result is None else result * base  # products are new arrays: z stays as it was
         n >>= 1
         if n:
             base = base * base
