@@ -357,6 +357,27 @@ MUTATIONS = [
         "return tail",
         ["tests/test_audit_bound.py"],
     ),
+    (
+        "label_rr: a user's labels each flipped at the whole epsilon, not its share",
+        "privacy/label_rr.py",
+        "return 1.0 / (1.0 + math.exp(epsilon / audiences))",
+        "return 1.0 / (1.0 + math.exp(epsilon))",
+        ["tests/test_label_rr.py::test_each_label_flips_at_the_rate_its_share_of_epsilon_calls_for"],
+    ),
+    (
+        "label_rr: the training population leaves out held-out seed users only",
+        "data/matching.py",
+        "population = np.flatnonzero((draws[:, 0] >= holdout_fraction) & in_background_range(",
+        "population = np.flatnonzero(~held & in_background_range(",
+        ["tests/test_label_rr.py::test_joining_the_seed_changes_one_users_labels_and_no_row"],
+    ),
+    (
+        "label_rr: the loop trains on the exact labels",
+        "training/label_rr_fit.py",
+        "flipped = randomized_labels(exact, epsilon)",
+        "flipped = exact",
+        ["tests/test_label_rr.py::test_a_label_rr_run_trains_every_user_and_charges_its_epsilon"],
+    ),
 ]
 
 

@@ -19,6 +19,12 @@ user move several other users in or out of training).
 
 A user already in one audience who joins another changes their positive example's target: a
 replace-one change, covered at twice the epsilon (group privacy of add/remove).
+
+With ``population_labels`` (``privacy.mechanism=label_rr``, privacy/label_rr.py) the layout is
+the one randomised response needs: the training rows are the background users outside the
+hold-out range, *every* such user whether in the seed or not, each with their exact membership
+as target (randomised before training). No row depends on who is in the seed; joining it changes
+one user's labels, nothing else.
 """
 
 from __future__ import annotations
@@ -79,7 +85,14 @@ def match_seed(
 
 
 def lay_out(
-    publisher_ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], *, holdout_fraction: float, negative_rate: float, eval_negative_rate: float, draws: np.ndarray
+    publisher_ids: pa.ChunkedArray,
+    seeds: dict[str, np.ndarray],
+    *,
+    holdout_fraction: float,
+    negative_rate: float,
+    eval_negative_rate: float,
+    draws: np.ndarray,
+    population_labels: bool = False,
 ) -> TrainingSet:
     """The split of these rows (all of the table, or one torchrun rank's share), unchecked:
     the size checks need the counts of the whole table (check_matched)."""
@@ -96,6 +109,11 @@ def lay_out(
     other = draws[:, 1]
     in_eval_range = other < eval_negative_rate
     eval_negatives = np.flatnonzero(~is_seed & in_eval_range)
+    if population_labels:
+        # Every user in the hold-out range leaves training, seed or not: a label-independent set.
+        population = np.flatnonzero((draws[:, 0] >= holdout_fraction) & in_background_range(draws, negative_rate, eval_negative_rate))
+        labels = member[population].astype(np.float32)
+        return TrainingSet(audiences, population, labels, holdout_rows, eval_negatives, np.flatnonzero(in_eval_range), matched)
     background = np.flatnonzero(~held & in_background_range(draws, negative_rate, eval_negative_rate))
     train_rows = np.concatenate([background, positives])
     labels = np.concatenate([np.zeros((background.size, len(audiences)), dtype=np.float32), member[positives].astype(np.float32)])

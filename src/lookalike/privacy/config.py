@@ -13,6 +13,8 @@ from lookalike.privacy.accounting import ACCOUNTANTS, GRAD_SAMPLE_MODES
 from lookalike.privacy.rules import MIN_SEED_RANGE
 from lookalike.settings import number, one_of, set_value, whole
 
+MECHANISMS = ("dp_sgd", "label_rr")
+
 
 @dataclass
 class PrivacyConfig:
@@ -25,6 +27,7 @@ class PrivacyConfig:
     accountant: str = "prv"  # prv (tight) or rdp
     grad_sample_mode: str = "fused"  # fused (our ghost clipping), or Opacus' hooks / functorch (several times slower)
     secure_mode: bool = False  # Opacus' secure RNG: needs torchcsprng, which has no build for current torch, so true is refused
+    mechanism: str = "dp_sgd"  # dp_sgd, or label_rr: randomised response on the seed labels, then plain training (privacy/label_rr.py)
 
     def check(self) -> None:
         if not self.enabled:
@@ -37,6 +40,7 @@ class PrivacyConfig:
             if not 0 < number(f"privacy.{key}", value) < upper:
                 raise ConfigError(f"privacy.{key}", f"'{value}' must be {bound}")
         one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
+        one_of("privacy.mechanism", self.mechanism, MECHANISMS)
         if self.secure_mode and importlib.util.find_spec("torchcsprng") is None:
             # Opacus' secure_mode draws noise from torchcsprng, whose last release (0.2.1, 2021)
             # has no build for current torch: refuse up front rather than fail mid-run.

@@ -166,7 +166,27 @@ class TrainConfig(SharedSections):
             )
         if self.tuning.mean_trials is not None:
             self._check_tuning()
+        if self.label_rr:
+            self._check_label_rr()
         self.check_outputs({"paths.output_dir": self.paths.output_dir})
+
+    @property
+    def label_rr(self) -> bool:
+        """Randomised response on the seed labels protects this run, not DP-SGD (privacy/label_rr.py)."""
+        return bool(self.privacy.enabled) and self.privacy.mechanism == "label_rr"
+
+    def _check_label_rr(self) -> None:
+        """One draw of the labels, trained on in one process: what would draw them again, or
+        needs DP-SGD's steps, is refused before anything is reserved."""
+        needs = (
+            (not model_kind(self.model.kind).learned, "model.kind", f"a trained model; model.kind={self.model.kind} has its own DP release"),
+            (self.audit.enabled, "audit.enabled", "false: the canary audit measures DP-SGD's steps"),
+            (self.tuning.mean_trials is not None, "tuning.mean_trials", "null: private tuning's trials are DP-SGD runs"),
+            (self.trainer.resume_from is not None, "trainer.resume_from", "null: a resume would draw the labels again; start a fresh run"),
+        )
+        for failed, key, what in needs:
+            if failed:
+                raise ConfigError(key, f"privacy.mechanism=label_rr needs {what}")
 
     def _check_tuning(self) -> None:
         """Private tuning picks the best trial by a noisy count of held-out seed users, in one process."""
@@ -208,7 +228,12 @@ def with_settings(cfg: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
 
 def train_config(cfg: Any) -> TrainConfig:
     """The composed config, checked and typed (one-line ConfigError naming the key otherwise)."""
-    return to_typed(cfg, TrainConfig, other_commands=("export",))
+    config = to_typed(cfg, TrainConfig, other_commands=("export",))
+    if config.label_rr:
+        # Randomised response trains on every user outside the evaluation range, seed or not:
+        # the background is all of it (data.negative_rate is logged as that).
+        config.data.negative_rate = 1.0 - float(config.data.eval_negative_rate)
+    return config
 
 
 ConfigStore.instance().store(group="lookalike_schema", name="train", node=TrainConfig)

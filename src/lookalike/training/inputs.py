@@ -56,8 +56,8 @@ class Inputs:
         """The model this run trains: ``cfg.model`` or, for a DP run's small seed, the small-seed
         rule's (training/model_rule.py) from ``estimate``, the DP estimate of the training
         examples. A non-private run has no noise to shrink the model for: it trains ``cfg.model``."""
-        if not cfg.privacy.enabled:
-            return cfg.model
+        if not cfg.privacy.enabled or cfg.label_rr:
+            return cfg.model  # randomised response trains every user on plain gradients: no noise either
         examples = estimate
         data = cfg.data
         seed_users = None if examples is None else seed_users_estimate(examples, self.data.in_background_range, data.negative_rate, data.holdout_fraction)
@@ -91,7 +91,7 @@ class Inputs:
     def grad_sample_route(self, cfg: TrainConfig, model: torch.nn.Module) -> GradSampleRoute | None:
         """The per-example gradient route a DP run of ``model`` takes (dp_sgd/route.py); your own
         tower's is tried on made-up users first. None: not a DP-SGD run."""
-        if not (cfg.privacy.enabled and model_kind(cfg.model.kind).learned):
+        if not (cfg.privacy.enabled and model_kind(cfg.model.kind).learned) or cfg.label_rr:
             return None
         if not cfg.model.custom_tower:
             return structural_route(model, cfg.privacy.grad_sample_mode)

@@ -43,6 +43,7 @@ class TrainResult:
     batch_size: int = 0  # the logical batch it ran at (trainer.batch_size or the batch rule's)
     table_route: str = "dense"  # how its big embedding tables trained (training/table_route.py)
     grad_sample_mode: str = "none"  # the per-example gradient route it took (dp_sgd/route.py); none: not private
+    flip_probability: float | None = None  # privacy.mechanism=label_rr: each seed label's chance of being flipped
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

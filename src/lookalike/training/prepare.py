@@ -114,7 +114,7 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
 
     projection = _input_projection(lambda: chunks_of(source, dataset, columns, row_filter, path), spec, cfg, col)
     ids = table.column(data.id_column)
-    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws))
+    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws, cfg.label_rr))
     n_train = totals.pop(TRAIN_COUNT)
     in_background_range = totals.pop(IN_BACKGROUND_RANGE)
     training.matched = totals  # checked against the owners' minimum once their rules are read
@@ -152,7 +152,7 @@ def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpe
     streamed pass over the rows."""
     model = cfg.model
     k = model.input_projection
-    rule = model.small_seed_users is not None and cfg.privacy.enabled  # the rule is for DP runs
+    rule = model.small_seed_users is not None and cfg.privacy.enabled and not cfg.label_rr  # the rule is for DP-SGD runs
     if cfg.tuning.mean_trials is not None:
         rule = rule or any(v is not None for v in cfg.tuning.choices().get("model.small_seed_users", []))
     if k:
@@ -170,7 +170,7 @@ def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpe
     return principal_projection(functools.reduce(InputMoments.merged, parts), k)
 
 
-def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray) -> tuple[TrainingSet, dict[str, int]]:
+def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray, population_labels: bool) -> tuple[TrainingSet, dict[str, int]]:
     training = lay_out(
         ids,
         seeds,
@@ -178,6 +178,7 @@ def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draw
         negative_rate=float(data.negative_rate),
         eval_negative_rate=float(data.eval_negative_rate),
         draws=draws,
+        population_labels=population_labels,
     )
     in_range = int(in_background_range(draws, float(data.negative_rate), float(data.eval_negative_rate)).sum())
     return training, training.matched | {TRAIN_COUNT: training.n_train, IN_BACKGROUND_RANGE: in_range}

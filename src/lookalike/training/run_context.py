@@ -26,6 +26,7 @@ from lookalike.privacy.size_release import SizeEstimate, release_size
 from lookalike.runtime.tracking import flat_params
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig
+from lookalike.training.label_rr_fit import label_rr_summary
 from lookalike.training.loop import TrainResult
 from lookalike.training.private_tuning import TrialPlan
 
@@ -48,6 +49,8 @@ class RunContext:
     def __init__(self, cfg: TrainConfig, data: Any, delta: float | None, ledger: Ledger):
         self.cfg, self.data, self.delta, self.ledger = cfg, data, delta, ledger
         self.private = bool(cfg.privacy.enabled)
+        if cfg.label_rr:
+            self.delta = 0.0  # randomised response is pure: no training delta to reserve or report
         # Held-out metrics are released with DP unless the run is trusted (then they are exact).
         dp_eval = self.private and not cfg.trusted_evaluation
         self.eval_epsilon = float(cfg.evaluation.epsilon) if dp_eval else 0.0
@@ -208,6 +211,9 @@ class RunContext:
         elif self.private and self.entry_id is not None and self.selection is not None:
             # Not a composition of Gaussian steps: charged at face value (events None).
             self.ledger.record_spent(self.entry_id, self.selection.selection_epsilon + self.size_epsilon + self.eval_epsilon, None)
+        elif self.private and self.entry_id is not None and self.cfg.label_rr:
+            # Randomised response is pure epsilon, not a Gaussian step: charged at face value too.
+            self.ledger.record_spent(self.entry_id, (self.result.epsilon or 0.0) + self.size_epsilon + self.eval_epsilon, None)
         elif self.private and self.entry_id is not None:
             events = list(self.result.history) + ([(self.eval_noise_multiplier, 1.0, 1)] if self.eval_epsilon else [])
             events += [(self.size.noise_multiplier, 1.0, 1)] if self.size is not None else []
@@ -256,6 +262,7 @@ class RunContext:
             "lookalike.users": self.data.users.digest,
             "lookalike.audiences": ",".join(self.data.training.audiences),
             "privacy.accountant": str(self.cfg.privacy.accountant) if self.private else "none",
+            "privacy.mechanism": str(self.cfg.privacy.mechanism) if self.private else "none",
             "ledger.entry_id": str(self.entry_id) if self.entry_id is not None else "none",
             "ledger.path": self.ledger.path if is_url(self.ledger.location) else str(Path(self.ledger.location).resolve()),
         }
@@ -300,9 +307,11 @@ class RunContext:
             # Every trial's training and reach score, released as the best one: one epsilon.
             spent = self.selection.selection_epsilon
             tuning = {"privacy.tuning.trial_epsilon": r.epsilon or 0.0, "privacy.tuning.mean_trials": float(self.cfg.tuning.mean_trials or 1)}
+        flips = {"privacy.flip_probability": r.flip_probability} if r.flip_probability is not None else {}
         return (
             size
             | tuning
+            | flips
             | {
                 "privacy.epsilon_spent": spent,
                 "privacy.eval_epsilon": eval_epsilon,
@@ -346,4 +355,6 @@ class RunContext:
                 f"epsilon {self.selection.selection_epsilon:.4f} of target {self.cfg.privacy.target_epsilon} for the tuned search "
                 f"(every trial's training and score; delta {self.selection.delta:.3g}), best trial {r.steps} steps"
             )
+        if r.flip_probability is not None:
+            return label_rr_summary(r, self.cfg.privacy.target_epsilon)
         return f"epsilon {r.epsilon:.4f} of target {self.cfg.privacy.target_epsilon} (delta {self.delta:.3g}), {r.steps} steps"

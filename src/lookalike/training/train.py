@@ -45,6 +45,7 @@ from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig, train_config
 from lookalike.training.holdout_eval import evaluate_holdout
 from lookalike.training.inputs import Inputs, gather_inputs
+from lookalike.training.label_rr_fit import fit_label_rr
 from lookalike.training.loop import TrainResult, check_optimizer, train
 from lookalike.training.private_tuning import check_affordable, plan_trials, tune
 from lookalike.training.run_context import RunContext
@@ -61,6 +62,9 @@ def run(cfg: TrainConfig | DictConfig) -> float | None:
     silence_known_warnings()
     config = train_config(cfg)
     world = world_from_env(config.trainer.collective_timeout_minutes)
+    if world is not None and config.label_rr:
+        # Every rank refuses alike: one draw of the labels, on one process's rows.
+        raise ConfigError("privacy.mechanism", "label_rr trains in one process: run it without torchrun")
     signal = StartSignal(world)
     try:
         if world is not None and not world.primary:
@@ -150,6 +154,8 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
     if not model_kind(cfg.model.kind).learned:
         result = fit_centroid(model, tensors, cfg, inputs.delta or 0.0)
+    elif cfg.label_rr:
+        result = fit_label_rr(model, tensors, cfg, device=inputs.device, save_checkpoint=save, on_epoch_end=_log_epoch)
     else:
         result = train(
             model,
