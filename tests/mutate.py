@@ -378,6 +378,20 @@ MUTATIONS = [
         "flipped = exact",
         ["tests/test_label_rr.py::test_a_label_rr_run_trains_every_user_and_charges_its_epsilon"],
     ),
+    (
+        "mechanism rule reads the exact match counts",
+        "training/run_context.py",
+        "choose_mechanism(self.cfg, self.size.matched, population",
+        "choose_mechanism(self.cfg, self.data.training.matched, population",
+        ["tests/test_label_rr.py::test_auto_decides_on_the_released_counts_and_a_resume_of_its_labels_is_refused"],
+    ),
+    (
+        "a resume of a run that drew its labels goes on",
+        "training/run_context.py",
+        'if planned.get("mechanism", "dp_sgd") != "dp_sgd":',
+        "if False:",
+        ["tests/test_label_rr.py::test_auto_decides_on_the_released_counts_and_a_resume_of_its_labels_is_refused"],
+    ),
 ]
 
 

@@ -3,6 +3,7 @@ seed user changes, the spend in the ledger and MLflow, and the settings it refus
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -18,11 +19,11 @@ from lookalike.privacy.ledger import Ledger
 from lookalike.runtime.tracking import resolve_tracking_uri
 from lookalike.training import label_rr_fit
 from lookalike.training import train as train_module
-from lookalike.training.config import train_config
+from lookalike.training.mechanism_rule import choose_mechanism, label_rr_signal
 from lookalike.training.train import run
 from tests.conftest import untouched
 
-KW = dict(holdout_fraction=0.3, negative_rate=0.7, eval_negative_rate=0.2)
+KW = dict(holdout_fraction=0.3, negative_rate=0.2, eval_negative_rate=0.2)
 
 
 @pytest.mark.parametrize("audiences, epsilon", [(1, 1.0), (3, 1.0), (2, 4.0)])
@@ -66,9 +67,9 @@ def test_bad_labels_and_epsilon_are_refused():
 
 
 def population(ids: pa.Array, seeds: dict, draws: np.ndarray) -> dict[str, tuple]:
-    ts = lay_out(ids, seeds, draws=draws, population_labels=True, **KW)
-    users = np.asarray(ids.to_pylist(), dtype=object)[ts.train_rows]
-    return {u: tuple(label) for u, label in zip(users, ts.train_labels.tolist())}
+    ts = lay_out(ids, seeds, draws=draws, population_rate=0.7, **KW)
+    users = np.asarray(ids.to_pylist(), dtype=object)[ts.population_rows]
+    return {u: tuple(label) for u, label in zip(users, ts.population_labels.tolist())}
 
 
 def test_joining_the_seed_changes_one_users_labels_and_no_row():
@@ -80,7 +81,7 @@ def test_joining_the_seed_changes_one_users_labels_and_no_row():
     base = {"a": np.array([f"u{i}" for i in range(0, 3000, 5)], dtype=object), "b": np.array([f"u{i}" for i in range(0, 3000, 7)], dtype=object)}
     before = population(ids, base, draws)
     held = draws[:, 0] < KW["holdout_fraction"]
-    in_range = (draws[:, 1] >= KW["eval_negative_rate"]) & (draws[:, 1] < KW["eval_negative_rate"] + KW["negative_rate"])
+    in_range = (draws[:, 1] >= KW["eval_negative_rate"]) & (draws[:, 1] < KW["eval_negative_rate"] + 0.7)
     assert set(before) == {f"u{i}" for i in np.flatnonzero(~held & in_range)}
     assert sum(label[0] for label in before.values()) > 0  # seed users train as 1s, the rest as 0s
     changed = 0
@@ -116,13 +117,11 @@ def test_a_label_rr_run_trains_every_user_and_charges_its_epsilon(cfg_factory, f
     passing_through(train_module, "fit_label_rr", "exact")
     passing_through(label_rr_fit, "train", "trained")
     cfg = cfg_factory("privacy.mechanism=label_rr", "privacy.target_epsilon=4", "evaluation.epsilon=50", "trainer.epochs=3", "owner.epsilon=100")
-    typed = train_config(cfg)
-    assert typed.data.negative_rate == pytest.approx(1 - typed.data.eval_negative_rate)
     auc = run(cfg)
     (logged,) = runs_of(cfg)
     m, p, t = logged.data.metrics, logged.data.params, logged.data.tags
     assert p["privacy.mechanism"] == "label_rr" and t["privacy.mechanism"] == "label_rr" and t["lookalike.privacy"] == "dp"
-    assert float(p["data.negative_rate"]) == pytest.approx(1 - typed.data.eval_negative_rate)
+    assert p["privacy.mechanism_used"] == "label_rr" and p["data.negative_rate"] == "0.15"  # DP-SGD's background: not what trained
     assert m["privacy.epsilon_spent"] == 4 and m["privacy.delta"] == 0 and m["privacy.noise_multiplier"] == 0
     assert m["privacy.flip_probability"] == pytest.approx(1 / (1 + math.exp(4 / 2)))  # the demo's two audiences
     assert p["privacy.grad_sample_mode_used"] == "none" and m["trainer.batch_size_used"] == 128
@@ -155,3 +154,66 @@ def test_what_would_draw_the_labels_again_or_needs_dp_sgd_is_refused(cfg_factory
     with pytest.raises(ConfigError, match=rf"'{key}'.*label_rr"):
         run(cfg)
     untouched(tmp_path / "out", cfg.ledger.path)
+
+
+def test_auto_picks_randomised_response_for_a_seed_that_stands_out_and_dp_sgd_otherwise():
+    """The rule's ratio m (P / R) (1 - 2p) / sqrt(P p (1 - p)) against MIN_SIGNAL, on the six
+    tables it was measured on (epsilon 1, one audience, P = 0.95 R as in the benchmark)."""
+    cfg = train_config_of("privacy.mechanism=auto", "privacy.target_epsilon=1")
+    measured = {  # table: (seed users, publisher rows, the mechanism that won)
+        "census_married": (42_119, 199_523, "label_rr"),
+        "fertility": (67_303, 254_654, "label_rr"),
+        "adult": (5_845, 48_842, "label_rr"),
+        "census_kdd": (6_230, 199_523, "dp_sgd"),
+        "telco_churn": (911, 7_043, "dp_sgd"),
+        "caravan": (165, 5_822, "dp_sgd"),
+    }
+    for table, (seed, rows, winner) in measured.items():
+        assert choose_mechanism(cfg, {"a": seed}, int(0.95 * rows), rows) == winner, table
+    # the weakest audience decides, with the epsilon split over the audiences
+    assert choose_mechanism(cfg, {"a": 42_119, "b": 165}, 190_000, 199_523) == "dp_sgd"
+    assert label_rr_signal(42_119, 190_000, 199_523, 1.0, 2) < label_rr_signal(42_119, 190_000, 199_523, 1.0, 1)
+    # no population (torchrun, the audit, tuning, a resume): DP-SGD; an explicit setting is kept
+    assert choose_mechanism(cfg, {"a": 42_119}, 0, 199_523) == "dp_sgd"
+    assert choose_mechanism(train_config_of("privacy.mechanism=dp_sgd"), {"a": 42_119}, 190_000, 199_523) == "dp_sgd"
+
+
+def train_config_of(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from lookalike.paths import CONFIG_DIR
+    from lookalike.training.config import train_config
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return train_config(compose(config_name="train", overrides=["data.publisher_path=x", "data.seed_path=y", *overrides]))
+
+
+def test_auto_decides_on_the_released_counts_and_a_resume_of_its_labels_is_refused(cfg_factory, monkeypatch, tmp_path):
+    """The demo's audiences match about 120 users each: randomised response's signal is about 3
+    and auto trains with DP-SGD. With the release 50,000 above the truth (its noise fixed for the
+    test) the rule reads a seed that stands out and trains by randomised response: it reads the
+    DP counts, not the exact ones. That run's entry keeps the choice, and a resume of it is
+    refused: it would draw the labels again."""
+    import lookalike.training.run_context as run_context
+    from lookalike.privacy.size_release import SizeEstimate
+
+    small = cfg_factory("privacy.mechanism=auto", "trainer.epochs=1", out=tmp_path / "small")
+    run(small)
+    (logged,) = runs_of(small)
+    assert logged.data.params["privacy.mechanism_used"] == "dp_sgd" and logged.data.metrics["privacy.noise_multiplier"] > 0
+
+    shifted = {name: n + 50_000 for name, n in {"luxury": 0, "sports": 0}.items()}
+    monkeypatch.setattr(run_context, "release_size", lambda n, epsilon, delta, matched: SizeEstimate(n, 1.0, {a: matched[a] + shifted[a] for a in matched}))
+    large = cfg_factory("privacy.mechanism=auto", "trainer.epochs=1", out=tmp_path / "large")
+    run(large)
+    (logged,) = runs_of(large)
+    m, p = logged.data.metrics, logged.data.params
+    assert p["privacy.mechanism_used"] == "label_rr" and logged.data.tags["privacy.mechanism"] == "label_rr"
+    assert m["privacy.flip_probability"] == pytest.approx(1 / (1 + math.exp(3.0 / 2))) and m["privacy.noise_multiplier"] == 0
+    entry = Ledger(large.ledger.path).entry(int(logged.data.tags["ledger.entry_id"]))
+    assert json.loads(entry["plan"])["mechanism"] == "label_rr"
+    (checkpoint,) = (tmp_path / "large").rglob("last.pt")
+    again = cfg_factory("privacy.mechanism=auto", "trainer.epochs=1", f"trainer.resume_from={checkpoint}", out=tmp_path / "large", owner=False)
+    with pytest.raises(ConfigError, match=r"'trainer.resume_from'.*randomised response.*start a fresh run"):
+        run(again)
+    assert Ledger(large.ledger.path).entry(int(logged.data.tags["ledger.entry_id"]))["status"] == "spent"

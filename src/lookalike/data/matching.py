@@ -20,17 +20,17 @@ user move several other users in or out of training).
 A user already in one audience who joins another changes their positive example's target: a
 replace-one change, covered at twice the epsilon (group privacy of add/remove).
 
-With ``population_labels`` (``privacy.mechanism=label_rr``, privacy/label_rr.py) the layout is
-the one randomised response needs: the training rows are the background users outside the
-hold-out range, *every* such user whether in the seed or not, each with their exact membership
-as target (randomised before training). No row depends on who is in the seed; joining it changes
-one user's labels, nothing else.
+With a ``population_rate`` (``privacy.mechanism`` label_rr or auto, privacy/label_rr.py) the
+layout also holds the population randomised response trains on: every user whose draws fall
+in ``[eval_negative_rate, eval_negative_rate + population_rate)`` and outside the hold-out range,
+*whether in the seed or not*, each with their exact membership as target (randomised before
+training). No row of it depends on who is in the seed; joining it changes one user's labels.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +50,9 @@ class TrainingSet:
     eval_negative_rows: np.ndarray  # non-seed users outside the training set
     reference_rows: np.ndarray  # users whose draw is in the evaluation range, seed or not: public
     matched: dict[str, int]  # exact match counts: shown only in trusted-evaluation mode
+    # Randomised response's population (none unless asked for): rows and exact labels, secret.
+    population_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    population_labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
     @property
     def n_train(self) -> int:
@@ -92,7 +95,7 @@ def lay_out(
     negative_rate: float,
     eval_negative_rate: float,
     draws: np.ndarray,
-    population_labels: bool = False,
+    population_rate: float = 0.0,
 ) -> TrainingSet:
     """The split of these rows (all of the table, or one torchrun rank's share), unchecked:
     the size checks need the counts of the whole table (check_matched)."""
@@ -109,15 +112,15 @@ def lay_out(
     other = draws[:, 1]
     in_eval_range = other < eval_negative_rate
     eval_negatives = np.flatnonzero(~is_seed & in_eval_range)
-    if population_labels:
-        # Every user in the hold-out range leaves training, seed or not: a label-independent set.
-        population = np.flatnonzero((draws[:, 0] >= holdout_fraction) & in_background_range(draws, negative_rate, eval_negative_rate))
-        labels = member[population].astype(np.float32)
-        return TrainingSet(audiences, population, labels, holdout_rows, eval_negatives, np.flatnonzero(in_eval_range), matched)
     background = np.flatnonzero(~held & in_background_range(draws, negative_rate, eval_negative_rate))
     train_rows = np.concatenate([background, positives])
     labels = np.concatenate([np.zeros((background.size, len(audiences)), dtype=np.float32), member[positives].astype(np.float32)])
-    return TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, np.flatnonzero(in_eval_range), matched)
+    training = TrainingSet(audiences, train_rows, labels, holdout_rows, eval_negatives, np.flatnonzero(in_eval_range), matched)
+    if population_rate > 0:
+        # Every user in the hold-out range leaves it, seed or not: a label-independent set.
+        population = np.flatnonzero((draws[:, 0] >= holdout_fraction) & in_background_range(draws, population_rate, eval_negative_rate))
+        training.population_rows, training.population_labels = population, member[population].astype(np.float32)
+    return training
 
 
 def in_background_range(draws: np.ndarray, negative_rate: float, eval_negative_rate: float) -> np.ndarray:

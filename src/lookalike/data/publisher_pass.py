@@ -50,10 +50,12 @@ def read_publisher(
     data: Any,
     split_seed: int,
     seed_ids: pa.Array,
+    population_rate: float = 0.0,
 ) -> PublisherPass:
-    """Stream ``columns`` of ``source`` (this process's share) once. ``data``: the data config."""
+    """Stream ``columns`` of ``source`` (this process's share) once. ``data``: the data config;
+    ``population_rate``: randomised response's share of the draws' range, kept too."""
     id_column = str(data.id_column)
-    keep_below = float(data.eval_negative_rate) + float(data.negative_rate)
+    keep_below = float(data.eval_negative_rate) + max(float(data.negative_rate), population_rate)
     users, checks = UsersAccumulator(), IdChecks(id_column, path)
     stats: FeatureStatistics | None = None
     kept: list[pa.Table] = []

@@ -13,7 +13,7 @@ from lookalike.privacy.accounting import ACCOUNTANTS, GRAD_SAMPLE_MODES
 from lookalike.privacy.rules import MIN_SEED_RANGE
 from lookalike.settings import number, one_of, set_value, whole
 
-MECHANISMS = ("dp_sgd", "label_rr")
+MECHANISMS = ("dp_sgd", "label_rr", "auto")
 
 
 @dataclass
@@ -27,7 +27,8 @@ class PrivacyConfig:
     accountant: str = "prv"  # prv (tight) or rdp
     grad_sample_mode: str = "fused"  # fused (our ghost clipping), or Opacus' hooks / functorch (several times slower)
     secure_mode: bool = False  # Opacus' secure RNG: needs torchcsprng, which has no build for current torch, so true is refused
-    mechanism: str = "dp_sgd"  # dp_sgd, or label_rr: randomised response on the seed labels, then plain training (privacy/label_rr.py)
+    mechanism: str = "auto"  # dp_sgd; label_rr: randomised response on the labels (privacy/label_rr.py); auto: chosen on the DP counts
+    label_rr_users: Optional[int] = 1_000_000  # label_rr trains on up to about this many publisher users (a keyed-hash sample, seed or not); null: all
 
     def check(self) -> None:
         if not self.enabled:
@@ -41,6 +42,8 @@ class PrivacyConfig:
                 raise ConfigError(f"privacy.{key}", f"'{value}' must be {bound}")
         one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
         one_of("privacy.mechanism", self.mechanism, MECHANISMS)
+        if self.label_rr_users is not None:
+            whole("privacy.label_rr_users", self.label_rr_users)
         if self.secure_mode and importlib.util.find_spec("torchcsprng") is None:
             # Opacus' secure_mode draws noise from torchcsprng, whose last release (0.2.1, 2021)
             # has no build for current torch: refuse up front rather than fail mid-run.

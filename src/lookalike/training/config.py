@@ -172,7 +172,8 @@ class TrainConfig(SharedSections):
 
     @property
     def label_rr(self) -> bool:
-        """Randomised response on the seed labels protects this run, not DP-SGD (privacy/label_rr.py)."""
+        """Randomised response on the seed labels protects this run, set explicitly (privacy/label_rr.py;
+        ``auto`` decides after the DP counts: RunContext.mechanism)."""
         return bool(self.privacy.enabled) and self.privacy.mechanism == "label_rr"
 
     def _check_label_rr(self) -> None:
@@ -228,12 +229,7 @@ def with_settings(cfg: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
 
 def train_config(cfg: Any) -> TrainConfig:
     """The composed config, checked and typed (one-line ConfigError naming the key otherwise)."""
-    config = to_typed(cfg, TrainConfig, other_commands=("export",))
-    if config.label_rr:
-        # Randomised response trains on every user outside the evaluation range, seed or not:
-        # the background is all of it (data.negative_rate is logged as that).
-        config.data.negative_rate = 1.0 - float(config.data.eval_negative_rate)
-    return config
+    return to_typed(cfg, TrainConfig, other_commands=("export",))
 
 
 ConfigStore.instance().store(group="lookalike_schema", name="train", node=TrainConfig)

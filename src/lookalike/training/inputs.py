@@ -38,8 +38,12 @@ class Inputs:
     delta: float | None
     primary: bool = True  # rank 0 (or the only process): it alone trains on the canaries
 
-    def training_tensors(self) -> list[torch.Tensor]:
-        """This process's training examples, the canaries included on rank 0 (inputs..., labels)."""
+    def training_tensors(self, mechanism: str = "dp_sgd") -> list[torch.Tensor]:
+        """This process's training examples, the canaries included on rank 0 (inputs..., labels);
+        for ``label_rr``, randomised response's population with its exact labels (flipped later)."""
+        if mechanism == "label_rr":
+            assert self.data.population_features is not None, "prepare lays out a population for every run that may use label_rr"
+            return self.data.population_features().tensors() + [torch.from_numpy(self.data.training.population_labels)]
         features, labels = self.data.train_features, self.data.training.train_labels
         if self.canaries is not None and self.primary:
             extra, extra_labels = self.canaries.training_rows(len(self.data.training.audiences))
@@ -52,11 +56,11 @@ class Inputs:
         planted = self.canaries.planted if self.canaries is not None else 0
         return estimate + planted
 
-    def model_config(self, cfg: TrainConfig, estimate: int | None) -> ModelConfig:
+    def model_config(self, cfg: TrainConfig, estimate: int | None, mechanism: str = "dp_sgd") -> ModelConfig:
         """The model this run trains: ``cfg.model`` or, for a DP run's small seed, the small-seed
         rule's (training/model_rule.py) from ``estimate``, the DP estimate of the training
         examples. A non-private run has no noise to shrink the model for: it trains ``cfg.model``."""
-        if not cfg.privacy.enabled or cfg.label_rr:
+        if not cfg.privacy.enabled or cfg.label_rr or mechanism == "label_rr":
             return cfg.model  # randomised response trains every user on plain gradients: no noise either
         examples = estimate
         data = cfg.data

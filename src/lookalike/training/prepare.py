@@ -39,6 +39,7 @@ from lookalike.model.config import SMALL_SEED_COMPONENTS
 from lookalike.parallel.collective import Collective
 from lookalike.privacy.fingerprint import UsersKey, merge_parts
 from lookalike.training.config import TrainConfig
+from lookalike.training.mechanism_rule import may_use_label_rr, population_rate
 
 log = logging.getLogger(__name__)
 TRAIN_COUNT = "\0training examples"  # beside the audience names in the counts summed over ranks
@@ -63,6 +64,8 @@ class PreparedData:
     # Private tuning's reference population (one process only): every user whose draw is in the
     # evaluation range, seed or not, so a threshold on their scores is public given the model.
     reference_features: EncodedFeatures | None = None
+    # Randomised response's population (training.population_rows), encoded on demand; None: none.
+    population_features: Callable[[], EncodedFeatures] | None = None
 
 
 def data_users(cfg: TrainConfig) -> UsersKey:
@@ -94,9 +97,12 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     seeds = read_seed(data.seed_path, data.id_column, data.audience_column)
     seed_ids = pa.array(np.unique(np.concatenate(list(seeds.values()))) if seeds else [], type=pa.string())
 
+    # Randomised response's population, as a share of the draws' range (0: this run cannot use it).
+    pop_rate = population_rate(cfg, _file_rows(dataset) if may_use_label_rr(cfg, col.size) else 0, col.size)
+
     def read_and_summarise():
         source, fragments = publisher_source(dataset, columns, row_filter, path, share)
-        read = read_publisher(source, dataset, columns, row_filter, path, kinds, data, int(cfg.seed), seed_ids)
+        read = read_publisher(source, dataset, columns, row_filter, path, kinds, data, int(cfg.seed), seed_ids, pop_rate)
         return (read, source, scan_cost(fragments, columns, read.rows, share)), (read.rows, read.stats, read.users)
 
     (read, source, scan), parts = col.exchange(read_and_summarise)
@@ -114,7 +120,7 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
 
     projection = _input_projection(lambda: chunks_of(source, dataset, columns, row_filter, path), spec, cfg, col)
     ids = table.column(data.id_column)
-    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws, cfg.label_rr))
+    training, totals = col.total(lambda: _lay_out(ids, seeds, data, draws, pop_rate))
     n_train = totals.pop(TRAIN_COUNT)
     in_background_range = totals.pop(IN_BACKGROUND_RANGE)
     training.matched = totals  # checked against the owners' minimum once their rules are read
@@ -127,6 +133,9 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     train_features, evaluation = col.collect(encode_mine)
     holdout, eval_negatives = _joined(evaluation, training.audiences) if evaluation else _nothing(train_features, training.audiences)
     reference = encode(table.take(training.reference_rows), spec, path) if cfg.tuning.mean_trials is not None and col.size == 1 else None
+    # Encoded only if the run trains by randomised response (decided after its DP counts); until
+    # then the kept rows stay as Arrow columns, far smaller than their encoding.
+    population = functools.partial(_encode_rows, table, training.population_rows, spec, path) if training.population_rows.size else None
     return PreparedData(
         spec=spec,
         training=training,
@@ -140,7 +149,22 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
         projection=projection,
         in_background_range=in_background_range,
         reference_features=reference,
+        population_features=population,
     )
+
+
+def _file_rows(dataset: Any) -> int:
+    """The rows the publisher's files hold, from their footers (public, before the window): the
+    scale of randomised response's population. 0 where a footer cannot be read; the streamed
+    pass then refuses the file in one line naming it."""
+    try:
+        return int(dataset.count_rows())
+    except (pa.ArrowException, OSError):
+        return 0
+
+
+def _encode_rows(table: pa.Table, rows: np.ndarray, spec: FeatureSpec, path: str) -> EncodedFeatures:
+    return encode(table.take(rows), spec, path)
 
 
 def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpec, cfg: TrainConfig, col: Collective) -> InputProjection | None:
@@ -170,7 +194,7 @@ def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpe
     return principal_projection(functools.reduce(InputMoments.merged, parts), k)
 
 
-def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray, population_labels: bool) -> tuple[TrainingSet, dict[str, int]]:
+def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draws: np.ndarray, pop_rate: float) -> tuple[TrainingSet, dict[str, int]]:
     training = lay_out(
         ids,
         seeds,
@@ -178,7 +202,7 @@ def _lay_out(ids: pa.ChunkedArray, seeds: dict[str, np.ndarray], data: Any, draw
         negative_rate=float(data.negative_rate),
         eval_negative_rate=float(data.eval_negative_rate),
         draws=draws,
-        population_labels=population_labels,
+        population_rate=pop_rate,
     )
     in_range = int(in_background_range(draws, float(data.negative_rate), float(data.eval_negative_rate)).sum())
     return training, training.matched | {TRAIN_COUNT: training.n_train, IN_BACKGROUND_RANGE: in_range}

@@ -28,6 +28,7 @@ from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig
 from lookalike.training.label_rr_fit import label_rr_summary
 from lookalike.training.loop import TrainResult
+from lookalike.training.mechanism_rule import choose_mechanism
 from lookalike.training.private_tuning import TrialPlan
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class RunContext:
     def __init__(self, cfg: TrainConfig, data: Any, delta: float | None, ledger: Ledger):
         self.cfg, self.data, self.delta, self.ledger = cfg, data, delta, ledger
         self.private = bool(cfg.privacy.enabled)
+        # dp_sgd or label_rr, fixed by the setting or, for auto, on the DP counts (release_counts).
+        self.mechanism = "none" if not self.private else "label_rr" if cfg.label_rr else "dp_sgd"
         if cfg.label_rr:
             self.delta = 0.0  # randomised response is pure: no training delta to reserve or report
         # Held-out metrics are released with DP unless the run is trusted (then they are exact).
@@ -150,6 +153,11 @@ class RunContext:
                     f"is {mine.get(key)} but the run's ledger entry {entry['id']} planned {settings.get(key)}: a resumed run keeps its plan, "
                     "which its ledger reservation covers; resume with the original settings",
                 )
+        if planned.get("mechanism", "dp_sgd") != "dp_sgd":
+            # Its labels were drawn once; training again would draw them again, uncharged.
+            raise ConfigError(
+                "trainer.resume_from", f"ledger entry {entry['id']} trained by randomised response on the labels, which does not resume: start a fresh run"
+            )
         if entry["status"] != "reserved":
             raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
         if planned.get("size") is None:
@@ -172,8 +180,21 @@ class RunContext:
         self.size = release_size(self.data.n_train, self.size_epsilon, self.size_delta, training.matched)
         assert self.entry_id is not None  # open_reservation reserved for this private run
         self.ledger.note(self.entry_id, "size", asdict(self.size))
+        self._choose_mechanism()
         if not self.cfg.trusted_evaluation:
             check_released_matched(self.size.matched, self._rules().min_matching_seed_size, self.size_epsilon)
+
+    def _choose_mechanism(self) -> None:
+        """``privacy.mechanism=auto`` decides here, on the counts just released, and the entry
+        keeps the choice: a resume follows it, and refuses a run that drew its labels."""
+        assert self.size is not None and self.entry_id is not None
+        population = int(self.data.training.population_rows.size)
+        self.mechanism = choose_mechanism(self.cfg, self.size.matched, population, int(self.data.publisher_rows))
+        if self.mechanism == "label_rr":
+            self.delta = 0.0
+        self.ledger.note(self.entry_id, "mechanism", self.mechanism)
+        if self.cfg.privacy.mechanism == "auto":
+            log.info("privacy.mechanism=auto: %s, from the DP counts of the seed (training/mechanism_rule.py)", self.mechanism)
 
     @property
     def estimate(self) -> int | None:
@@ -211,7 +232,7 @@ class RunContext:
         elif self.private and self.entry_id is not None and self.selection is not None:
             # Not a composition of Gaussian steps: charged at face value (events None).
             self.ledger.record_spent(self.entry_id, self.selection.selection_epsilon + self.size_epsilon + self.eval_epsilon, None)
-        elif self.private and self.entry_id is not None and self.cfg.label_rr:
+        elif self.private and self.entry_id is not None and self.mechanism == "label_rr":
             # Randomised response is pure epsilon, not a Gaussian step: charged at face value too.
             self.ledger.record_spent(self.entry_id, (self.result.epsilon or 0.0) + self.size_epsilon + self.eval_epsilon, None)
         elif self.private and self.entry_id is not None:
@@ -262,7 +283,7 @@ class RunContext:
             "lookalike.users": self.data.users.digest,
             "lookalike.audiences": ",".join(self.data.training.audiences),
             "privacy.accountant": str(self.cfg.privacy.accountant) if self.private else "none",
-            "privacy.mechanism": str(self.cfg.privacy.mechanism) if self.private else "none",
+            "privacy.mechanism": self.mechanism,
             "ledger.entry_id": str(self.entry_id) if self.entry_id is not None else "none",
             "ledger.path": self.ledger.path if is_url(self.ledger.location) else str(Path(self.ledger.location).resolve()),
         }

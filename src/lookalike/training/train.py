@@ -140,21 +140,25 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
 
     estimate = ctx.estimate if model_kind(cfg.model.kind).learned else None
     examples = inputs.examples(estimate) if estimate is not None else None
-    model_cfg = inputs.model_config(cfg, estimate)
+    label_rr = ctx.mechanism == "label_rr"  # set or chosen on the DP counts (training/mechanism_rule.py)
+    if not label_rr:
+        inputs.data.population_features = None  # the rows kept for randomised response go now
+    model_cfg = inputs.model_config(cfg, estimate, ctx.mechanism)
     model: Any = inputs.build_model(cfg, model_cfg)
     if inputs.resume is not None:
         inputs.resume.check_fits(model)
-    # The settings the run trained, after the small-seed rule (a function of the DP estimate).
-    mlflow.log_param("model.input_projection_used", model_cfg.input_projection or "null")
-    grad_sample = inputs.grad_sample_route(cfg, model)  # made-up users only: decided before the go, like check_model's
-    tensors = inputs.training_tensors()
+    # The settings the run trained, after the small-seed and mechanism rules (functions of the DP counts).
+    mlflow.log_params({"model.input_projection_used": model_cfg.input_projection or "null", "privacy.mechanism_used": ctx.mechanism})
+    # made-up users only: decided before the go, like check_model's
+    grad_sample = None if label_rr else inputs.grad_sample_route(cfg, model)
+    tensors = inputs.training_tensors(ctx.mechanism)
     # Nothing above read the data through a DP step, so a failure there releases the reservation
     # (less the DP counts already released); from the go to the other ranks on, it stays charged.
     ctx.begin_training()
     signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
     if not model_kind(cfg.model.kind).learned:
         result = fit_centroid(model, tensors, cfg, inputs.delta or 0.0)
-    elif cfg.label_rr:
+    elif label_rr:
         result = fit_label_rr(model, tensors, cfg, device=inputs.device, save_checkpoint=save, on_epoch_end=_log_epoch)
     else:
         result = train(
