@@ -147,11 +147,12 @@ def test_a_label_rr_run_trains_every_user_and_charges_its_epsilon(cfg_factory, f
         ("model=centroid", "model.kind"),
         ("tuning.mean_trials=2", "tuning.mean_trials"),
         ("trainer.resume_from=/nonexistent/last.pt", "trainer.resume_from"),
+        ("privacy.label_rr_users=1", "privacy.label_rr_users"),
     ],
 )
 def test_what_would_draw_the_labels_again_or_needs_dp_sgd_is_refused(cfg_factory, tmp_path, setting, key):
     cfg = cfg_factory("privacy.mechanism=label_rr", setting)
-    with pytest.raises(ConfigError, match=rf"'{key}'.*label_rr"):
+    with pytest.raises(ConfigError, match=rf"'{key}'.*(label_rr|randomised response)"):
         run(cfg)
     untouched(tmp_path / "out", cfg.ledger.path)
 

@@ -34,7 +34,7 @@ from lookalike.data.publisher import ScanStats, open_publisher, publisher_source
 from lookalike.data.publisher_ids import duplicate_suspects, reread_ids, scan_users
 from lookalike.data.publisher_pass import chunks_of, read_publisher
 from lookalike.data.seed import read_seed
-from lookalike.errors import DataError
+from lookalike.errors import ConfigError, DataError
 from lookalike.model.config import SMALL_SEED_COMPONENTS
 from lookalike.parallel.collective import Collective
 from lookalike.privacy.fingerprint import UsersKey, merge_parts
@@ -124,6 +124,9 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     n_train = totals.pop(TRAIN_COUNT)
     in_background_range = totals.pop(IN_BACKGROUND_RANGE)
     training.matched = totals  # checked against the owners' minimum once their rules are read
+    if cfg.label_rr and not training.population_rows.size:
+        # The population's size is public (keyed draws of the ids only): refused before any charge.
+        raise ConfigError("privacy.label_rr_users", "leaves randomised response no publisher user to train on: raise it (or lower data.holdout_fraction)")
 
     def encode_mine():
         train = encode(table.take(training.train_rows), spec, path)
