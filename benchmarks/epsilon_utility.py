@@ -30,7 +30,7 @@ from lookalike.training.train import CONFIG_DIR, run
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def one_run(data: Path, out: Path, epsilon: float | None, seed: int) -> dict:
+def one_run(data: Path, out: Path, epsilon: float | None, seed: int, extra: list[str] | None = None) -> dict:
     # Adult is public: its owners (us) allow exact metrics and the non-private baseline.
     budget_main(
         [
@@ -56,7 +56,7 @@ def one_run(data: Path, out: Path, epsilon: float | None, seed: int) -> dict:
         "trainer.device=cpu",
         f"mlflow.experiment_name=bench-{seed}-{epsilon}",
     ]
-    overrides += ["privacy.enabled=false"] if epsilon is None else [f"privacy.target_epsilon={epsilon}"]
+    overrides += ["privacy.enabled=false"] if epsilon is None else [f"privacy.target_epsilon={epsilon}", *(extra or [])]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     run(cfg)
@@ -69,18 +69,21 @@ def one_run(data: Path, out: Path, epsilon: float | None, seed: int) -> dict:
         "recall_at_20pct": m["trusted.high_income.recall_at_20pct"],
         "auc": m["trusted.high_income.auc"],
         "epsilon_spent": m.get("privacy.epsilon_spent"),
+        # dp_sgd or label_rr: what privacy.mechanism (auto by default) chose for this run
+        "mechanism": logged.data.params.get("privacy.mechanism_used", "none"),
     }
 
 
 def table(rows: list[dict], epsilons: list[float | None]) -> str:
     base = [r for r in rows if r["epsilon"] is None]
     base_recall = np.mean([r["recall_at_20pct"] for r in base]) if base else np.nan
-    lines = ["| epsilon | recall@20% | AUC | recall vs non-private |", "| --- | --- | --- | --- |"]
+    lines = ["| epsilon | mechanism | recall@20% | AUC | recall vs non-private |", "| --- | --- | --- | --- | --- |"]
     for eps in epsilons:
         sel = [r for r in rows if r["epsilon"] == eps]
         rec, auc = np.array([r["recall_at_20pct"] for r in sel]), np.array([r["auc"] for r in sel])
         lines.append(
-            f"| {'non-private' if eps is None else f'{eps:g}'} | {rec.mean():.3f} ± {rec.std():.3f} | "
+            f"| {'non-private' if eps is None else f'{eps:g}'} | {', '.join(sorted({r.get('mechanism', 'none') for r in sel}))} | "
+            f"{rec.mean():.3f} ± {rec.std():.3f} | "
             f"{auc.mean():.3f} ± {auc.std():.3f} | {rec.mean() / base_recall:.3f}x |"
         )
     return "\n".join(lines)
@@ -112,6 +115,8 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.5, 1, 2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--no-baseline", action="store_true", help="skip the non-private runs")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the DP runs (e.g. privacy.mechanism=dp_sgd)")
+    parser.add_argument("--label", default="", help="appended to the results files' names")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     epsilons: list[float | None] = list(args.epsilons) + ([] if args.no_baseline else [None])
@@ -121,11 +126,13 @@ def main() -> None:
         write_adult(data)
         for eps in epsilons:
             for seed in args.seeds:
-                rows.append(one_run(data, Path(tmp) / "out", eps, seed))
+                # A ledger of its own per run: one budget's delta (1/R for Adult's R users) covers about ten runs.
+                rows.append(one_run(data, Path(tmp) / f"out-{eps}-{seed}", eps, seed, args.set))
                 print(f"epsilon {eps}, seed {seed}: recall@20% {rows[-1]['recall_at_20pct']:.4f}, AUC {rows[-1]['auc']:.4f}", flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "epsilon_utility.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, epsilons, RESULTS / "epsilon_utility.png")
+    name = "epsilon_utility" + (f"_{args.label}" if args.label else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, epsilons, RESULTS / f"{name}.png")
     print(table(rows, epsilons))
 
 

@@ -360,8 +360,8 @@ MUTATIONS = [
     (
         "label_rr: a user's labels each flipped at the whole epsilon, not its share",
         "privacy/label_rr.py",
-        "return 1.0 / (1.0 + math.exp(epsilon / audiences))",
-        "return 1.0 / (1.0 + math.exp(epsilon))",
+        "tail = math.exp(-epsilon / audiences)",
+        "tail = math.exp(-epsilon)",
         ["tests/test_label_rr.py::test_each_label_flips_at_the_rate_its_share_of_epsilon_calls_for"],
     ),
     (
@@ -391,6 +391,20 @@ MUTATIONS = [
         'if planned.get("mechanism", "dp_sgd") != "dp_sgd":',
         "if False:",
         ["tests/test_label_rr.py::test_auto_decides_on_the_released_counts_and_a_resume_of_its_labels_is_refused"],
+    ),
+    (
+        "label_rr: the labels' epsilon left out of the ledger's composition",
+        "training/run_context.py",
+        'elif self.private and self.entry_id is not None and self.mechanism == "label_rr":',
+        "elif False:",
+        ["tests/test_label_rr.py::test_a_label_rr_run_trains_every_user_and_charges_its_epsilon"],
+    ),
+    (
+        "label_rr: the streamed pass keeps DP-SGD's rows only (the population then holds seed users beyond them)",
+        "data/publisher_pass.py",
+        "max(float(data.negative_rate), population_rate)",
+        "float(data.negative_rate)",
+        ["tests/test_label_rr.py::test_the_population_prepare_keeps_is_the_same_whoever_is_in_the_seed"],
     ),
 ]
 

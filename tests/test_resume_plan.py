@@ -144,3 +144,26 @@ def test_a_checkpoint_of_another_model_width_is_refused_and_the_reservation_kept
     run(cfg_factory(*settings, f"trainer.resume_from={path}", out=out))
     entry = Ledger(cfg.ledger.path).entry(Checkpoint.load(path).meta["ledger_entry_id"])
     assert entry["status"] == "spent"
+
+
+def test_a_run_planned_before_privacy_mechanism_existed_resumes_as_dp_sgd(cfg_factory, tmp_path, monkeypatch):
+    """An entry written by a version without randomised response holds neither
+    privacy.mechanism nor privacy.label_rr_users in its plan, nor a choice: it was DP-SGD, and
+    its resume continues it under today's defaults rather than being refused for settings that
+    did not exist. Forcing randomised response on the resume is refused (it would draw labels)."""
+    out = tmp_path / "out"
+    settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10")
+    cfg = cfg_factory(*settings, out=out)
+    path = _killed_in_epoch_2(cfg, out, monkeypatch)
+    ledger = Ledger(cfg.ledger.path)
+    entry = ledger.entry(Checkpoint.load(path).meta["ledger_entry_id"])
+    plan = json.loads(entry["plan"])
+    assert plan["mechanism"] == "dp_sgd" and plan["settings"]["privacy.mechanism"] == "auto"
+    old = {key: value for key, value in plan.items() if key != "mechanism"}
+    old["settings"] = {k: v for k, v in plan["settings"].items() if k not in ("privacy.mechanism", "privacy.label_rr_users")}
+    with ledger.transaction() as conn:
+        conn.execute(ENTRIES.update().where(ENTRIES.c.id == entry["id"]).values(plan=json.dumps(old)))
+    with pytest.raises(ConfigError, match="trainer.resume_from"):
+        run(cfg_factory(*settings[:2], "privacy.mechanism=label_rr", f"trainer.resume_from={path}", out=out, owner=False))
+    run(cfg_factory(*settings[:2], f"trainer.resume_from={path}", out=out, owner=False))
+    assert ledger.entry(entry["id"])["status"] == "spent"

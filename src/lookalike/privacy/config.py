@@ -28,7 +28,7 @@ class PrivacyConfig:
     grad_sample_mode: str = "fused"  # fused (our ghost clipping), or Opacus' hooks / functorch (several times slower)
     secure_mode: bool = False  # Opacus' secure RNG: needs torchcsprng, which has no build for current torch, so true is refused
     mechanism: str = "auto"  # dp_sgd; label_rr: randomised response on the labels (privacy/label_rr.py); auto: chosen on the DP counts
-    label_rr_users: Optional[int] = 1_000_000  # label_rr trains on up to about this many publisher users (a keyed-hash sample, seed or not); null: all
+    label_rr_users: Optional[int] = 1_000_000  # label_rr's population: a keyed-hash sample at rate this / the files' rows (seed or not); null: all
 
     def check(self) -> None:
         if not self.enabled:

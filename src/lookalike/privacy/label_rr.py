@@ -35,7 +35,8 @@ def flip_probability(epsilon: float, audiences: int) -> float:
     """The chance that each of a user's ``audiences`` labels is flipped, for ``epsilon`` in all."""
     if not (epsilon > 0 and math.isfinite(epsilon)) or audiences < 1:
         raise ValueError(f"randomised response needs epsilon > 0 and at least one audience (got {epsilon}, {audiences})")
-    return 1.0 / (1.0 + math.exp(epsilon / audiences))
+    tail = math.exp(-epsilon / audiences)  # 1 / (1 + e^x) as e^-x / (1 + e^-x): no overflow at a large epsilon
+    return tail / (1.0 + tail)
 
 
 def randomized_labels(labels: np.ndarray | torch.Tensor, epsilon: float, generator: torch.Generator | None = None) -> torch.Tensor:

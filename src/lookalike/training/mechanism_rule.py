@@ -51,7 +51,9 @@ def population_rate(cfg: Any, table_rows: int, processes: int) -> float:
         return 0.0
     room = 1.0 - float(cfg.data.eval_negative_rate)
     cap = cfg.privacy.label_rr_users
-    return room if cap is None or table_rows <= 0 else min(room, float(cap) / table_rows)
+    if cap is None:
+        return room
+    return 0.0 if table_rows <= 0 else min(room, float(cap) / table_rows)
 
 
 def label_rr_signal(seed_users: float, population: int, rows: int, epsilon: float, audiences: int) -> float:
@@ -59,7 +61,11 @@ def label_rr_signal(seed_users: float, population: int, rows: int, epsilon: floa
     if population <= 0 or rows <= 0:
         return 0.0
     p = flip_probability(epsilon, audiences)
-    return max(0.0, seed_users) * population / rows * (1 - 2 * p) / math.sqrt(population * p * (1 - p))
+    excess = max(0.0, seed_users) * population / rows * (1 - 2 * p)
+    noise = math.sqrt(population * p * (1 - p))
+    if noise == 0:  # no flips left (an epsilon in the hundreds)
+        return math.inf if excess > 0 else 0.0
+    return excess / noise
 
 
 def choose_mechanism(cfg: Any, released_matched: dict[str, int], population: int, rows: int) -> str:

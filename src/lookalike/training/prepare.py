@@ -98,7 +98,8 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     seed_ids = pa.array(np.unique(np.concatenate(list(seeds.values()))) if seeds else [], type=pa.string())
 
     # Randomised response's population, as a share of the draws' range (0: this run cannot use it).
-    pop_rate = population_rate(cfg, _file_rows(dataset) if may_use_label_rr(cfg, col.size) else 0, col.size)
+    file_rows = _file_rows(dataset) if may_use_label_rr(cfg, col.size) else None
+    pop_rate = population_rate(cfg, file_rows, col.size) if file_rows is not None else 0.0  # unknown size: no population
 
     def read_and_summarise():
         source, fragments = publisher_source(dataset, columns, row_filter, path, share)
@@ -156,14 +157,14 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     )
 
 
-def _file_rows(dataset: Any) -> int:
+def _file_rows(dataset: Any) -> int | None:
     """The rows the publisher's files hold, from their footers (public, before the window): the
-    scale of randomised response's population. 0 where a footer cannot be read; the streamed
-    pass then refuses the file in one line naming it."""
+    scale of randomised response's population. None where a footer cannot be read (the streamed
+    pass then refuses the file in one line naming it)."""
     try:
         return int(dataset.count_rows())
     except (pa.ArrowException, OSError):
-        return 0
+        return None
 
 
 def _encode_rows(table: pa.Table, rows: np.ndarray, spec: FeatureSpec, path: str) -> EncodedFeatures:

@@ -41,6 +41,11 @@ RESUME_FREE = {"trainer.resume_from", "trainer.progress_bar", "trainer.device", 
 RESUME_FREE_SECTIONS = ("mlflow.", "paths.", "ledger.")
 
 
+# Settings added with randomised response: an entry planned before them was DP-SGD, and a resume
+# (which never takes randomised response, training/mechanism_rule.py) continues it whatever they say.
+SINCE_LABEL_RR = {"privacy.mechanism", "privacy.label_rr_users"}
+
+
 def run_plan(cfg: TrainConfig) -> dict[str, str]:
     """The settings a reservation covers: everything but :data:`RESUME_FREE`, as logged."""
     return {key: value for key, value in flat_params(cfg).items() if key not in RESUME_FREE and not key.startswith(RESUME_FREE_SECTIONS)}
@@ -147,6 +152,8 @@ class RunContext:
             raise LookalikeError(f"ledger entry {entry['id']} holds no plan (written by an older version): its run cannot be resumed; start a fresh run")
         mine = self.plan()
         for key in sorted(set(settings) | set(mine)):
+            if key in SINCE_LABEL_RR and key not in settings:
+                continue  # planned before the setting existed: a DP-SGD run, which a resume stays
             if settings.get(key) != mine.get(key):
                 raise ConfigError(
                     key,
@@ -328,7 +335,10 @@ class RunContext:
             # Every trial's training and reach score, released as the best one: one epsilon.
             spent = self.selection.selection_epsilon
             tuning = {"privacy.tuning.trial_epsilon": r.epsilon or 0.0, "privacy.tuning.mean_trials": float(self.cfg.tuning.mean_trials or 1)}
-        flips = {"privacy.flip_probability": r.flip_probability} if r.flip_probability is not None else {}
+        flips = {}
+        if r.flip_probability is not None:
+            # The users randomised response trained on: a count of keyed draws, seed or not (public).
+            flips = {"privacy.flip_probability": r.flip_probability, "data.population_users": float(self.data.training.population_rows.size)}
         return (
             size
             | tuning
