@@ -70,13 +70,18 @@ def _killed_in_epoch_2(cfg, out, monkeypatch) -> Path:
     return path
 
 
-def test_an_edited_checkpoint_neither_changes_the_plan_nor_undercharges(cfg_factory, tmp_path, monkeypatch):
+def _killed_plan(cfg_factory, tmp_path, monkeypatch, settings):
+    """A run of ``settings`` killed in its second epoch: its output folder, checkpoint, ledger and
+    the ledger entry it holds."""
     out = tmp_path / "out"
+    path = _killed_in_epoch_2(cfg_factory(*settings, out=out), out, monkeypatch)
+    ledger = Ledger(out / "privacy_ledger.sqlite")
+    return out, path, ledger, ledger.entry(Checkpoint.load(path).meta["ledger_entry_id"])
+
+
+def test_an_edited_checkpoint_neither_changes_the_plan_nor_undercharges(cfg_factory, tmp_path, monkeypatch):
     settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10")
-    cfg = cfg_factory(*settings, out=out)
-    path = _killed_in_epoch_2(cfg, out, monkeypatch)
-    ledger = Ledger(cfg.ledger.path)
-    entry = ledger.entry(Checkpoint.load(path).meta["ledger_entry_id"])
+    out, path, ledger, entry = _killed_plan(cfg_factory, tmp_path, monkeypatch, settings)
     assert entry["status"] == "reserved" and json.loads(entry["plan"])["settings"]["privacy.target_epsilon"] == "1.0"
     sigma = Checkpoint.load(path).noise_multiplier
     assert Checkpoint.load(path).losses == []  # the exact loss on seed labels stays out of a DP run's files
@@ -151,12 +156,8 @@ def test_a_run_planned_before_privacy_mechanism_existed_resumes_as_dp_sgd(cfg_fa
     privacy.mechanism nor privacy.label_rr_users in its plan, nor a choice: it was DP-SGD, and
     its resume continues it under today's defaults rather than being refused for settings that
     did not exist. Forcing randomised response on the resume is refused (it would draw labels)."""
-    out = tmp_path / "out"
     settings = ("privacy.target_epsilon=1.0", "trainer.epochs=3", "owner.epsilon=10")
-    cfg = cfg_factory(*settings, out=out)
-    path = _killed_in_epoch_2(cfg, out, monkeypatch)
-    ledger = Ledger(cfg.ledger.path)
-    entry = ledger.entry(Checkpoint.load(path).meta["ledger_entry_id"])
+    out, path, ledger, entry = _killed_plan(cfg_factory, tmp_path, monkeypatch, settings)
     plan = json.loads(entry["plan"])
     assert plan["mechanism"] == "dp_sgd" and plan["settings"]["privacy.mechanism"] == "auto"
     old = {key: value for key, value in plan.items() if key != "mechanism"}
