@@ -214,16 +214,19 @@ def test_auto_decides_on_the_released_counts_and_a_resume_of_its_labels_is_refus
 
     shifted = {name: n + 50_000 for name, n in {"luxury": 0, "sports": 0}.items()}
     monkeypatch.setattr(run_context, "release_size", lambda n, epsilon, delta, matched: SizeEstimate(n, 1.0, {a: matched[a] + shifted[a] for a in matched}))
-    large = cfg_factory("privacy.mechanism=auto", "trainer.epochs=1", out=tmp_path / "large")
+    large = cfg_factory("privacy.mechanism=auto", "trainer.epochs=1", "trusted_evaluation=true", out=tmp_path / "large")
     run(large)
     (logged,) = runs_of(large)
     m, p = logged.data.metrics, logged.data.params
     assert p["privacy.mechanism_used"] == "label_rr" and logged.data.tags["privacy.mechanism"] == "label_rr"
     assert m["privacy.flip_probability"] == pytest.approx(1 / (1 + math.exp(3.0 / 2))) and m["privacy.noise_multiplier"] == 0
+    assert m["trusted.training_examples"] == m["data.population_users"] > 2000  # what trained, in a trusted run
     entry = Ledger(large.ledger.path).entry(int(logged.data.tags["ledger.entry_id"]))
     assert json.loads(entry["plan"])["mechanism"] == "label_rr"
     (checkpoint,) = (tmp_path / "large").rglob("last.pt")
-    again = cfg_factory("privacy.mechanism=auto", "trainer.epochs=1", f"trainer.resume_from={checkpoint}", out=tmp_path / "large", owner=False)
+    again = cfg_factory(
+        "privacy.mechanism=auto", "trainer.epochs=1", "trusted_evaluation=true", f"trainer.resume_from={checkpoint}", out=tmp_path / "large", owner=False
+    )
     with pytest.raises(ConfigError, match=r"'trainer.resume_from'.*randomised response.*start a fresh run"):
         run(again)
     assert Ledger(large.ledger.path).entry(int(logged.data.tags["ledger.entry_id"]))["status"] == "spent"

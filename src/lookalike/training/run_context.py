@@ -306,7 +306,9 @@ class RunContext:
         }
         if self.cfg.trusted_evaluation:
             metrics |= {f"trusted.{name}.matched_seed_users": n for name, n in self.data.training.matched.items()}
-            metrics["trusted.training_examples"] = self.data.n_train
+            # What trained: randomised response's population, or DP-SGD's seed plus background.
+            label_rr = self.mechanism == "label_rr"
+            metrics["trusted.training_examples"] = int(self.data.training.population_rows.size) if label_rr else self.data.n_train
         return metrics
 
     def _rules(self) -> Rules:
