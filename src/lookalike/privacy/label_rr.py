@@ -7,7 +7,7 @@ noise on the gradients:
 
 - The training population is fixed before any label is read: every publisher user whose keyed
   draws put them outside the evaluation and hold-out ranges, seed or not (data/matching.py,
-  ``population_labels``). Joining the seed changes no row of it, only that user's labels.
+  ``population_rate``). Joining the seed changes no row of it, only that user's labels.
 - Each user's label for each of the k audiences is flipped, independently, with probability
   p = 1 / (1 + e^(epsilon / k)). For one label, P[out | in] / P[out | out] <= (1 - p) / p =
   e^(epsilon / k); a user who joins the seed changes at most k labels, so every output of the

@@ -26,7 +26,6 @@ from lookalike.model.registry import model_kind
 from lookalike.privacy.label_rr import flip_probability
 
 MIN_SIGNAL = 20.0
-CHOICES = ("dp_sgd", "label_rr")
 
 
 def may_use_label_rr(cfg: Any, processes: int) -> bool:
