@@ -42,11 +42,12 @@ def may_use_label_rr(cfg: Any, processes: int) -> bool:
     )
 
 
-def population_rate(cfg: Any, table_rows: int, processes: int) -> float:
+def population_rate(cfg: Any, table_rows: int | None, processes: int) -> float:
     """The share of the draws' range the population takes: 0 where the run cannot use
-    randomised response; else every user outside the evaluation range, or fewer where the table
-    (``table_rows``, its files' row count: public) has more than ``privacy.label_rr_users``."""
-    if not may_use_label_rr(cfg, processes):
+    randomised response or the table's size is unknown (None); else every user outside the
+    evaluation range, or fewer where the table (``table_rows``, its files' row count: public)
+    has more than ``privacy.label_rr_users``."""
+    if table_rows is None or not may_use_label_rr(cfg, processes):
         return 0.0
     room = 1.0 - float(cfg.data.eval_negative_rate)
     cap = cfg.privacy.label_rr_users

@@ -98,8 +98,7 @@ def prepare(cfg: TrainConfig, collective: Collective | None = None) -> PreparedD
     seed_ids = pa.array(np.unique(np.concatenate(list(seeds.values()))) if seeds else [], type=pa.string())
 
     # Randomised response's population, as a share of the draws' range (0: this run cannot use it).
-    file_rows = _file_rows(dataset) if may_use_label_rr(cfg, col.size) else None
-    pop_rate = population_rate(cfg, file_rows, col.size) if file_rows is not None else 0.0  # unknown size: no population
+    pop_rate = population_rate(cfg, _file_rows(dataset) if may_use_label_rr(cfg, col.size) else None, col.size)
 
     def read_and_summarise():
         source, fragments = publisher_source(dataset, columns, row_filter, path, share)
