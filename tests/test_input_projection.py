@@ -133,6 +133,8 @@ def test_the_small_seed_rule_switches_only_below_its_threshold():
     on = ModelConfig(small_seed_users=300)
     small = model_for_seed(on, 299.0, 16)
     assert (small.input_projection, small.hidden_dims, small.similarity) == (8, [], "dot")  # 8 of the 16 fitted
+    # The 8-component tier's head is FEW_SEED_WIDTH wide; the 16-component tier keeps model.output_dim.
+    assert [model_for_seed(ModelConfig(output_dim=20), s, 16).output_dim for s in (10.0, 299.0, 300.0, 999.0, 1000.0)] == [256, 256, 20, 20, 20]
     assert model_for_seed(on, 300.0, 16) == on  # at the threshold: the settings as given
     assert model_for_seed(on, 10.0, None) == on  # no projection fitted (too wide, or audit)
     # On by default below 1,000 training seed users: 8 components below 300, 16 from there.
@@ -144,14 +146,14 @@ def test_the_small_seed_rule_switches_only_below_its_threshold():
 
 
 def _rule_run(cfg, out):
-    """Run ``cfg``; the width it logged as model.input_projection_used, and its bundle's model and meta."""
+    """Run ``cfg``; the params it logged, and its bundle's model and meta."""
     from tests.test_train import runs_of
 
     run(cfg)
     (logged,) = runs_of(cfg)
     (bundle,) = sorted((out / "runs").glob("*/bundle"))
     model, _, meta = load_bundle(bundle)
-    return logged.data.params["model.input_projection_used"], model, meta
+    return logged.data.params, model, meta
 
 
 def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_path):
@@ -159,11 +161,12 @@ def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_pat
 
     # The demo's two audiences: about 190 training seed users. The size estimate at the debug
     # profile's size_epsilon (2) has a std of a few users, so the thresholds hold.
-    used, model, meta = _rule_run(
+    logged, model, meta = _rule_run(
         cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2"), tmp_path / "out"
     )
-    assert used == "8"
+    assert (logged["model.input_projection_used"], logged["model.output_dim_used"]) == ("8", "256")
     assert meta["model"]["input_projection"] == 8 and meta["model"]["hidden_dims"] == [] and model.user_tower.categorical is None
+    assert meta["model"]["output_dim"] == 256 and tuple(model.audience_tower.weight.shape) == (2, 256)  # the bundle rebuilds the wide head
     cfg = cfg_factory("model.small_seed_users=50", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2", out=tmp_path / "big")
     run(cfg)
     (logged,) = runs_of(cfg)
@@ -196,11 +199,11 @@ def test_a_run_between_the_tiers_reads_16_components(cfg_factory, tmp_path, monk
     from lookalike.model import config as model_config
 
     monkeypatch.setattr(model_config, "FEW_SEED_USERS", 100)
-    used, model, meta = _rule_run(
-        cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2"), tmp_path / "out"
-    )
-    assert used == "16"
+    cfg = cfg_factory("model.small_seed_users=300", "trainer.epochs=1", "privacy.target_epsilon=4", "privacy.size_epsilon=2")
+    logged, model, meta = _rule_run(cfg, tmp_path / "out")
+    assert logged["model.input_projection_used"] == "16"
     assert meta["model"]["input_projection"] == 16 and tuple(model.user_tower.projected.matrix.shape)[1] == 16
+    assert meta["model"]["output_dim"] == cfg.model.output_dim != 256  # the 16-component tier keeps the configured width
 
 
 def test_the_rule_reads_the_released_size_not_the_exact_one(cfg_factory, monkeypatch):

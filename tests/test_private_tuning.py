@@ -94,7 +94,7 @@ def test_a_tuned_run_releases_one_model_and_charges_one_entry(cfg_factory, tmp_p
     assert p["tuning.chosen.trainer.optimizer.lr"] in {"0.002", "0.005", "0.01"}
     assert p["tuning.chosen.privacy.max_grad_norm"] in {"0.5", "1.0", "2.0"}
     projected = p["tuning.chosen.model.small_seed_users"] == "100000"
-    assert p["model.input_projection_used"] == ("8" if projected else "null")
+    assert (p["model.input_projection_used"], p["model.output_dim_used"]) == (("8", "256") if projected else ("null", str(cfg.model.output_dim)))
     # one entry, the whole search at face value: within what one run reserves
     entry = Ledger(cfg.ledger.path).entry(int(t["ledger.entry_id"]))
     assert entry["status"] == "spent" and entry["events"] is None

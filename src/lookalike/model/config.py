@@ -16,12 +16,26 @@ from lookalike.settings import one_of, require, whole
 # five (census_married by 16%, Fertility lost 3%) where 8 only tied it.
 FEW_SEED_COMPONENTS = 8  # below FEW_SEED_USERS training seed users
 FEW_SEED_USERS = 300
+# The width of the user and audience vectors (model.output_dim's role) below FEW_SEED_USERS. The
+# linear head scores a^T W x; Adam moves every coordinate of W and a by about lr a step, so the
+# part of the update that agrees across W's rows (the seed's signal) moves the score direction
+# W^T a in proportion to the width, the noise, which does not agree, in proportion to its square
+# root. Measured at 150 seed users, epsilon 1, 6 splits (docs/utility.md): 256 against 32 gained
+# 7% on Adult, 15% on Caravan and 8% on Telco and was even (within 1%) on census, Fertility and
+# census_married; 64-1,024 did about as well as 256 on Caravan and Telco, 4 and 4,096 worse. At
+# 600 training seed users (16 components) it was even, so the 16-component tier keeps the default.
+FEW_SEED_WIDTH = 256
 SMALL_SEED_COMPONENTS = 16  # from FEW_SEED_USERS up to model.small_seed_users: the widest the rule fits
 
 
 def small_seed_components(seed_users: float) -> int:
     """The projection width the small-seed rule gives a run with this many training seed users (a DP estimate)."""
     return FEW_SEED_COMPONENTS if seed_users < FEW_SEED_USERS else SMALL_SEED_COMPONENTS
+
+
+def small_seed_width(seed_users: float, configured: int) -> int:
+    """The small-seed rule's model.output_dim: FEW_SEED_WIDTH in the 8-component tier, else as configured."""
+    return FEW_SEED_WIDTH if seed_users < FEW_SEED_USERS else configured
 
 
 def _builtin_tower() -> dict[str, Any]:

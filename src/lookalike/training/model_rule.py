@@ -5,7 +5,9 @@ with the number of seed users. With a seed of a few hundred users the default to
 a hidden layer: thousands of weights) drowns in that noise; a linear head on the publisher's
 whitened principal components (``model.input_projection``, fitted without the seed) has a few
 hundred weights and keeps far more of it. How many components: 8 below 300 training seed users,
-16 from there up to ``model.small_seed_users`` (``small_seed_components`` in model/config.py).
+16 from there up to ``model.small_seed_users`` (``small_seed_components`` in model/config.py);
+below 300 the head's vectors are 256 wide, not ``model.output_dim`` (``FEW_SEED_WIDTH``: with
+Adam a wider linear head averages the noise out of its score, model/config.py says how).
 Measured at epsilon 1 with 3 repeats each (lift@20%, benchmarks/utility.py, docs/utility.md):
 at 150 seed users 8 components did best (4 about as well, 12, 16 and 32 worse); with 8, at 240
 training seed users the small model gained 6-13% over the tower on four of five tables, at 400
@@ -40,7 +42,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from lookalike.model.config import ModelConfig, small_seed_components
+from lookalike.model.config import ModelConfig, small_seed_components, small_seed_width
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,12 @@ def model_for_seed(model: ModelConfig, seed_users: float | None, components: int
     if not components:
         return model
     k = min(small_seed_components(seed_users), components)
+    width = small_seed_width(seed_users, model.output_dim)
     log.info(
-        "small-seed rule: about %.0f training seed users (< model.small_seed_users = %d): %d principal components, a linear head",
+        "small-seed rule: about %.0f training seed users (< model.small_seed_users = %d): %d principal components, a linear head %d wide",
         seed_users,
         model.small_seed_users,
         k,
+        width,
     )
-    return replace(model, input_projection=k, hidden_dims=[], similarity="dot")
+    return replace(model, input_projection=k, hidden_dims=[], similarity="dot", output_dim=width)

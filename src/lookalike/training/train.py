@@ -148,7 +148,8 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     if inputs.resume is not None:
         inputs.resume.check_fits(model)
     # The settings the run trained, after the small-seed and mechanism rules (functions of the DP counts).
-    mlflow.log_params({"model.input_projection_used": model_cfg.input_projection or "null", "privacy.mechanism_used": ctx.mechanism})
+    used = {"model.input_projection_used": model_cfg.input_projection or "null", "model.output_dim_used": model_cfg.output_dim}
+    mlflow.log_params(used | {"privacy.mechanism_used": ctx.mechanism})
     # made-up users only: decided before the go, like check_model's
     grad_sample = None if label_rr else inputs.grad_sample_route(cfg, model)
     tensors = inputs.training_tensors(ctx.mechanism)
@@ -212,7 +213,7 @@ def _tune_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, run_id: str
     tuned = tune(cfg, inputs, estimate, examples, plan)
     ctx.trained(tuned.result)
     ctx.selection = plan
-    mlflow.log_param("model.input_projection_used", tuned.model_config.input_projection or "null")
+    mlflow.log_params({"model.input_projection_used": tuned.model_config.input_projection or "null", "model.output_dim_used": tuned.model_config.output_dim})
     log_params({f"tuning.chosen.{key}": "null" if value is None else value for key, value in tuned.settings.items()})
     log.info("private tuning: chose %s", ", ".join(f"{key}={value}" for key, value in tuned.settings.items()))
     metric, ctx.eval_noise_multiplier = evaluate_holdout(tuned.result.model, inputs.data, inputs.device, cfg, ctx.eval_epsilon, ctx.eval_delta)
