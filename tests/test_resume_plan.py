@@ -141,7 +141,8 @@ def test_a_checkpoint_of_another_model_width_is_refused_and_the_reservation_kept
     assert Checkpoint.load(path).model_state["user_tower.projected.matrix"].shape[1] == 8
     before = Ledger(cfg.ledger.path).status()
     monkeypatch.setattr(model_config, "FEW_SEED_USERS", 100)
-    wider = r"checkpoint.s model is not the one this run builds \(user_tower\.mlp\.0\.weight: \(8, 8\) there, \(8, 16\) here\)"
+    # The 8-component tier's head is 256 wide (FEW_SEED_WIDTH), the 16-component one model.output_dim (8 here).
+    wider = r"checkpoint.s model is not the one this run builds \(audience_tower\.weight: \(2, 256\) there, \(2, 8\) here\)"
     with pytest.raises(ConfigError, match=wider) as err:
         run(cfg_factory(*settings, f"trainer.resume_from={path}", out=out))
     assert err.value.key == "trainer.resume_from" and Ledger(cfg.ledger.path).status() == before

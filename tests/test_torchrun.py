@@ -119,3 +119,16 @@ def test_a_rank_without_row_groups_trains_and_canaries_count_once(demo_dir, tmp_
     assert m1["trusted.training_examples"] == m2["trusted.training_examples"] < 1000
     for key in ("privacy.epsilon_spent", "privacy.noise_multiplier", "privacy.sample_rate", "privacy.steps", "audit.canaries"):
         assert m1[key] == pytest.approx(m2[key], rel=1e-9), key
+
+
+@pytest.mark.slow
+def test_randomised_response_set_by_hand_is_refused_under_torchrun_on_every_rank(demo_dir, tmp_path):
+    """One draw of the labels on one process's rows: every rank refuses before anything is reserved."""
+    out = tmp_path / "out"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    refused = train_cli(demo_dir, out, launcher, "privacy.mechanism=label_rr")
+    assert refused.returncode != 0
+    assert refused.stderr.count("label_rr trains in one process: run it without torchrun") == 2  # both ranks, each in one line
+    assert not (out / "mlflow.db").exists() or logged(out) == []
+    (budget,) = Ledger(out / "privacy_ledger.sqlite").status()
+    assert (budget.runs, budget.reserved_epsilon, budget.charged_epsilon) == (0, 0.0, 0.0)
