@@ -20,10 +20,11 @@ FEW_SEED_USERS = 300
 # linear head scores a^T W x; Adam moves every coordinate of W and a by about lr a step, so the
 # part of the update that agrees across W's rows (the seed's signal) moves the score direction
 # W^T a in proportion to the width, the noise, which does not agree, in proportion to its square
-# root. Measured at 150 seed users, epsilon 1, 6 splits (docs/utility.md): 256 against 32 gained
-# 7% on Adult, 15% on Caravan and 8% on Telco and was even (within 1%) on census, Fertility and
-# census_married; 64-1,024 did about as well as 256 on Caravan and Telco, 4 and 4,096 worse. At
-# 600 training seed users (16 components) it was even, so the 16-component tier keeps the default.
+# root. Measured at 150 seed users, epsilon 1, every run over the utility benchmark's 3 splits
+# (docs/utility.md): 256 against 32 gained 4-9% on Adult, Caravan, Telco and census_married, tied
+# Fertility and lost 4% on census (1.2 standard errors); 64-1,024 did about as well as 256 on
+# Caravan and Telco, 4 and 4,096 worse. At 600 training seed users (16 components) it was even,
+# so the 16-component tier keeps the default.
 FEW_SEED_WIDTH = 256
 SMALL_SEED_COMPONENTS = 16  # from FEW_SEED_USERS up to model.small_seed_users: the widest the rule fits
 

@@ -148,8 +148,7 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     if inputs.resume is not None:
         inputs.resume.check_fits(model)
     # The settings the run trained, after the small-seed and mechanism rules (functions of the DP counts).
-    used = {"model.input_projection_used": model_cfg.input_projection or "null", "model.output_dim_used": model_cfg.output_dim}
-    mlflow.log_params(used | {"privacy.mechanism_used": ctx.mechanism})
+    mlflow.log_params(_model_rule_params(model_cfg) | {"privacy.mechanism_used": ctx.mechanism})
     # made-up users only: decided before the go, like check_model's
     grad_sample = None if label_rr else inputs.grad_sample_route(cfg, model)
     tensors = inputs.training_tensors(ctx.mechanism)
@@ -202,6 +201,11 @@ def _evaluate_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, result:
     return metric
 
 
+def _model_rule_params(model_cfg: Any) -> dict:
+    """What the small-seed rule made of the model settings (a function of the DP counts), as MLflow params."""
+    return {"model.input_projection_used": model_cfg.input_projection or "null", "model.output_dim_used": model_cfg.output_dim}
+
+
 def _tune_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, run_id: str, run_dir: Path) -> float:
     """Private tuning (training/private_tuning.py): one size estimate, a secret number of trials,
     and the best one evaluated and logged as this run; nothing about the others leaves here."""
@@ -213,7 +217,7 @@ def _tune_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, run_id: str
     tuned = tune(cfg, inputs, estimate, examples, plan)
     ctx.trained(tuned.result)
     ctx.selection = plan
-    mlflow.log_params({"model.input_projection_used": tuned.model_config.input_projection or "null", "model.output_dim_used": tuned.model_config.output_dim})
+    mlflow.log_params(_model_rule_params(tuned.model_config))
     log_params({f"tuning.chosen.{key}": "null" if value is None else value for key, value in tuned.settings.items()})
     log.info("private tuning: chose %s", ", ".join(f"{key}={value}" for key, value in tuned.settings.items()))
     metric, ctx.eval_noise_multiplier = evaluate_holdout(tuned.result.model, inputs.data, inputs.device, cfg, ctx.eval_epsilon, ctx.eval_delta)
