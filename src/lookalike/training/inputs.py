@@ -59,8 +59,9 @@ class Inputs:
     def model_config(self, cfg: TrainConfig, estimate: int | None, mechanism: str = "dp_sgd") -> ModelConfig:
         """The model this run trains: ``cfg.model`` or, for a DP run's small seed, the small-seed
         rule's (training/model_rule.py) from ``estimate``, the DP estimate of the training
-        examples. A non-private run has no noise to shrink the model for: it trains ``cfg.model``."""
-        if not cfg.privacy.enabled or cfg.label_rr or mechanism == "label_rr":
+        examples. A non-private run has no noise to shrink the model for: it trains ``cfg.model``.
+        ``mechanism`` is the run's (RunContext.mechanism: label_rr whenever the setting says so)."""
+        if not cfg.privacy.enabled or mechanism == "label_rr":
             return cfg.model  # randomised response trains every user on plain gradients: no noise either
         examples = estimate
         data = cfg.data
