@@ -236,7 +236,7 @@ MUTATIONS = [
         "background = np.flatnonzero(~is_seed &",
         ["tests/test_relation.py"],
     ),
-    ("resume without its plan check", "training/run_context.py", "if settings.get(key) != mine.get(key):", "if False:", ["tests/test_resume_plan.py"]),
+    ("resume without its plan check", "training/resume_plan.py", "if settings.get(key) != mine.get(key):", "if False:", ["tests/test_resume_plan.py"]),
     (
         "resume takes the checkpoint's noise multiplier",
         "training/loop.py",
@@ -387,7 +387,7 @@ MUTATIONS = [
     ),
     (
         "a resume of a run that drew its labels goes on",
-        "training/run_context.py",
+        "training/resume_plan.py",
         'if planned.get("mechanism", "dp_sgd") != "dp_sgd":',
         "if False:",
         ["tests/test_label_rr.py::test_auto_decides_on_the_released_counts_and_a_resume_of_its_labels_is_refused"],

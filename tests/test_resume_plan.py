@@ -5,7 +5,7 @@ An audit raised epochs from 2 to 12 on a resume and spent 2.70 of a 1.2 reservat
 set ``meta.plan['privacy.target_epsilon']=10`` in last.pt and spent 8.09 of a 2.05 reservation,
 and resumed with another delta, evaluation delta, seed or holdout share, none of which the
 checkpoint's plan listed. The plan is now every setting except those that cannot change what is
-released (run_context.RESUME_FREE); a changed one is refused in one line, charging nothing more.
+released (resume_plan.RESUME_FREE); a changed one is refused in one line, charging nothing more.
 """
 
 from __future__ import annotations

@@ -5,50 +5,28 @@ Keeps the bookkeeping out of the training script so that ``train.run`` reads top
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from lookalike.data.matching import check_matched, check_released_matched
-from lookalike.errors import ConfigError, LookalikeError
+from lookalike.errors import LookalikeError
 from lookalike.model.bundle import weights_digest
 from lookalike.privacy.accounting import release_delta
 from lookalike.privacy.budget_match import BudgetMatch, find_budget
 from lookalike.privacy.ledger import Ledger
-from lookalike.privacy.ledger_store import is_url
 from lookalike.privacy.rules import Rules, check_release_deltas, check_run_allowed, effective_rules
 from lookalike.privacy.size_release import SizeEstimate, release_size
-from lookalike.runtime.tracking import flat_params
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig
-from lookalike.training.label_rr_fit import label_rr_summary
 from lookalike.training.loop import TrainResult
 from lookalike.training.mechanism_rule import choose_mechanism
 from lookalike.training.private_tuning import TrialPlan
+from lookalike.training.resume_plan import resumable_entry, run_plan
 
 log = logging.getLogger(__name__)
-
-
-# Settings that cannot change what a run releases: where it logs and writes, how it shows
-# progress, on which device and in what memory-sized pieces it computes. A resume may change
-# these and nothing else; every other setting is the plan its ledger entry holds.
-RESUME_FREE = {"trainer.resume_from", "trainer.progress_bar", "trainer.device", "trainer.physical_batch_size", "trainer.collective_timeout_minutes"}
-RESUME_FREE_SECTIONS = ("mlflow.", "paths.", "ledger.")
-
-
-# Settings added with randomised response: an entry planned before them was DP-SGD, and a resume
-# (which never takes randomised response, training/mechanism_rule.py) continues it whatever they say.
-SINCE_LABEL_RR = {"privacy.mechanism", "privacy.label_rr_users"}
-
-
-def run_plan(cfg: TrainConfig) -> dict[str, str]:
-    """The settings a reservation covers: everything but :data:`RESUME_FREE`, as logged."""
-    return {key: value for key, value in flat_params(cfg).items() if key not in RESUME_FREE and not key.startswith(RESUME_FREE_SECTIONS)}
 
 
 class RunContext:
@@ -142,40 +120,10 @@ class RunContext:
         )
 
     def _adopt(self, resume: Checkpoint) -> None:
-        """Continue the checkpoint's reservation under the plan its ledger entry holds. The
-        checkpoint only names the entry: whatever else it says (settings, noise, size) is a file
-        the operator can edit, so the plan and the size estimate come from the ledger."""
-        entry = self.ledger.entry(int(resume.meta.get("ledger_entry_id") or 0))
-        planned = json.loads(entry["plan"]) if entry.get("plan") else {}
-        settings = planned.get("settings")
-        if settings is None:
-            raise LookalikeError(f"ledger entry {entry['id']} holds no plan (written by an older version): its run cannot be resumed; start a fresh run")
-        mine = self.plan()
-        for key in sorted(set(settings) | set(mine)):
-            if key in SINCE_LABEL_RR and key not in settings:
-                continue  # planned before the setting existed: a DP-SGD run, which a resume stays
-            if settings.get(key) != mine.get(key):
-                raise ConfigError(
-                    key,
-                    f"is {mine.get(key)} but the run's ledger entry {entry['id']} planned {settings.get(key)}: a resumed run keeps its plan, "
-                    "which its ledger reservation covers; resume with the original settings",
-                )
-        if planned.get("mechanism", "dp_sgd") != "dp_sgd":
-            # Its labels were drawn once; training again would draw them again, uncharged.
-            raise ConfigError(
-                "trainer.resume_from", f"ledger entry {entry['id']} trained by randomised response on the labels, which does not resume: start a fresh run"
-            )
-        if entry["status"] != "reserved":
-            raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
-        if planned.get("size") is None:
-            # Every run that trained released its DP counts first: without them a resume would
-            # sample at the exact (seed-derived) size. A checkpoint naming such an entry is forged.
-            raise LookalikeError(f"ledger entry {entry['id']} released no size estimate: no run trained under it, so there is nothing to resume")
-        if entry["fingerprint"] != self._matched().fingerprint:
-            raise ConfigError("trainer.resume_from", "the checkpoint's reservation is on another budget; resume with the same data")
+        """Continue the checkpoint's reservation under the plan its ledger entry holds (resume_plan.py)."""
+        entry, self.size = resumable_entry(self.ledger, resume, self.plan(), self._matched().fingerprint)
         self.ledger.take_over(entry["id"], resume.meta.get("claim"), self.claim)
         self.entry_id, self.resumed, self.adopted_claim = entry["id"], True, resume.meta.get("claim")
-        self.size = SizeEstimate(**planned["size"]) if planned.get("size") else None
 
     def release_counts(self) -> None:
         """Right after a fresh private run's reservation: release the DP size and match counts
@@ -277,40 +225,6 @@ class RunContext:
             "claim": self.claim,
         }
 
-    def run_name(self) -> str:
-        return ("dp" if self.private else "NON-PRIVATE") + f"-{self.cfg.model.kind}-" + time.strftime("%H%M%S")
-
-    def tags(self) -> dict[str, str]:
-        return {
-            "lookalike.kind": "train",
-            "lookalike.tuning": "none" if self.cfg.tuning.mean_trials is None else "private",
-            "lookalike.privacy": "dp" if self.private else "non-private",
-            "lookalike.trusted_evaluation": str(bool(self.cfg.trusted_evaluation)).lower(),
-            "lookalike.fingerprint": self.budget.fingerprint if self.budget else "none",
-            "lookalike.users": self.data.users.digest,
-            "lookalike.audiences": ",".join(self.data.training.audiences),
-            "privacy.accountant": str(self.cfg.privacy.accountant) if self.private else "none",
-            "privacy.mechanism": self.mechanism,
-            "ledger.entry_id": str(self.entry_id) if self.entry_id is not None else "none",
-            "ledger.path": self.ledger.path if is_url(self.ledger.location) else str(Path(self.ledger.location).resolve()),
-        }
-
-    def data_metrics(self) -> dict[str, float]:
-        scan = self.data.scan
-        # Publisher-side counts are public; the training-set size and match counts are seed-derived.
-        metrics = {
-            "scan.files_scanned": scan.files_scanned,
-            "scan.rows_scanned": scan.rows_scanned,
-            "scan.bytes_scanned": scan.bytes_scanned,
-            "scan.rows_in_window": scan.rows_in_window,
-        }
-        if self.cfg.trusted_evaluation:
-            metrics |= {f"trusted.{name}.matched_seed_users": n for name, n in self.data.training.matched.items()}
-            # What trained: randomised response's population, or DP-SGD's seed plus background.
-            label_rr = self.mechanism == "label_rr"
-            metrics["trusted.training_examples"] = int(self.data.training.population_rows.size) if label_rr else self.data.n_train
-        return metrics
-
     def _rules(self) -> Rules:
         if self.rules is None:
             raise LookalikeError("the run's rules are unknown: check_rules() comes before the reservation")
@@ -320,74 +234,3 @@ class RunContext:
         if self.budget is None:
             raise LookalikeError("the run's budget is unknown: check_rules() comes before the reservation")
         return self.budget
-
-    def _trained(self) -> TrainResult:
-        if self.result is None:
-            raise LookalikeError("the run has no training result yet")
-        return self.result
-
-    def privacy_metrics(self) -> dict[str, float]:
-        r = self._trained()
-        # The logical batch: set, or the batch rule's from the DP size estimate (safe to release).
-        if not self.private:
-            return {"privacy.steps": r.steps, "trainer.batch_size_used": r.batch_size, "trainer.epochs_used": r.epochs}
-        size = {"privacy.size_epsilon": self.size_epsilon, "data.training_examples_dp": self.size.value} if self.size is not None else {}
-        spent, eval_epsilon, tuning = r.epsilon or 0.0, self.eval_epsilon, {}  # a private run always has an epsilon
-        if self.selection is not None:
-            # Every trial's training and reach score, released as the best one: one epsilon.
-            spent = self.selection.selection_epsilon
-            tuning = {"privacy.tuning.trial_epsilon": r.epsilon or 0.0, "privacy.tuning.mean_trials": float(self.cfg.tuning.mean_trials or 1)}
-        flips = {}
-        if r.flip_probability is not None:
-            # The users randomised response trained on: a count of keyed draws, seed or not (public).
-            flips = {"privacy.flip_probability": r.flip_probability, "data.population_users": float(self.data.training.population_rows.size)}
-        return (
-            size
-            | tuning
-            | flips
-            | {
-                "privacy.epsilon_spent": spent,
-                "privacy.eval_epsilon": eval_epsilon,
-                "privacy.total_epsilon": spent + self.size_epsilon + eval_epsilon,
-                "privacy.target_epsilon": float(self.cfg.privacy.target_epsilon),
-                "privacy.delta": self.delta or 0.0,
-                "privacy.noise_multiplier": r.noise_multiplier or 0.0,
-                "privacy.sample_rate": r.sample_rate or 0.0,
-                "privacy.steps": r.steps,
-                "trainer.batch_size_used": r.batch_size,
-                "trainer.epochs_used": r.epochs,
-            }
-        )
-
-    def model_meta(self, run_id: str) -> dict:
-        # The split parameters let export find the same held-out seed users (hash-based split).
-        return {
-            "private": self.private,
-            "run_id": run_id,
-            "fingerprint": self.budget.fingerprint if self.budget else None,
-            "id_column": str(self.cfg.data.id_column),
-            "split_seed": int(self.cfg.seed),
-            "holdout_fraction": float(self.cfg.data.holdout_fraction),
-        } | {k: v for k, v in self.privacy_metrics().items()}
-
-    def summary(self, model_uri: str) -> dict:
-        return {
-            "model_uri": model_uri,
-            "ledger_entry_id": self.entry_id,
-            "ledger_path": str(self.ledger.path),
-            "accountant": str(self.cfg.privacy.accountant) if self.private else None,
-            "history": self._trained().history,
-        } | self.privacy_metrics()
-
-    def describe(self) -> str:
-        r = self._trained()
-        if not self.private:
-            return f"NON-PRIVATE model, {r.steps} steps"
-        if self.selection is not None:
-            return (
-                f"epsilon {self.selection.selection_epsilon:.4f} of target {self.cfg.privacy.target_epsilon} for the tuned search "
-                f"(every trial's training and score; delta {self.selection.delta:.3g}), best trial {r.steps} steps"
-            )
-        if r.flip_probability is not None:
-            return label_rr_summary(r, self.cfg.privacy.target_epsilon)
-        return f"epsilon {r.epsilon:.4f} of target {self.cfg.privacy.target_epsilon} (delta {self.delta:.3g}), {r.steps} steps"

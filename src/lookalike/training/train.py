@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 
 import lookalike.runtime.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from lookalike.errors import ConfigError, LookalikeError
-from lookalike.model.bundle import save_bundle
 from lookalike.model.registry import model_kind
 from lookalike.parallel.world import StartSignal, World, finish, world_from_env
 from lookalike.paths import CONFIG_DIR
@@ -31,15 +30,12 @@ from lookalike.runtime.quiet import silence_known_warnings
 from lookalike.runtime.runs import check_run_folder, discard_run_directory, is_multirun, run_directory
 from lookalike.runtime.tracking import (
     flat_params,
-    log_dict_artifact,
-    log_model,
     log_params,
     log_publisher_input,
-    model_signature,
     resume_run_id,
     setup_experiment,
-    synthetic_input_example,
 )
+from lookalike.training import run_report
 from lookalike.training.centroid_fit import fit_centroid
 from lookalike.training.checkpoint import Checkpoint
 from lookalike.training.config import TrainConfig, train_config
@@ -112,7 +108,7 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
         # A resumed run continues its MLflow run, so per-epoch epsilon reads as one curve.
         resumed_run_id = resume_run_id(inputs.resume)
         with start_run(  # first marks KILLED the runs whose process is gone (runtime/live_runs.py)
-            run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id, run_name=None if resumed_run_id else ctx.run_name()
+            run_id=resumed_run_id, experiment_id=None if resumed_run_id else experiment_id, run_name=None if resumed_run_id else run_report.run_name(ctx)
         ) as active:
             try:
                 if resumed_run_id is None:
@@ -120,8 +116,8 @@ def _run(cfg: TrainConfig, world: World | None, signal: StartSignal) -> float | 
                     log_publisher_input(str(cfg.data.publisher_path), inputs.data.users.digest, inputs.data.spec)
                     if os.environ.get(PARENT_ENV):
                         mlflow.set_tag("mlflow.parentRunId", os.environ[PARENT_ENV])  # a sweep trial
-                mlflow.set_tags(ctx.tags())
-                mlflow.log_metrics(ctx.data_metrics())
+                mlflow.set_tags(run_report.tags(ctx))
+                mlflow.log_metrics(run_report.data_metrics(ctx))
                 if tuned:
                     return _tune_and_log(cfg, ctx, inputs, active.info.run_id, run_dir)
                 result = _fit(cfg, ctx, inputs, world, signal, active.info.run_id, run_dir)
@@ -148,7 +144,7 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     if inputs.resume is not None:
         inputs.resume.check_fits(model)
     # The settings the run trained, after the small-seed and mechanism rules (functions of the DP counts).
-    mlflow.log_params(_model_rule_params(model_cfg) | {"privacy.mechanism_used": ctx.mechanism})
+    mlflow.log_params(run_report.model_rule_params(model_cfg) | {"privacy.mechanism_used": ctx.mechanism})
     # made-up users only: decided before the go, like check_model's
     grad_sample = None if label_rr else inputs.grad_sample_route(cfg, model)
     tensors = inputs.training_tensors(ctx.mechanism)
@@ -197,13 +193,8 @@ def _evaluate_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, result:
             f"{result.epsilon:.3f}" if result.epsilon else "non-private",
         )
     metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
-    _save_and_record(ctx, inputs, result, run_id, run_dir)
+    run_report.save_and_record(ctx, inputs, result, run_id, run_dir)
     return metric
-
-
-def _model_rule_params(model_cfg: Any) -> dict:
-    """What the small-seed rule made of the model settings (a function of the DP counts), as MLflow params."""
-    return {"model.input_projection_used": model_cfg.input_projection or "null", "model.output_dim_used": model_cfg.output_dim}
 
 
 def _tune_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, run_id: str, run_dir: Path) -> float:
@@ -217,27 +208,12 @@ def _tune_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, run_id: str
     tuned = tune(cfg, inputs, estimate, examples, plan)
     ctx.trained(tuned.result)
     ctx.selection = plan
-    mlflow.log_params(_model_rule_params(tuned.model_config))
+    mlflow.log_params(run_report.model_rule_params(tuned.model_config))
     log_params({f"tuning.chosen.{key}": "null" if value is None else value for key, value in tuned.settings.items()})
     log.info("private tuning: chose %s", ", ".join(f"{key}={value}" for key, value in tuned.settings.items()))
     metric, ctx.eval_noise_multiplier = evaluate_holdout(tuned.result.model, inputs.data, inputs.device, cfg, ctx.eval_epsilon, ctx.eval_delta)
-    _save_and_record(ctx, inputs, tuned.result, run_id, run_dir)
+    run_report.save_and_record(ctx, inputs, tuned.result, run_id, run_dir)
     return metric
-
-
-def _save_and_record(ctx: RunContext, inputs: Inputs, result: TrainResult, run_id: str, run_dir: Path) -> None:
-    """The model bundle and its MLflow model, then the spend in the ledger and the run."""
-    data = inputs.data
-    # The spend first: a run whose record fails (a spend above its reservation) logs no model.
-    ctx.finish()
-    bundle = save_bundle(run_dir / "bundle", result.model.cpu(), data.spec, data.training.audiences, extra=ctx.model_meta(run_id))
-    model_uri = log_model(bundle, ctx.cfg.mlflow.registered_model_name, model_signature(data.spec, data.training.audiences), synthetic_input_example(data.spec))
-    mlflow.log_metrics(ctx.privacy_metrics())
-    mlflow.log_param("trainer.table_route", result.table_route)  # dense, or which sparse route (training/table_route.py)
-    mlflow.log_param("privacy.grad_sample_mode_used", result.grad_sample_mode)  # fused, hooks or functorch (dp_sgd/route.py); none: not DP-SGD
-    mlflow.set_tag("lookalike.model_uri", model_uri)
-    log_dict_artifact(ctx.summary(model_uri), "privacy_summary.json")
-    log.info("run %s done: %s", run_id, ctx.describe())
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
