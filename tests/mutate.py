@@ -388,7 +388,7 @@ MUTATIONS = [
     (
         "a resume of a run that drew its labels goes on",
         "training/resume_plan.py",
-        'if planned.get("mechanism", "dp_sgd") != "dp_sgd":',
+        'if mechanism != "dp_sgd":',
         "if False:",
         ["tests/test_label_rr.py::test_auto_decides_on_the_released_counts_and_a_resume_of_its_labels_is_refused"],
     ),
@@ -405,6 +405,48 @@ MUTATIONS = [
         "max(float(data.negative_rate), population_rate)",
         "float(data.negative_rate)",
         ["tests/test_label_rr.py::test_the_population_prepare_keeps_is_the_same_whoever_is_in_the_seed"],
+    ),
+    (
+        "seed mean: noise / 10",
+        "training/seed_mean_fit.py",
+        "std = noise_multiplier * clip * math.sqrt(labels.shape[1])",
+        "std = noise_multiplier * clip * math.sqrt(labels.shape[1]) / 10",
+        ["tests/test_seed_mean_fit.py::test_the_release_noise_has_the_calibrated_std_for_every_audience"],
+    ),
+    (
+        "seed mean: sensitivity without sqrt(audiences)",
+        "training/seed_mean_fit.py",
+        "std = noise_multiplier * clip * math.sqrt(labels.shape[1])",
+        "std = noise_multiplier * clip",
+        ["tests/test_seed_mean_fit.py::test_the_release_noise_has_the_calibrated_std_for_every_audience"],
+    ),
+    (
+        "seed mean: rows not clipped",
+        "training/seed_mean_fit.py",
+        "clipped = z * (clip / z.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)",
+        "clipped = z",
+        ["tests/test_seed_mean_fit.py::test_each_seed_user_adds_at_most_the_clip_and_non_seed_users_nothing"],
+    ),
+    (
+        "seed mean: the fit's multiplier / 10",
+        "training/seed_mean_fit.py",
+        "sums = noisy_seed_sums(z, labels, clip, multiplier, ",
+        "sums = noisy_seed_sums(z, labels, clip, multiplier / 10, ",
+        ["tests/test_seed_mean_fit.py::test_the_fit_releases_with_the_calibrated_noise_and_not_from_the_logged_seed"],
+    ),
+    (
+        "seed mean: noise from the seeded global generator",
+        "training/seed_mean_fit.py",
+        "entropy_generator(z.device)",
+        "None",
+        ["tests/test_seed_mean_fit.py::test_the_fit_releases_with_the_calibrated_noise_and_not_from_the_logged_seed"],
+    ),
+    (
+        "seed mean: a resume of its entry trains DP-SGD on top of the release",
+        "training/resume_plan.py",
+        'mechanism = planned.get("fit", planned.get("mechanism", "dp_sgd"))',
+        'mechanism = planned.get("mechanism", "dp_sgd")',
+        ["tests/test_seed_mean_fit.py::test_a_checkpoint_naming_a_seed_mean_entry_is_refused"],
     ),
 ]
 

@@ -26,6 +26,7 @@ FEW_SEED_USERS = 300
 # Caravan and Telco, 4 and 4,096 worse. At 600 training seed users (16 components) it was even,
 # so the 16-component tier keeps the default.
 FEW_SEED_WIDTH = 256
+SMALL_SEED_FITS = ("seed_mean", "dp_sgd")
 SMALL_SEED_COMPONENTS = 16  # from FEW_SEED_USERS up to model.small_seed_users: the widest the rule fits
 
 
@@ -62,6 +63,9 @@ class ModelConfig:
     # The small-seed rule (training/model_rule.py): a DP run with fewer training seed users than
     # this (a DP estimate) takes a projection (small_seed_components), no hidden layer, dot similarity. null: off.
     small_seed_users: Optional[int] = 1000
+    # How the small-seed model is fitted: seed_mean (one Gaussian release of the seed's summed
+    # components, training/seed_mean_fit.py) or dp_sgd. Torchrun, the audit, a resume and tuning's trials train with DP-SGD.
+    small_seed_fit: str = "seed_mean"
     # Your own user tower (model/custom.py): _target_ and its keyword arguments. _target_ null: the
     # built-in tower (embeddings and hidden_dims above).
     user_tower: Optional[dict[str, Any]] = field(default_factory=_builtin_tower)
@@ -84,6 +88,7 @@ class ModelConfig:
                 raise ConfigError("model.input_projection", f"projects the two-tower model's inputs; model.kind is {self.kind}: set it to null")
         if self.small_seed_users is not None:
             whole("model.small_seed_users", self.small_seed_users)
+        one_of("model.small_seed_fit", self.small_seed_fit, SMALL_SEED_FITS)
         self._check_user_tower()
 
     def _check_user_tower(self) -> None:

@@ -22,6 +22,11 @@ the rule runs up to 1,000 training seed users. The synthetic data the tests trai
 of a few hundred users and exercises the configured tower (``debug=default`` turns the rule
 off); ``make demo``'s seeds are thousands of users, far above it.
 
+How the small model is fitted is ``model.small_seed_fit``: ``seed_mean`` (the default), one
+Gaussian release of each seed's summed components (training/seed_mean_fit.py), which kept 1-15%
+more lift than DP-SGD on every table at 150 and 750 seed users and on Caravan's and Telco's full
+seeds (docs/utility.md, "The small-seed fit"); ``dp_sgd`` trains it as measured above.
+
 The rule is for DP runs: a non-private run has no noise to shrink the model for and trains the
 model as configured. Private tuning can choose between the two on the table at hand
 (``+tuning.space.model.small_seed_users=[null,100000]``), but at epsilon 1 its search cost more
@@ -74,6 +79,8 @@ def model_for_seed(model: ModelConfig, seed_users: float | None, components: int
         return model
     k = min(small_seed_components(seed_users), components)
     width = small_seed_width(seed_users, model.output_dim)
+    if model.small_seed_fit == "seed_mean":
+        width = max(width, k)  # the fit's user vector is the components themselves (seed_mean_fit.py)
     log.info(
         "small-seed rule: about %.0f training seed users (< model.small_seed_users = %d): %d principal components, a linear head %d wide",
         seed_users,
@@ -82,3 +89,9 @@ def model_for_seed(model: ModelConfig, seed_users: float | None, components: int
         width,
     )
     return replace(model, input_projection=k, hidden_dims=[], similarity="dot", output_dim=width)
+
+
+def fits_seed_mean(configured: ModelConfig, chosen: ModelConfig) -> bool:
+    """Whether the rule chose ``chosen`` (a projection the settings did not fix) and its fit is the
+    seed mean's one Gaussian release (``model.small_seed_fit``, training/seed_mean_fit.py)."""
+    return configured.small_seed_fit == "seed_mean" and configured.input_projection is None and chosen.input_projection is not None

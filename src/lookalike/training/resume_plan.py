@@ -24,9 +24,16 @@ RESUME_FREE = {"trainer.resume_from", "trainer.progress_bar", "trainer.device", 
 RESUME_FREE_SECTIONS = ("mlflow.", "paths.", "ledger.")
 
 
-# Settings added with randomised response: an entry planned before them was DP-SGD, and a resume
-# (which never takes randomised response, training/mechanism_rule.py) continues it whatever they say.
-SINCE_LABEL_RR = {"privacy.mechanism", "privacy.label_rr_users"}
+# Settings added with randomised response and the small-seed mean: an entry planned before them
+# was DP-SGD, and a resume (which takes neither, training/mechanism_rule.py and seed_mean_fit.py)
+# continues it whatever they say.
+SINCE_DP_SGD_ONLY = {"privacy.mechanism", "privacy.label_rr_users", "model.small_seed_fit"}
+
+# A run by any other mechanism released once and wrote no checkpoint to go on from.
+NOT_RESUMABLE = {
+    "label_rr": "trained by randomised response on the labels, which does not resume (its labels were drawn once)",
+    "seed_mean": "released its small-seed model in one Gaussian release (model.small_seed_fit=seed_mean), which does not resume",
+}
 
 
 def run_plan(cfg: Any) -> dict[str, str]:
@@ -43,7 +50,7 @@ def resumable_entry(ledger: Ledger, resume: Checkpoint, mine: dict[str, str], fi
     if settings is None:
         raise LookalikeError(f"ledger entry {entry['id']} holds no plan (written by an older version): its run cannot be resumed; start a fresh run")
     for key in sorted(set(settings) | set(mine)):
-        if key in SINCE_LABEL_RR and key not in settings:
+        if key in SINCE_DP_SGD_ONLY and key not in settings:
             continue  # planned before the setting existed: a DP-SGD run, which a resume stays
         if settings.get(key) != mine.get(key):
             raise ConfigError(
@@ -51,11 +58,11 @@ def resumable_entry(ledger: Ledger, resume: Checkpoint, mine: dict[str, str], fi
                 f"is {mine.get(key)} but the run's ledger entry {entry['id']} planned {settings.get(key)}: a resumed run keeps its plan, "
                 "which its ledger reservation covers; resume with the original settings",
             )
-    if planned.get("mechanism", "dp_sgd") != "dp_sgd":
-        # Its labels were drawn once; training again would draw them again, uncharged.
-        raise ConfigError(
-            "trainer.resume_from", f"ledger entry {entry['id']} trained by randomised response on the labels, which does not resume: start a fresh run"
-        )
+    mechanism = planned.get("fit", planned.get("mechanism", "dp_sgd"))  # fit: the small-seed rule's choice, after the counts
+    if mechanism != "dp_sgd":
+        # Training again would release again (the labels drawn again, the sums noised again), uncharged.
+        why = NOT_RESUMABLE.get(mechanism, f"used mechanism {mechanism}, which does not resume")
+        raise ConfigError("trainer.resume_from", f"ledger entry {entry['id']} {why}: start a fresh run")
     if entry["status"] != "reserved":
         raise LookalikeError(f"checkpoint's ledger entry {entry['id']} is already {entry['status']}: a finished run cannot be resumed")
     if planned.get("size") is None:

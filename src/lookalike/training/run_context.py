@@ -151,6 +151,15 @@ class RunContext:
         if self.cfg.privacy.mechanism == "auto":
             log.info("privacy.mechanism=auto: %s, from the DP counts of the seed (training/mechanism_rule.py)", self.mechanism)
 
+    def use_mechanism(self, mechanism: str) -> None:
+        """A mechanism the model rule chose after the counts (``seed_mean``: one Gaussian release,
+        training/seed_mean_fit.py), kept with the entry as its ``fit`` before it runs (the entry's
+        ``mechanism``, written with the counts, stays dp_sgd): a resume refuses it."""
+        assert self.private and self.entry_id is not None and not self.training_started
+        self.mechanism = mechanism
+        self.ledger.note(self.entry_id, "fit", mechanism)
+        log.info("small-seed rule: the model is fitted by %s (model.small_seed_fit)", mechanism)
+
     @property
     def estimate(self) -> int | None:
         """The DP estimate of the training-set size the sample rate is a batch of (None: non-private)."""

@@ -41,6 +41,19 @@ def save_and_record(ctx: RunContext, inputs: Inputs, result: TrainResult, run_id
     log.info("run %s done: %s", run_id, describe(ctx))
 
 
+def log_audit(found: dict, result: TrainResult) -> None:
+    """The one-run audit's guesses and its epsilon lower bound (training/canaries.py), beside the accountant's."""
+    mlflow.log_metrics(found)
+    mlflow.set_tag("lookalike.audit", "one_run")
+    log.info(
+        "one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)",
+        found["audit.correct"],
+        found["audit.guesses"],
+        found["audit.epsilon_lower_bound"],
+        f"{result.epsilon:.3f}" if result.epsilon else "non-private",
+    )
+
+
 def model_rule_params(model_cfg: Any) -> dict:
     """What the small-seed rule made of the model settings (a function of the DP counts), as MLflow params."""
     return {"model.input_projection_used": model_cfg.input_projection or "null", "model.output_dim_used": model_cfg.output_dim}

@@ -43,8 +43,10 @@ from lookalike.training.holdout_eval import evaluate_holdout
 from lookalike.training.inputs import Inputs, gather_inputs
 from lookalike.training.label_rr_fit import fit_label_rr
 from lookalike.training.loop import TrainResult, check_optimizer, train
+from lookalike.training.model_rule import fits_seed_mean
 from lookalike.training.private_tuning import check_affordable, plan_trials, tune
 from lookalike.training.run_context import RunContext
+from lookalike.training.seed_mean_fit import dp_sgd_instead, fit_seed_mean
 from lookalike.training.sweep import PARENT_ENV
 
 log = logging.getLogger("lookalike.train")
@@ -143,6 +145,12 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     model: Any = inputs.build_model(cfg, model_cfg)
     if inputs.resume is not None:
         inputs.resume.check_fits(model)
+    if ctx.mechanism == "dp_sgd" and fits_seed_mean(cfg.model, model_cfg):
+        instead = dp_sgd_instead(world is not None, inputs.canaries is not None, inputs.resume is not None)
+        if instead:
+            log.info("small-seed rule: model.small_seed_fit=seed_mean, but %s: the small model trains with DP-SGD", instead)
+        else:
+            ctx.use_mechanism("seed_mean")
     # The settings the run trained, after the small-seed and mechanism rules (functions of the DP counts).
     mlflow.log_params(run_report.model_rule_params(model_cfg) | {"privacy.mechanism_used": ctx.mechanism})
     # made-up users only: decided before the go, like check_model's
@@ -154,6 +162,10 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     signal.send(True, examples or 0)  # the reservation holds: the other ranks start training with this one
     if not model_kind(cfg.model.kind).learned:
         result = fit_centroid(model, tensors, cfg, inputs.delta or 0.0)
+    elif ctx.mechanism == "seed_mean":
+        assert ctx.size is not None  # released before any private run fits
+        seed_users = [ctx.size.matched[a] * (1 - cfg.data.holdout_fraction) for a in inputs.data.training.audiences]
+        result = fit_seed_mean(model, tensors, cfg, inputs.delta or 0.0, seed_users, inputs.data.in_background_range)
     elif label_rr:
         result = fit_label_rr(model, tensors, cfg, device=inputs.device, save_checkpoint=save, on_epoch_end=_log_epoch)
     else:
@@ -182,16 +194,7 @@ def _evaluate_and_log(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, result:
     """The audit, the held-out metrics (a DP release unless trusted), the model and the spend."""
     delta, data, device = inputs.delta or 0.0, inputs.data, inputs.device
     if inputs.canaries is not None:
-        found = inputs.canaries.audit(result.model, device, delta)
-        mlflow.log_metrics(found)
-        mlflow.set_tag("lookalike.audit", "one_run")
-        log.info(
-            "one-run audit: %d of %d guesses right, epsilon lower bound %.3f (accountant: %s)",
-            found["audit.correct"],
-            found["audit.guesses"],
-            found["audit.epsilon_lower_bound"],
-            f"{result.epsilon:.3f}" if result.epsilon else "non-private",
-        )
+        run_report.log_audit(inputs.canaries.audit(result.model, device, delta), result)
     metric, ctx.eval_noise_multiplier = evaluate_holdout(result.model, data, device, cfg, ctx.eval_epsilon, ctx.eval_delta)
     run_report.save_and_record(ctx, inputs, result, run_id, run_dir)
     return metric
