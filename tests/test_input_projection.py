@@ -134,11 +134,11 @@ def test_the_small_seed_rule_switches_only_below_its_threshold():
     small = model_for_seed(on, 299.0, 16)
     assert (small.input_projection, small.hidden_dims, small.similarity) == (8, [], "dot")  # 8 of the 16 fitted
     # The 8-component tier's head is FEW_SEED_WIDTH wide; the 16-component tier keeps model.output_dim.
-    assert [model_for_seed(ModelConfig(output_dim=20), s, 16).output_dim for s in (10.0, 299.0, 300.0, 999.0, 1000.0)] == [256, 256, 20, 20, 20]
+    assert [model_for_seed(ModelConfig(output_dim=20), s, 16).output_dim for s in (10.0, 299.0, 300.0, 1499.0, 1500.0)] == [256, 256, 20, 20, 20]
     assert model_for_seed(on, 300.0, 16) == on  # at the threshold: the settings as given
     assert model_for_seed(on, 10.0, None) == on  # no projection fitted (too wide, or audit)
-    # On by default below 1,000 training seed users: 8 components below 300, 16 from there.
-    assert [model_for_seed(ModelConfig(), s, 16).input_projection for s in (10.0, 299.0, 300.0, 999.0, 1000.0)] == [8, 8, 16, 16, None]
+    # On by default below 1,500 training seed users: 8 components below 300, 16 from there.
+    assert [model_for_seed(ModelConfig(), s, 16).input_projection for s in (10.0, 299.0, 300.0, 1499.0, 1500.0)] == [8, 8, 16, 16, None]
     assert model_for_seed(ModelConfig(), 700.0, 12).input_projection == 12  # encoded features narrower than 16
     assert model_for_seed(ModelConfig(small_seed_users=None), 10.0, 16) == ModelConfig(small_seed_users=None)  # null: off
     assert model_for_seed(ModelConfig(small_seed_users=300, input_projection=8), 10.0, 16).input_projection == 8  # set by hand

@@ -62,7 +62,7 @@ class ModelConfig:
     input_projection: Optional[int] = None
     # The small-seed rule (training/model_rule.py): a DP run with fewer training seed users than
     # this (a DP estimate) takes a projection (small_seed_components), no hidden layer, dot similarity. null: off.
-    small_seed_users: Optional[int] = 1000
+    small_seed_users: Optional[int] = 1500
     # How the small-seed model is fitted: seed_mean (one Gaussian release of the seed's summed
     # components, training/seed_mean_fit.py) or dp_sgd. Torchrun, the audit, a resume and tuning's trials train with DP-SGD.
     small_seed_fit: str = "seed_mean"
