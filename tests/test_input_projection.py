@@ -178,6 +178,21 @@ def test_a_small_seed_run_takes_the_rules_model_and_logs_it(cfg_factory, tmp_pat
     assert logged.data.params["model.input_projection_used"] == "null"
 
 
+def test_directions_the_inputs_cannot_vary_in_get_no_weight():
+    """Five inputs, two of them sums of others (like one-hots that sum to 1, or the bins of a
+    column with few values): the covariance's rank is 3, and its two other eigenvalues are
+    rounding error. Their components get weight 0, not a whitening by 1 / 1e-8 that would make
+    them the largest part of every user's vector."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(5000, 3)) * [1.0, 3.0, 0.5] + [2.0, -1.0, 7.0]
+    x = np.column_stack([base, base[:, 0] + base[:, 1], 0.1 * base[:, 2] - base[:, 0]])
+    projection = principal_projection(InputMoments(len(x), x.sum(0), x.T @ x), 5)
+    norms = np.linalg.norm(projection.matrix, axis=0)
+    assert (norms[:3] > 0.1).all() and (norms[:3] < 10).all() and (norms[3:] == 0).all()
+    z = (x - projection.mean) @ projection.matrix
+    np.testing.assert_allclose(z[:, :3].std(0), 1.0, rtol=1e-6)
+
+
 def test_fewer_components_are_the_leading_ones_of_a_wider_fit():
     """The rule fits 16 components once and a run below 300 seed users reads 8 of them: the same
     projection as a fit of 8 (each component whitened on its own)."""

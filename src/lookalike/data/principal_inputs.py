@@ -98,15 +98,23 @@ def check_width(spec: FeatureSpec, k: int) -> None:
         raise ConfigError("model.input_projection", f"{k} components asked for, but the encoded features are only {width} wide")
 
 
+RANK_TOLERANCE = 1e-6  # a component whose spread is below this share of the largest's has none
+
+
 def principal_projection(moments: InputMoments, k: int) -> InputProjection:
     """The whitened top-k eigenvectors of the covariance; a direction without variance (fewer
-    distinct users than k) gets weight 0 rather than a division by zero."""
+    distinct users than k, or inputs that are linear in each other) gets weight 0 rather than a
+    division by zero or by rounding error."""
     mean = moments.total / max(moments.count, 1)
     covariance = moments.gram / max(moments.count, 1) - np.outer(mean, mean)
     values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
     top = np.argsort(values)[::-1][:k]
     spread = np.sqrt(np.clip(values[top], 0.0, None))
-    scale = np.divide(1.0, spread, out=np.zeros_like(spread), where=spread > 1e-9 * max(float(spread.max(initial=0.0)), 1e-300))
+    # The covariance is a difference of float64 sums: a direction the inputs cannot vary in (the
+    # bins of a column with few values, one-hots that sum to 1) keeps an eigenvalue of rounding
+    # error, about 1e-16 of the largest, a spread of 1e-8 of the largest's. Whitening it would
+    # multiply noise by 1e8 and drown every real component of a user's vector.
+    scale = np.divide(1.0, spread, out=np.zeros_like(spread), where=spread > RANK_TOLERANCE * max(float(spread.max(initial=0.0)), 1e-300))
     matrix = vectors[:, top] * scale
     # eigh's signs are arbitrary: fix each direction's largest entry positive, so refits agree.
     flip = np.sign(matrix[np.abs(matrix).argmax(0), np.arange(matrix.shape[1])])
