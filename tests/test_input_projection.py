@@ -137,8 +137,14 @@ def test_the_small_seed_rule_switches_only_below_its_threshold():
     assert [model_for_seed(ModelConfig(output_dim=20), s, 16).output_dim for s in (10.0, 299.0, 300.0, 1499.0, 1500.0)] == [256, 256, 20, 20, 20]
     assert model_for_seed(on, 300.0, 16) == on  # at the threshold: the settings as given
     assert model_for_seed(on, 10.0, None) == on  # no projection fitted (too wide, or audit)
-    # On by default below 1,500 training seed users: 8 components below 300, 16 from there.
-    assert [model_for_seed(ModelConfig(), s, 16).input_projection for s in (10.0, 299.0, 300.0, 1499.0, 1500.0)] == [8, 8, 16, 16, None]
+    # Fitted by DP-SGD, on by default below 1,500 training seed users: 8 components below 300, 16 from there.
+    assert [model_for_seed(ModelConfig(), s, 64).input_projection for s in (10.0, 299.0, 300.0, 1499.0, 1500.0)] == [8, 8, 16, 16, None]
+    # Fitted by the seed mean, on up to model.small_seed_users (4,500), with 64 components from 1,500.
+    sizes = (10.0, 299.0, 300.0, 1499.0, 1500.0, 4499.0, 4500.0)
+    assert [model_for_seed(ModelConfig(), s, 64, by_mean=True).input_projection for s in sizes] == [8, 8, 16, 16, 64, 64, None]
+    # Its head is at least as wide as its components (the user vector is z itself).
+    assert [model_for_seed(ModelConfig(output_dim=20), s, 64, by_mean=True).output_dim for s in (10.0, 300.0, 1500.0)] == [256, 20, 64]
+    assert model_for_seed(ModelConfig(), 2000.0, 40, by_mean=True).input_projection == 40  # encoded features narrower than 64
     assert model_for_seed(ModelConfig(), 700.0, 12).input_projection == 12  # encoded features narrower than 16
     assert model_for_seed(ModelConfig(small_seed_users=None), 10.0, 16) == ModelConfig(small_seed_users=None)  # null: off
     assert model_for_seed(ModelConfig(small_seed_users=300, input_projection=8), 10.0, 16).input_projection == 8  # set by hand

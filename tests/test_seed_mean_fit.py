@@ -113,6 +113,27 @@ def test_a_small_seed_run_fits_by_one_release_and_is_charged_for_it(cfg_factory,
         assert 0 < rows[-1]["score"] <= rows[0]["score"] < 1 and report["audiences"][audience]["bins"][0]["relevance"] > 1.5
 
 
+def test_past_many_seed_users_the_seed_mean_reads_64_components_and_dp_sgd_keeps_the_tower(cfg_factory, tmp_path, monkeypatch):
+    """The demo's ~190 training seed users with the tiers moved below them (8 components under
+    50, 16 under 100): the seed mean's fit reads 64 components, its head 64 wide; fitted by
+    DP-SGD the rule ends at MANY_SEED_USERS and the run trains the configured tower."""
+    from lookalike.model import config as model_config
+    from lookalike.training import model_rule
+
+    monkeypatch.setattr(model_config, "FEW_SEED_USERS", 50)
+    monkeypatch.setattr(model_config, "MANY_SEED_USERS", 100)
+    monkeypatch.setattr(model_rule, "MANY_SEED_USERS", 100)
+    by_mean = cfg_factory(*SMALL, "privacy.target_epsilon=4", out=tmp_path / "mean")
+    run(by_mean)
+    (logged,) = runs_of(by_mean)
+    p = logged.data.params
+    assert (p["privacy.mechanism_used"], p["model.input_projection_used"], p["model.output_dim_used"]) == ("seed_mean", "64", "64")
+    by_sgd = cfg_factory(*SMALL, "privacy.target_epsilon=4", "trainer.epochs=1", "model.small_seed_fit=dp_sgd", out=tmp_path / "sgd")
+    run(by_sgd)
+    (logged,) = runs_of(by_sgd)
+    assert (logged.data.params["privacy.mechanism_used"], logged.data.params["model.input_projection_used"]) == ("dp_sgd", "null")
+
+
 @pytest.mark.slow  # three runs: make test runs it, make test-fast skips it
 def test_a_checkpoint_naming_a_seed_mean_entry_is_refused(cfg_factory, tmp_path, monkeypatch):
     """A seed-mean run stopped after its release keeps its reservation open; a checkpoint from a

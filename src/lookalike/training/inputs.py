@@ -56,18 +56,19 @@ class Inputs:
         planted = self.canaries.planted if self.canaries is not None else 0
         return estimate + planted
 
-    def model_config(self, cfg: TrainConfig, estimate: int | None, mechanism: str = "dp_sgd") -> ModelConfig:
+    def model_config(self, cfg: TrainConfig, estimate: int | None, mechanism: str = "dp_sgd", by_mean: bool = False) -> ModelConfig:
         """The model this run trains: ``cfg.model`` or, for a DP run's small seed, the small-seed
         rule's (training/model_rule.py) from ``estimate``, the DP estimate of the training
         examples. A non-private run has no noise to shrink the model for: it trains ``cfg.model``.
-        ``mechanism`` is the run's (RunContext.mechanism: label_rr whenever the setting says so)."""
+        ``mechanism`` is the run's (RunContext.mechanism: label_rr whenever the setting says so);
+        ``by_mean``: a small model would be fitted by the seed mean (training/seed_mean_fit.py)."""
         if not cfg.privacy.enabled or mechanism == "label_rr":
             return cfg.model  # randomised response trains every user on plain gradients: no noise either
         examples = estimate
         data = cfg.data
         seed_users = None if examples is None else seed_users_estimate(examples, self.data.in_background_range, data.negative_rate, data.holdout_fraction)
         components = self.data.projection.matrix.shape[1] if self.data.projection is not None else None
-        return model_for_seed(cfg.model, seed_users, components)
+        return model_for_seed(cfg.model, seed_users, components, by_mean)
 
     def check_model(self, cfg: TrainConfig, distributed: bool = False) -> None:
         """Build the configured model, and a learned one's optimizer on its parameters, before the

@@ -18,8 +18,10 @@ census_married, 1% worse on telco (hence 300, between the two). With 16
 at 600 (seeds of 750) it gained 2% on Adult, census and telco and 16% on census_married, and lost
 3% on Fertility; at 729 (telco's full seed) 5%; at 1,200 it was even (Adult and census_married
 +2-4%, census and Fertility -1-4%), and at 2,400 the tower won on all four (-1% to -5%). So
-the rule ran up to 1,000 training seed users; with the seed mean's fit (below) it gained 2-13% over the
-tower at 1,200 on three of four tables, census even, and runs up to 1,500. The synthetic data the tests train on has seeds
+the rule ran up to 1,000 training seed users. Fitted by the seed mean (below), 16 components gained
+2-13% over the tower at 1,200 on three of four tables (census even) and 64 components 1-11% at
+2,000 and 4,000 on every table the rule reached: that fit's rule runs up to 4,500 with 64 from
+1,500 (MANY_SEED_USERS), DP-SGD's up to 1,500. The synthetic data the tests train on has seeds
 of a few hundred users and exercises the configured tower (``debug=default`` turns the rule
 off); ``make demo``'s seeds are thousands of users, far above it.
 
@@ -48,7 +50,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from lookalike.model.config import ModelConfig, small_seed_components, small_seed_width
+from lookalike.model.config import MANY_SEED_USERS, ModelConfig, small_seed_components, small_seed_width
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,17 @@ def seed_users_estimate(examples: float, in_background_range: int, negative_rate
     return max(0.0, (examples - in_background_range) * (1 - h) / (1 - h - negative_rate * h))
 
 
-def model_for_seed(model: ModelConfig, seed_users: float | None, components: int | None) -> ModelConfig:
+def model_for_seed(model: ModelConfig, seed_users: float | None, components: int | None, by_mean: bool = False) -> ModelConfig:
     """``model``, or its small-seed form when the rule applies: a two-tower model whose settings
     do not already fix the projection, a projection fitted for it (``components`` wide:
-    SMALL_SEED_COMPONENTS, or the encoded width when narrower), and fewer seed users than
-    ``model.small_seed_users``. It reads the leading small_seed_components(seed_users) of them."""
+    MANY_SEED_COMPONENTS, or the encoded width when narrower), and fewer seed users than
+    ``model.small_seed_users`` (``by_mean``: the run fits it by the seed mean, training/seed_mean_fit.py;
+    otherwise DP-SGD, and the rule ends at MANY_SEED_USERS). It reads the leading
+    small_seed_components(seed_users) of them."""
     if model.kind != "two_tower" or model.input_projection is not None or model.small_seed_users is None or seed_users is None:
         return model
-    if seed_users >= model.small_seed_users:
+    # DP-SGD's fit of the small model (by_mean False) ties the tower at MANY_SEED_USERS: the rule ends there.
+    if seed_users >= (model.small_seed_users if by_mean else min(model.small_seed_users, MANY_SEED_USERS)):
         return model
     if model.custom_tower:
         # The rule replaces the built-in tower; a tower of your own is what you asked to train.
@@ -80,7 +85,7 @@ def model_for_seed(model: ModelConfig, seed_users: float | None, components: int
         return model
     k = min(small_seed_components(seed_users), components)
     width = small_seed_width(seed_users, model.output_dim)
-    if model.small_seed_fit == "seed_mean":
+    if by_mean:
         width = max(width, k)  # the fit's user vector is the components themselves (seed_mean_fit.py)
     log.info(
         "small-seed rule: about %.0f training seed users (< model.small_seed_users = %d): %d principal components, a linear head %d wide",

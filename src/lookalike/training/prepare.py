@@ -35,7 +35,7 @@ from lookalike.data.publisher_ids import duplicate_suspects, reread_ids, scan_us
 from lookalike.data.publisher_pass import chunks_of, read_publisher
 from lookalike.data.seed import read_seed
 from lookalike.errors import ConfigError, DataError
-from lookalike.model.config import SMALL_SEED_COMPONENTS
+from lookalike.model.config import MANY_SEED_COMPONENTS
 from lookalike.parallel.collective import Collective
 from lookalike.privacy.fingerprint import UsersKey, merge_parts
 from lookalike.training.config import TrainConfig
@@ -185,7 +185,7 @@ def _input_projection(chunks: Callable[[], Iterator[pa.Table]], spec: FeatureSpe
     if k:
         check_width(spec, k)
     elif model.kind == "two_tower" and not model.custom_tower and rule and not cfg.audit.enabled and dense_width(spec) <= MAX_WIDTH:
-        k = min(SMALL_SEED_COMPONENTS, dense_width(spec))
+        k = min(MANY_SEED_COMPONENTS, dense_width(spec))
     else:
         return None
 

@@ -141,12 +141,13 @@ def _fit(cfg: TrainConfig, ctx: RunContext, inputs: Inputs, world: World | None,
     label_rr = ctx.mechanism == "label_rr"  # set or chosen on the DP counts (training/mechanism_rule.py)
     if not label_rr:
         inputs.data.population_features = None  # the rows kept for randomised response go now
-    model_cfg = inputs.model_config(cfg, estimate, ctx.mechanism)
+    by_mean = ctx.mechanism == "dp_sgd" and cfg.model.small_seed_fit == "seed_mean"
+    instead = dp_sgd_instead(world is not None, inputs.canaries is not None, inputs.resume is not None) if by_mean else None
+    model_cfg = inputs.model_config(cfg, estimate, ctx.mechanism, by_mean=by_mean and not instead)
     model: Any = inputs.build_model(cfg, model_cfg)
     if inputs.resume is not None:
         inputs.resume.check_fits(model)
-    if ctx.mechanism == "dp_sgd" and fits_seed_mean(cfg.model, model_cfg):
-        instead = dp_sgd_instead(world is not None, inputs.canaries is not None, inputs.resume is not None)
+    if by_mean and fits_seed_mean(cfg.model, model_cfg):
         if instead:
             log.info("small-seed rule: model.small_seed_fit=seed_mean, but %s: the small model trains with DP-SGD", instead)
         else:
