@@ -17,6 +17,7 @@ from lookalike.privacy.config import PrivacyConfig
 from lookalike.runtime.config import SharedSections
 from lookalike.runtime.typed_config import check_all, to_typed
 from lookalike.settings import device_name, number, require, whole
+from lookalike.training.mechanism_rule import label_rr_blockers
 
 
 def _adam() -> dict[str, Any]:
@@ -179,15 +180,8 @@ class TrainConfig(SharedSections):
     def _check_label_rr(self) -> None:
         """One draw of the labels, trained on in one process: what would draw them again, or
         needs DP-SGD's steps, is refused before anything is reserved."""
-        needs = (
-            (not model_kind(self.model.kind).learned, "model.kind", f"a trained model; model.kind={self.model.kind} has its own DP release"),
-            (self.audit.enabled, "audit.enabled", "false: the canary audit measures DP-SGD's steps"),
-            (self.tuning.mean_trials is not None, "tuning.mean_trials", "null: private tuning's trials are DP-SGD runs"),
-            (self.trainer.resume_from is not None, "trainer.resume_from", "null: a resume would draw the labels again; start a fresh run"),
-        )
-        for failed, key, what in needs:
-            if failed:
-                raise ConfigError(key, f"privacy.mechanism=label_rr needs {what}")
+        for key, what in label_rr_blockers(self)[:1]:
+            raise ConfigError(key, f"privacy.mechanism=label_rr needs {what}")
 
     def _check_tuning(self) -> None:
         """Private tuning picks the best trial by a noisy count of held-out seed users, in one process."""

@@ -28,18 +28,23 @@ from lookalike.privacy.label_rr import flip_probability
 MIN_SIGNAL = 20.0
 
 
+def label_rr_blockers(cfg: Any) -> list[tuple[str, str]]:
+    """What keeps a run from training by randomised response (one draw of the labels, trained on
+    once), as (setting, what randomised response needs of it): ``auto`` takes DP-SGD for such a
+    run, an explicit ``label_rr`` is refused on the first (TrainConfig._check_label_rr)."""
+    needs = (
+        (not model_kind(cfg.model.kind).learned, "model.kind", f"a trained model; model.kind={cfg.model.kind} has its own DP release"),
+        (cfg.audit.enabled, "audit.enabled", "false: the canary audit measures DP-SGD's steps"),
+        (cfg.tuning.mean_trials is not None, "tuning.mean_trials", "null: private tuning's trials are DP-SGD runs"),
+        (cfg.trainer.resume_from is not None, "trainer.resume_from", "null: a resume would draw the labels again; start a fresh run"),
+    )
+    return [(key, what) for failed, key, what in needs if failed]
+
+
 def may_use_label_rr(cfg: Any, processes: int) -> bool:
     """Whether this run could train by randomised response: a private, learned, single-process
     fresh run without the audit or private tuning (explicit ``label_rr`` refuses the others)."""
-    return (
-        bool(cfg.privacy.enabled)
-        and cfg.privacy.mechanism in ("label_rr", "auto")
-        and model_kind(cfg.model.kind).learned
-        and not cfg.audit.enabled
-        and cfg.tuning.mean_trials is None
-        and cfg.trainer.resume_from is None
-        and processes == 1
-    )
+    return bool(cfg.privacy.enabled) and cfg.privacy.mechanism in ("label_rr", "auto") and not label_rr_blockers(cfg) and processes == 1
 
 
 def population_rate(cfg: Any, table_rows: int | None, processes: int) -> float:
