@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from lookalike.model.audience import AudienceTower
-from lookalike.privacy.accounting import calibrate_noise, epsilon_from_history
 from lookalike.privacy.mechanisms import entropy_generator
+from lookalike.training.centroid_fit import gaussian_release
 from lookalike.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,8 @@ def fit_seed_mean(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, delta
     head, audiences = list(model.get_submodule("user_tower.mlp").children())[-1], model.get_submodule("audience_tower")
     assert isinstance(head, nn.Linear) and head.weight.shape[0] >= k, "the rule makes the head at least as wide as its components"
     assert isinstance(audiences, AudienceTower) and audiences.similarity == "dot"
-    accountant = str(cfg.privacy.accountant)
-    # A Gaussian mechanism is a subsampled Gaussian with q = 1 and one step.
-    multiplier = calibrate_noise(float(cfg.privacy.target_epsilon), delta, 1.0, 1, accountant)
+    result = TrainResult(model, steps=1, epochs=1)
+    multiplier = gaussian_release(result, cfg, delta)
     clip = component_clip(k)
     sums = noisy_seed_sums(z, labels, clip, multiplier, entropy_generator(z.device))
     # The user vector is z itself (padded with zeros); each audience's vector its noisy mean.
@@ -90,8 +89,5 @@ def fit_seed_mean(model: nn.Module, tensors: list[torch.Tensor], cfg: Any, delta
     audiences.weight.zero_()
     audiences.weight[:, :k] = means
     audiences.bias.copy_(-0.5 * (means**2).sum(1) + torch.log(users / max(float(background), 1.0)))
-    result = TrainResult(model, steps=1, epochs=1)
-    result.noise_multiplier, result.sample_rate, result.history = multiplier, 1.0, [(multiplier, 1.0, 1)]
-    result.epsilon = epsilon_from_history(result.history, delta, accountant)
     log.info("small-seed fit: one Gaussian release of the summed components (clip %.3g, noise multiplier %.3f), epsilon %.4f", clip, multiplier, result.epsilon)
     return result
