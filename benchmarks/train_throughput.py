@@ -138,8 +138,10 @@ def main() -> None:
         results = []
         for name, case_spec, case_inputs in cases:
             timings: dict[str, list[float]] = {r: [] for r in args.routes}
-            for _ in range(args.repeats):  # interleaved, so machine noise hits every route alike
-                for route in args.routes:
+            for repeat in range(args.repeats):  # interleaved, so machine noise hits every route alike
+                # Every other repeat runs the routes in reverse: a machine that slows down (or
+                # speeds up) during a repeat then favours each route as often as the other.
+                for route in args.routes if repeat % 2 == 0 else args.routes[::-1]:
                     extra = ROUTES[route] + (["trusted_evaluation=true"] if route == "nonprivate" else []) + list(args.extra)
                     cfg = config(data, out, args.batch_size, extra, args.device, args.epochs)
                     timings[route].append(examples_per_second(cfg, case_spec, audiences, case_inputs + [labels]))

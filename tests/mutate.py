@@ -98,8 +98,8 @@ MUTATIONS = [
     (
         "DP-SGD noise / 10 (fused)",
         "training/dp_sgd/noisy_optimizer.py",
-        "normal_(0.0, std, generator",
-        "normal_(0.0, std / 10, generator",
+        "torch.normal(g, std, generator",
+        "torch.normal(g, std / 10, generator",
         ["tests/test_noise_scale.py"],
     ),
     (
@@ -135,6 +135,20 @@ MUTATIONS = [
         "training/dp_sgd/fused_clipping.py",
         "products.masked_fill_(inputs.unsqueeze(2) != inputs.unsqueeze(1), 0.0)",
         "products.masked_fill_(~torch.eye(inputs.shape[1], dtype=torch.bool), 0.0)",
+        ["tests/test_fused_clipping.py::test_matches_per_example_loop"],
+    ),
+    (
+        "DP-SGD fused clipping: a linear layer's bias left out of its example's norm",
+        "training/dp_sgd/fused_clipping.py",
+        ".square_().add_(float(bias)).mul_(g_sq)",
+        ".square_().mul_(g_sq)",
+        ["tests/test_fused_clipping.py::test_matches_per_example_loop"],
+    ),
+    (
+        "DP-SGD fused clipping: the cosine audience tower's weight norm unsquared",
+        "model/audience.py",
+        "@ (scale / norm_w).square()",
+        "@ (scale / norm_w)",
         ["tests/test_fused_clipping.py::test_matches_per_example_loop"],
     ),
     (

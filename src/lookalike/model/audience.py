@@ -85,18 +85,20 @@ def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: t
     """Per-example squared gradient norm in O(batch x audiences), without the [B, A, dim]
     per-example gradients: for cosine, d logit_ba / d w_a = (s / |w_a|) (u_b - cos_ba w_a) in
     unit vectors, whose squared length is (s / |w_a|)^2 (|u_b|^2 - cos_ba^2)."""
-    total = backprops.pow(2).sum(1) if layer.bias.requires_grad else torch.zeros_like(backprops[:, 0])
+    # A step's fixed cost: each line is as few whole-batch operations as the formula allows.
+    squares = backprops.square()
+    total = squares.sum(1) if layer.bias.requires_grad else torch.zeros_like(backprops[:, 0])
     if layer.similarity == "dot":
         if layer.weight.requires_grad:
-            total = total + backprops.pow(2).sum(1) * user.pow(2).sum(1)
+            total = total + squares.sum(1) * torch.linalg.vector_norm(user, dim=1).square_()
         return total, None
     parts = _cosine_parts(layer, user)
     unit_u, _, norm_w, cosine, scale = parts
     if layer.weight.requires_grad:
-        radial = unit_u.pow(2).sum(1, keepdim=True) - cosine.pow(2)
-        total = total + ((scale * backprops / norm_w).pow(2) * radial).sum(1)
+        radial = torch.linalg.vector_norm(unit_u, dim=1, keepdim=True).square_() - cosine.square()
+        total = total + (squares * radial) @ (scale / norm_w).square()
     if layer.scale().requires_grad:
-        total = total + (scale * (backprops * cosine).sum(1)).pow(2)
+        total = total + torch.linalg.vecdot(backprops, cosine).mul_(scale).square_()
     return total, parts
 
 

@@ -4,9 +4,9 @@
 into ``summed_grad`` at each step and builds each noise tensor as zeros + normal, then adds it
 out of place: three full-size allocations per parameter per step, which on a small model cost
 as much as the model's own backward pass. Here the clipped sum moves into ``summed_grad``
-without a copy and each parameter's noise is added in place. The arithmetic is the same:
-grad = (sum of clipped per-example gradients + N(0, (sigma C)^2)) / expected batch size. In
-secure mode Opacus' own noise path runs unchanged.
+without a copy and each parameter's noise is drawn and added by one ``torch.normal`` call. The
+arithmetic is the same: grad = (sum of clipped per-example gradients + N(0, (sigma C)^2)) /
+expected batch size. In secure mode Opacus' own noise path runs unchanged.
 """
 
 from __future__ import annotations
@@ -58,11 +58,16 @@ class NoisySumOptimizer(DPOptimizerFastGradientClipping):
             return super().add_noise()
         sums = [p.summed_grad for p in self.params]
         _check_processed_flag(sums)
+        noised = []
         for p, g in zip(self.params, sums):
             if std > 0:
-                g.add_(torch.empty_like(g).normal_(0.0, std, generator=self.generator))
+                # The sum plus N(0, std^2) in one call: the draw and the add in ATen, not two
+                # Python-level ops and a temporary per parameter. summed_grad takes the noised
+                # sum too, so no un-noised sum outlives the step on a parameter.
+                g = p.summed_grad = torch.normal(g, std, generator=self.generator)
             p.grad = g.view_as(p)
-        _mark_as_processed(sums)
+            noised.append(g)
+        _mark_as_processed(noised)
 
 
 class DistributedNoisySumOptimizer(NoisySumOptimizer):
