@@ -4,17 +4,18 @@ numeric, device, country, a city vocabulary, multi-categorical interests), then 
 list column whose values come from 1,000,000 (sites visited), encoded once with a vocabulary
 capped at 5,000 and once with all 1,000,000, and with one more 1,000,000-value categorical.
 
-    .venv/bin/python benchmarks/train_throughput.py               # ~10 min on 2 CPU cores
+    .venv/bin/python benchmarks/train_throughput.py               # ~2 min on 2 CPU cores
     .venv/bin/python benchmarks/train_throughput.py --repeats 1 --users 100000
     .venv/bin/python benchmarks/train_throughput.py --extra trainer.sparse_tables_from=null   # every table dense
 
 Every route trains at the same expected batch (``--batch-size``, 1,024): the batch rule gives DP
 runs far larger batches, which would hide DP's per-step cost. Each route trains ``--epochs`` (8) and
 all but the first are timed (it warms up), the per-epoch accounting included (PRV, the default);
-routes run interleaved, ``--repeats`` times. DP / non-private is the median over repeats of each
-repeat's own ratio (its DP run against the non-private run just before it, so a machine that
-slows for a minute slows both), with the min-max beside it; examples/s are medians, and the time
-per epoch at the 1M vocabulary is compared with that at 5,000. Writes
+each repeat runs every case and route once (the routes' order reversed every other repeat), and
+there are ``--repeats`` of them. DP / non-private is the median over repeats of each repeat's own
+ratio (its DP run against the non-private run beside it, so a machine that slows for a minute
+slows both), with the min-max beside it; examples/s are medians, and the time per epoch at the 1M
+vocabulary is the median over repeats of its ratio to the 5,000 one's in the same repeat. Writes
 benchmarks/results/train_throughput_{device}.json.
 """
 
@@ -135,27 +136,28 @@ def main() -> None:
                 cases.append((f"+list column, vocab {vocabulary:,}", list_spec, list_inputs))
             big_spec, big_inputs = with_big_categorical(spec, inputs, args.big_vocab)
             cases.append((f"+{args.big_vocab:,}-value categorical", big_spec, big_inputs))
-        results = []
-        for name, case_spec, case_inputs in cases:
-            timings: dict[str, list[float]] = {r: [] for r in args.routes}
-            for repeat in range(args.repeats):  # interleaved, so machine noise hits every route alike
-                # Every other repeat runs the routes in reverse: a machine that slows down (or
-                # speeds up) during a repeat then favours each route as often as the other.
+        timings: dict[tuple[str, str], list[float]] = {(c[0], r): [] for c in cases for r in args.routes}
+        # Each repeat runs every case and route once, so a machine that slows for a few minutes
+        # slows all of them alike: the ratios below pair runs of the same repeat.
+        for repeat in range(args.repeats):
+            for name, case_spec, case_inputs in cases:
+                # Every other repeat runs the routes in reverse order, so drift within a repeat
+                # favours each route as often as the other.
                 for route in args.routes if repeat % 2 == 0 else args.routes[::-1]:
                     extra = ROUTES[route] + (["trusted_evaluation=true"] if route == "nonprivate" else []) + list(args.extra)
                     cfg = config(data, out, args.batch_size, extra, args.device, args.epochs)
-                    timings[route].append(examples_per_second(cfg, case_spec, audiences, case_inputs + [labels]))
-            for route in args.routes:
-                paired = [a / b for a, b in zip(timings[route], timings[args.routes[0]])]
-                results.append(
-                    {"case": name, "route": route, "examples_per_s": statistics.median(timings[route]), "runs": timings[route], "paired_ratios": paired}
-                )
-    by = {(r["case"], r["route"]): r["examples_per_s"] for r in results}
+                    timings[(name, route)].append(examples_per_second(cfg, case_spec, audiences, case_inputs + [labels]))
     small, big = f"+list column, vocab {args.small_vocab:,}", f"+list column, vocab {args.big_vocab:,}"
-    for r in results:
-        r["ratio_to_nonprivate"] = statistics.median(r["paired_ratios"]) if args.routes[0] == "nonprivate" else float("nan")
-        # Time per epoch relative to the capped vocabulary: same users, list draws and batch.
-        r["epoch_time_vs_small_vocab"] = by[(small, r["route"])] / r["examples_per_s"] if r["case"] == big else None
+    results = []
+    for (name, route), runs in timings.items():
+        paired = [a / b for a, b in zip(runs, timings[(name, args.routes[0])])]
+        result = {"case": name, "route": route, "examples_per_s": statistics.median(runs), "runs": runs, "paired_ratios": paired}
+        result["ratio_to_nonprivate"] = statistics.median(paired) if args.routes[0] == "nonprivate" else float("nan")
+        # Time per epoch relative to the capped vocabulary: same users, list draws, batch and repeat.
+        vocab = [s / b for s, b in zip(timings[(small, route)], runs)] if name == big else []
+        result["epoch_time_vs_small_vocab"] = statistics.median(vocab) if vocab else None
+        result["epoch_time_vs_small_vocab_per_repeat"] = vocab or None
+        results.append(result)
     setup = f"batch {args.batch_size} in every route, {torch.get_num_threads()} threads, {len(labels):,} training examples"
     print(f"\ntraining throughput on {args.device}, {setup}, {args.epochs - 1} timed epochs per run, median of {args.repeats} repeats\n")
     head = f"| case | route | DP / non-private (min-max) | epoch time vs vocab {args.small_vocab:,} | examples/s |"
