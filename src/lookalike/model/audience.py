@@ -85,12 +85,13 @@ def audience_norm_squared(layer: AudienceTower, user: torch.Tensor, backprops: t
     """Per-example squared gradient norm in O(batch x audiences), without the [B, A, dim]
     per-example gradients: for cosine, d logit_ba / d w_a = (s / |w_a|) (u_b - cos_ba w_a) in
     unit vectors, whose squared length is (s / |w_a|)^2 (|u_b|^2 - cos_ba^2)."""
-    # A step's fixed cost: each line is as few whole-batch operations as the formula allows.
-    squares = backprops.square()
-    total = squares.sum(1) if layer.bias.requires_grad else torch.zeros_like(backprops[:, 0])
+    # Part of every DP step's fixed cost: each term in as few whole-batch operations as it allows.
+    squares = backprops.square()  # [B, A]
+    g_sq = squares.sum(1)
+    total = g_sq if layer.bias.requires_grad else torch.zeros_like(g_sq)
     if layer.similarity == "dot":
         if layer.weight.requires_grad:
-            total = total + squares.sum(1) * torch.linalg.vector_norm(user, dim=1).square_()
+            total = total + g_sq * torch.linalg.vector_norm(user, dim=1).square_()
         return total, None
     parts = _cosine_parts(layer, user)
     unit_u, _, norm_w, cosine, scale = parts
