@@ -4,10 +4,10 @@ The small-seed rule's model scores a user by a linear function of the publisher'
 principal components z (fitted on every publisher user, no seed: their mean is 0 and their
 covariance the identity over the publisher's users). The linear discriminant that separates a
 seed from that population is then the seed's mean of z: score(x) = m . z(x). Its DP estimate is
-one Gaussian release of the seed users' summed, clipped z (direction is all a ranking needs, so no
-count is released or divided by). DP-SGD spends the same budget on a hundred or more noisy steps
-of a logistic loss whose first gradient is that same sum; the single release keeps more of it
-(docs/utility.md, "The small-seed fit").
+one Gaussian release of the seed users' summed, clipped z; no new count is released (the mean
+divides by the run's DP seed counts, already charged). DP-SGD spends the same budget on a
+hundred or more noisy steps of a logistic loss whose first gradient is that same sum; the single
+release keeps more of it (docs/utility.md, "The small-seed fit").
 
 Privacy: adding or removing one user's seed membership changes the sum of each audience it is in
 by at most ``clip`` (each z is clipped to that norm), so sqrt(audiences) * clip in all (a user may
