@@ -138,6 +138,13 @@ MUTATIONS = [
         ["tests/test_fused_clipping.py::test_matches_per_example_loop"],
     ),
     (
+        "DP-SGD fused clipping: a row whose ids do not fall taken as repeat-free (equal ids pass)",
+        "training/dp_sgd/fused_clipping.py",
+        "bool((inputs[:, 1:] > inputs[:, :-1]).all())",
+        "bool((inputs[:, 1:] >= inputs[:, :-1]).all())",
+        ["tests/test_fused_clipping.py::test_shared_table_ids_that_meet_count_as_one_row"],
+    ),
+    (
         "DP-SGD fused clipping: a linear layer's bias left out of its example's norm",
         "training/dp_sgd/fused_clipping.py",
         ".square_().add_(float(bias)).mul_(g_sq)",

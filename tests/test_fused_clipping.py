@@ -64,6 +64,25 @@ def test_matches_per_example_loop(similarity, clip):
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
+def test_shared_table_ids_that_meet_count_as_one_row():
+    """The shared categorical table's ids rise along each row (each column shifted into its own
+    range), so its norm skips the pairwise products. A raw id past its column's range lands on a
+    row of the next column: where two positions meet, their gradients add before squaring."""
+    gen = torch.Generator().manual_seed(11)
+    torch.manual_seed(0)
+    model = TwoTower(SPEC, 2, ModelConfig(embedding_dim=4, hidden_dims=[8], output_dim=5)).double()
+    tensors = [t.double() if t.is_floating_point() else t for t in batch(24, gen)]
+    categorical = tensors[1].clone()
+    categorical[::3, 0] = 32 + categorical[::3, 1]  # column c's offset is 0, column d's is 32
+    tensors[1] = categorical
+    expected = reference(model, tensors, 0.05)
+    fused = FusedClipping(model, 0.05)
+    *inputs, labels = tensors
+    fused.backward(per_example_loss(model(*inputs), labels))
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
 def test_two_physical_batches_add_up_and_logistic_model_is_covered():
     gen = torch.Generator().manual_seed(5)
     model = LogisticRegression(SPEC, 2).double()

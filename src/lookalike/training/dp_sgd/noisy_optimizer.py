@@ -42,7 +42,7 @@ class NoisySumOptimizer(DPOptimizerFastGradientClipping):
     def accumulate(self) -> None:
         for p in self.params:
             if p.summed_grad is None:
-                p.summed_grad = p.grad.detach()
+                p.summed_grad = p.grad  # the fused clipping's sum, made under no_grad
             else:
                 p.summed_grad.add_(p.grad)
             # p.grad now lives on in summed_grad: drop the name so that nothing (a
@@ -65,7 +65,7 @@ class NoisySumOptimizer(DPOptimizerFastGradientClipping):
                 # Python-level ops and a temporary per parameter. summed_grad takes the noised
                 # sum too, so no un-noised sum outlives the step on a parameter.
                 g = p.summed_grad = torch.normal(g, std, generator=self.generator)
-            p.grad = g.view_as(p)
+            p.grad = g  # p's shape: summed_grad came from p.grad
             noised.append(g)
         _mark_as_processed(noised)
 
