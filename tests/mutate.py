@@ -175,9 +175,16 @@ MUTATIONS = [
     (
         "epoch-end PRV epsilon remembered across steps",
         "privacy/accountants.py",
-        "question = (tuple(self.history), delta, eps_error, delta_error)",
-        "question = (delta, eps_error, delta_error)",
+        "question = (tuple(map(tuple, self.history)), delta,",
+        "question = (delta,",
         ["tests/test_accounting.py::test_the_cached_accountants_report_opacus_epsilon_to_the_last_bit"],
+    ),
+    (
+        "PRV answers remembered without the domain that gave them",
+        "privacy/accountants.py",
+        "delta_error, self._planned_domain(), tuple(sorted(kwargs.items())))",
+        "delta_error, tuple(sorted(kwargs.items())))",
+        ["tests/test_accounting.py::test_a_remembered_answer_is_for_the_same_domain"],
     ),
     (
         "epoch-end PRV composes one step too few on the planned domain",

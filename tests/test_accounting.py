@@ -41,6 +41,33 @@ def test_the_cached_accountants_report_opacus_epsilon_to_the_last_bit(mechanism)
         assert ours.get_epsilon(2e-6) == theirs.get_epsilon(2e-6)
 
 
+def test_a_remembered_answer_is_for_the_same_domain():
+    """PRV answers are remembered process-wide by their question, and an epoch-end answer on the
+    planned run's domain is another question than Opacus' own for the same steps: neither may
+    stand in for the other. The run's last epoch does reuse the calibration's answer."""
+    from lookalike.privacy import accountants
+
+    sigma, q, planned = 1.1, 1 / 50, 250
+
+    def planned_answer() -> float:
+        ours = accountants.create_accountant("prv")
+        ours.planned_steps, ours.history = planned, [(sigma, q, 100)]
+        return ours.get_epsilon(1e-6)
+
+    accountants._ANSWERS.clear()
+    alone = planned_answer()
+    accountants._ANSWERS.clear()
+    opacus_domain = epsilon_from_history([(sigma, q, 100)], 1e-6, "prv")
+    assert opacus_domain != alone  # the two domains give different numbers for these steps
+    assert planned_answer() == alone
+    calibrated = calibrate_noise(2.0, 1e-6, q, planned, "prv")
+    last = accountants.create_accountant("prv")
+    last.planned_steps, last.history = planned, [(calibrated, q, planned)]
+    remembered = len(accountants._ANSWERS)
+    assert last.get_epsilon(1e-6) == epsilon_from_history([(calibrated, q, planned)], 1e-6, "prv") <= 2.0
+    assert len(accountants._ANSWERS) == remembered  # asked while calibrating: not computed again
+
+
 def test_unreachable_target_names_the_key():
     with pytest.raises(ConfigError, match="privacy.target_epsilon"):
         calibrate_noise(1e-6, 1e-5, 0.5, 10_000, "rdp")

@@ -8,8 +8,7 @@ call, and the PRV accountant twice per call (its safe domain asks an RDP account
 then for one). Here it is computed once per (q, sigma, orders) and multiplied by the step count:
 the same numpy arithmetic, so the same floats, and so the same epsilon to the last bit
 (tests/test_accounting.py checks it against Opacus' own accountants). The PRV accountant also
-remembers its last answer, so the run's final epsilon, asked right after the last epoch's, is
-not computed twice.
+remembers its answers (``_ANSWERS``), so a question asked twice in a process is computed once.
 
 The PRV accountant's epoch-end answers before the last reuse one discretisation. Opacus builds a
 fresh domain for every step count k (truncation at +-L(k), mesh eps_error / sqrt(k log(12 /
@@ -65,14 +64,29 @@ class CachedRDPAccountant(RDPAccountant):
         return float(eps), float(best_alpha)
 
 
+# Every PRV answer this process has computed, by its whole question: a pure function of public
+# numbers. The run's last epoch asks what calibrating its noise already asked (the calibrated
+# multiplier was evaluated at the planned step count on Opacus' domain), and a run's final epsilon
+# what its last epoch asked; neither is computed twice.
+_ANSWERS: dict[tuple, float] = {}
+_MAX_ANSWERS = 4096
+
+
 class CachedPRVAccountant(PRVAccountant):
-    _last: tuple | None = None  # (the question, its answer)
     _step: tuple | None = None  # (its question, one step discretised on the planned run's domain)
     planned_steps: int | None = None  # the run's total steps: earlier answers use its domain
 
-    def _get_dprv(self, eps_error: float, delta_error: float) -> DiscretePRV:
+    def _planned_domain(self) -> int | None:
+        """The planned step count whose domain answers the current history, or None where
+        Opacus' own path runs (the last epoch, any history but one growing entry)."""
         planned = self.planned_steps
         if len(self.history) != 1 or not planned or self.history[0][2] >= planned:
+            return None
+        return planned
+
+    def _get_dprv(self, eps_error: float, delta_error: float) -> DiscretePRV:
+        planned = self._planned_domain()
+        if planned is None:
             return super()._get_dprv(eps_error=eps_error, delta_error=delta_error)
         sigma, q, steps = self.history[0]
         question = (sigma, q, planned, eps_error, delta_error)
@@ -88,10 +102,14 @@ class CachedPRVAccountant(PRVAccountant):
         return DiscretePRV(pmf=pmf, domain=step.domain.shift_right(step.domain.shifts * (steps - 1)))
 
     def get_epsilon(self, delta: float, *, eps_error: float = 0.01, delta_error: float | None = None, **kwargs) -> float:
-        question = (tuple(self.history), delta, eps_error, delta_error)
-        if self._last is None or self._last[0] != question:
-            self._last = (question, super().get_epsilon(delta, eps_error=eps_error, delta_error=delta_error, **kwargs))
-        return self._last[1]
+        question = (tuple(map(tuple, self.history)), delta, eps_error, delta_error, self._planned_domain(), tuple(sorted(kwargs.items())))
+        answer = _ANSWERS.get(question)
+        if answer is None:
+            answer = super().get_epsilon(delta, eps_error=eps_error, delta_error=delta_error, **kwargs)
+            if len(_ANSWERS) >= _MAX_ANSWERS:
+                _ANSWERS.clear()
+            _ANSWERS[question] = answer
+        return answer
 
     def _get_domain(self, prvs, num_self_compositions: list[int], eps_error: float, delta_error: float) -> Domain:
         # Opacus' PRVAccountant._get_domain and compute_safe_domain_size (remark 5.6 of Gopi et
