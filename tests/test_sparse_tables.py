@@ -93,3 +93,30 @@ def test_row_adam_is_sparse_adams_update():
             param.grad = torch.sparse_coo_tensor(ids[None], values, (50, 4))
             optimizer.step()
     assert torch.allclose(ours, theirs, atol=1e-6) and not torch.equal(ours.detach(), start)
+
+
+def test_row_adam_step_allocates_for_the_rows_it_touches_only():
+    """A step costs the rows it touches: after the first (which makes the table's moments and
+    scratch once), no step builds anything as long as the table."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    rows = 100_000
+    table = nn.Parameter(torch.zeros(rows, 4))
+    optimizer = RowAdam([table], lr=0.01)
+    sizes: list[int] = []
+
+    class Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and func._schema.name in ("aten::zeros", "aten::empty", "aten::zeros_like", "aten::empty_like", "aten::new_zeros"):
+                sizes.append(out.shape[0] if out.dim() else 1)
+            return out
+
+    for step in range(3):
+        table.grad = torch.sparse_coo_tensor(torch.tensor([[3, 7, 3]]), torch.ones(3, 4), (rows, 4))
+        if step == 0:
+            optimizer.step()
+            continue
+        with Allocations():
+            optimizer.step()
+    assert sizes and max(sizes) < rows, sizes

@@ -39,7 +39,10 @@ class RowAdam(torch.optim.Optimizer):
                     state["moments"] = torch.zeros(p.shape[0], 2, p.shape[1], dtype=p.dtype, device=p.device)
                 state["step"] += 1
                 # Scratch for distinct_rows, not state: load_state_dict would cast it to the weights' dtype.
-                claims = self.claims.setdefault(id(p), torch.zeros(p.shape[0], dtype=torch.long, device=p.device))
+                # Made once per table (setdefault would build a table-long tensor at every step).
+                claims = self.claims.get(id(p))
+                if claims is None:
+                    claims = self.claims[id(p)] = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)
                 rows, inverse = distinct_rows(claims, grad._indices()[0])
                 values = grad._values()
                 g = torch.zeros(rows.numel(), p.shape[1], dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
