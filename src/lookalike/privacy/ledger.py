@@ -13,18 +13,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from sqlalchemy import insert, or_, select, update
-from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from lookalike.errors import BudgetExceededError, ConfigError, LookalikeError
+from lookalike.privacy.budget_status import BudgetStatus, budget_statuses, entry_rows, read_budgets
 from lookalike.privacy.composition import charge, gaussian_block
 from lookalike.privacy.fingerprint import UsersKey
-from lookalike.privacy.ledger_store import BUDGETS, DATASETS, ENTRIES, create_schema, exists, open_engine, without_password
-from lookalike.privacy.rules import Rules
+from lookalike.privacy.ledger_connection import LedgerConnection
+from lookalike.privacy.ledger_store import BUDGETS, DATASETS, ENTRIES
 
 TOLERANCE = 1e-9
 
@@ -44,80 +41,9 @@ def runs_fitting(remaining: float, epsilon: float) -> int:
     return int((remaining + TOLERANCE) // epsilon) if epsilon > 0 else -1
 
 
-@dataclass(frozen=True)
-class BudgetStatus:
-    fingerprint: str
-    budget_epsilon: float
-    budget_delta: float | None
-    spent_epsilon: float  # finished entries, summed
-    reserved_epsilon: float  # open reservations
-    spent_delta: float
-    runs: int
-    charged_epsilon: float  # what the ledger enforces: finished Gaussian runs composed, the rest summed
-    composition: str
-    rules: dict = field(default_factory=dict)  # the data owners' clean-room rules
-
-    @property
-    def remaining_epsilon(self) -> float:
-        return max(self.budget_epsilon - self.charged_epsilon, 0.0)
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"remaining_epsilon": self.remaining_epsilon}
-
-
-class Ledger:
+class Ledger(LedgerConnection):
     """One ledger (a file path or a SQLAlchemy URL); every method runs its own transaction, so
     processes and machines may share it."""
-
-    def __init__(self, path: str | Path):
-        self.location = str(path)
-        self.path = without_password(self.location)  # what messages and tags show
-        self._engine = None
-        self._schema_checked = False
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            try:
-                self._engine = open_engine(self.location)
-            except (ArgumentError, ImportError) as exc:  # a malformed URL, or its driver is not installed
-                raise ConfigError(
-                    "ledger.path",
-                    f"'{self.path}' is not a usable ledger: {str(exc).splitlines()[0]}; give a file path or a SQLAlchemy URL whose driver is installed",
-                ) from exc
-        return self._engine
-
-    def exists(self) -> bool:
-        try:
-            return exists(self.engine, self.location)
-        except DBAPIError as exc:
-            raise LookalikeError(f"ledger '{self.path}' cannot be reached: {str(exc).splitlines()[0]}") from exc
-
-    @contextmanager
-    def transaction(self, write: bool = True):
-        """A connection in one transaction (write: holding the write lock); a database error (a
-        corrupt, read-only or vanished file, a lost server) becomes one line."""
-        try:
-            with self.engine.begin() if write else self.engine.connect() as conn:
-                yield conn
-        except DBAPIError as exc:
-            raise LookalikeError(
-                f"ledger '{self.path}' cannot be used: {str(exc.orig).splitlines()[0] if exc.orig else exc}; "
-                "nothing was recorded: check the file or server (lookalike-budget --ledger shows it)"
-            ) from exc
-
-    def _ready(self, create: bool = True) -> None:
-        if self._schema_checked:
-            return
-        # exists() first even when creating: it turns an unreachable database into a one-line error.
-        if not self.exists() and not create:
-            raise LookalikeError(f"ledger '{self.path}' does not exist: set ledger.path (or --ledger) to an existing ledger")
-        try:
-            create_schema(self.engine, self.location)  # creates a new ledger, or adds what an older one lacks
-        except (DBAPIError, OSError) as exc:
-            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise LookalikeError(f"ledger '{self.path}' cannot be opened for writing ({first}): check the path and its permissions") from exc
-        self._schema_checked = True
 
     def reserve(
         self,
@@ -172,7 +98,7 @@ class Ledger:
         if budget is None:
             raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
         total_eps, total_delta = budget.budget_epsilon, budget.budget_delta
-        current = charge(self._rows(conn, fingerprint), block)
+        current = charge(entry_rows(conn, fingerprint), block)
         charged, charged_delta = current.charged_epsilon, current.delta
         if charged + epsilon > total_eps + TOLERANCE:
             raise BudgetExceededError(
@@ -279,7 +205,7 @@ class Ledger:
         self._ready(create=False)
         with self.transaction(write=False) as conn:
             row = conn.execute(select(BUDGETS.c.budget_epsilon).where(BUDGETS.c.fingerprint == fingerprint)).first()
-            entries = self._rows(conn, fingerprint)
+            entries = entry_rows(conn, fingerprint)
         if row is None:
             raise LookalikeError(f"ledger '{self.path}' has no budget {fingerprint[:12]}: the data owners create one with lookalike-budget create")
         return max(row[0] - charge(entries, gaussian_block(entries)).charged_epsilon, 0.0)
@@ -293,36 +219,10 @@ class Ledger:
     def entries(self, fingerprint: str) -> list[dict]:
         self._ready(create=False)
         with self.transaction(write=False) as conn:
-            return self._rows(conn, fingerprint)
-
-    @staticmethod
-    def _rows(conn, fingerprint: str) -> list[dict]:
-        query = select(ENTRIES).where(ENTRIES.c.fingerprint == fingerprint).order_by(ENTRIES.c.id)
-        return [dict(r) for r in conn.execute(query).mappings()]
+            return entry_rows(conn, fingerprint)
 
     def status(self) -> list[BudgetStatus]:
         self._ready(create=False)
         with self.transaction(write=False) as conn:
-            budgets = conn.execute(
-                select(BUDGETS.c.fingerprint, BUDGETS.c.budget_epsilon, BUDGETS.c.budget_delta, BUDGETS.c.rules).order_by(BUDGETS.c.created_at)
-            ).all()
-            entries = {b[0]: self._rows(conn, b[0]) for b in budgets}
-        result = []
-        for fp, budget_epsilon, budget_delta, rules in budgets:
-            rows = entries[fp]
-            cost = charge(rows, gaussian_block(rows))
-            result.append(
-                BudgetStatus(
-                    fp,
-                    budget_epsilon,
-                    budget_delta,
-                    sum(r["spent_epsilon"] for r in rows if r["status"] == "spent"),
-                    sum(r["reserved_epsilon"] for r in rows if r["status"] == "reserved"),
-                    cost.delta,
-                    len(rows),
-                    cost.charged_epsilon,
-                    cost.reason,
-                    asdict(Rules.from_json(rules)),
-                )
-            )
-        return result
+            budgets, entries = read_budgets(conn)
+        return budget_statuses(budgets, entries)
