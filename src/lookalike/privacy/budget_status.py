@@ -1,6 +1,7 @@
 """What ``lookalike-budget status`` shows of each budget: its entries read in one transaction,
-then what is charged, spent, reserved and left, computed after the read (a PRV composition can
-be slow, and a reader holds SQLite's shared lock for as long as its transaction is open)."""
+then what is charged, spent, reserved and left, computed after that transaction has closed (a
+PRV composition can be slow, and an open read transaction can hold up writers: SQLite's
+rollback journal keeps its shared lock until the transaction ends)."""
 
 from __future__ import annotations
 
